@@ -1,0 +1,313 @@
+//! Pool administration: add, list, remove.
+//!
+//! Adding and removing a pool bumps one meta key, and both compare it, so two admins
+//! adding overlapping pools at once cannot both succeed.
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+
+use ipnetwork::Ipv4Network;
+use serde::{Deserialize, Serialize};
+use tracing::info;
+
+use crate::cidr::validate_pool_shape;
+use crate::codec::{decode, encode, Versioned};
+use crate::error::{validate_pool_name, IpamError};
+use crate::model::{Block, HandleRecord, Pool};
+use crate::retry::{backoff, MAX_ATTEMPTS};
+use crate::store::{Compare, Op, Store, Txn, TxnOutcome};
+use crate::Ipam;
+
+/// What `pool add` asks for.
+#[derive(Debug, Clone)]
+pub struct NewPool {
+    pub name: String,
+    pub cidr: Ipv4Network,
+    pub block_size: u8,
+    pub disabled: bool,
+    pub reserved: BTreeSet<Ipv4Addr>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct PoolsMeta {
+    generation: u64,
+}
+
+impl<S: Store> Ipam<S> {
+    /// Create a pool, refusing a taken name and any overlap with an existing pool.
+    pub async fn add_pool(&self, new: NewPool) -> Result<Pool, IpamError> {
+        validate_pool_name(&new.name)?;
+        validate_pool_shape(new.cidr, new.block_size)?;
+        if let Some(ip) = new.reserved.iter().find(|ip| !new.cidr.contains(**ip)) {
+            return Err(IpamError::NotInPool {
+                ip: *ip,
+                pool: new.name.clone(),
+                cidr: new.cidr,
+            });
+        }
+        let pool = Pool {
+            name: new.name,
+            cidr: new.cidr,
+            block_size: new.block_size,
+            disabled: new.disabled,
+            reserved: new.reserved,
+            deleting: false,
+        };
+        for attempt in 1..=MAX_ATTEMPTS {
+            let (meta, meta_rev) = self.read_meta().await?;
+            for existing in self.list_pools().await? {
+                if existing.name == pool.name {
+                    return Err(IpamError::PoolExists {
+                        name: existing.name,
+                        cidr: existing.cidr,
+                    });
+                }
+                if overlaps(existing.cidr, pool.cidr) {
+                    return Err(IpamError::PoolOverlap {
+                        name: pool.name,
+                        cidr: pool.cidr,
+                        other: existing.name,
+                        other_cidr: existing.cidr,
+                    });
+                }
+            }
+            let pool_key = self.keys().pool(&pool.name);
+            let txn = Txn {
+                compares: vec![
+                    Compare::unchanged(self.keys().pools_meta(), meta_rev),
+                    Compare::unchanged(&pool_key, None),
+                ],
+                ops: vec![
+                    Op::Put {
+                        key: pool_key,
+                        value: encode(&pool),
+                    },
+                    self.bump_meta(meta),
+                ],
+                read_on_conflict: Vec::new(),
+            };
+            if let TxnOutcome::Committed { .. } = self.store().txn(txn).await? {
+                info!(pool = %pool.name, cidr = %pool.cidr, "pool added");
+                self.invalidate().await;
+                return Ok(pool);
+            }
+            backoff(attempt).await;
+        }
+        Err(IpamError::Contention {
+            attempts: MAX_ATTEMPTS,
+        })
+    }
+
+    /// Every pool, sorted by name.
+    pub async fn list_pools(&self) -> Result<Vec<Pool>, IpamError> {
+        Ok(self
+            .read_pools()
+            .await?
+            .into_iter()
+            .map(|p| p.value)
+            .collect())
+    }
+
+    async fn read_pools(&self) -> Result<Vec<Versioned<Pool>>, IpamError> {
+        let listed = self.store().list(&self.keys().pools()).await?;
+        listed.iter().map(decode).collect()
+    }
+
+    /// Remove a pool. Without `force` a pool with allocations is refused and left as it
+    /// was; with `force` its allocations are released. Returns how many were released.
+    pub async fn remove_pool(&self, name: &str, force: bool) -> Result<u64, IpamError> {
+        let pool = self.mark_deleting(name, true).await?;
+        let blocks = self.blocks_of(&pool.value).await?;
+        let count: u64 = blocks
+            .iter()
+            .map(|b| b.value.allocations.len() as u64)
+            .sum();
+        if count > 0 && !force {
+            self.mark_deleting(name, false).await?;
+            return Err(IpamError::PoolInUse {
+                name: name.to_string(),
+                count,
+            });
+        }
+        // Allocations now fail against the pool's changed revision, so the blocks read
+        // above only shrink (through releases) while we take them apart.
+        for block in blocks {
+            self.drop_block(block.value.cidr).await?;
+        }
+        for attempt in 1..=MAX_ATTEMPTS {
+            let (meta, meta_rev) = self.read_meta().await?;
+            let pool_key = self.keys().pool(name);
+            let current = self.store().get(&pool_key).await?;
+            let txn = Txn {
+                compares: vec![
+                    Compare::unchanged(self.keys().pools_meta(), meta_rev),
+                    Compare::unchanged(&pool_key, current.map(|kv| kv.mod_revision)),
+                ],
+                ops: vec![Op::Delete { key: pool_key }, self.bump_meta(meta)],
+                read_on_conflict: Vec::new(),
+            };
+            if let TxnOutcome::Committed { .. } = self.store().txn(txn).await? {
+                info!(pool = %name, released = count, "pool removed");
+                self.invalidate().await;
+                return Ok(count);
+            }
+            backoff(attempt).await;
+        }
+        Err(IpamError::Contention {
+            attempts: MAX_ATTEMPTS,
+        })
+    }
+
+    /// Set or clear the pool's `deleting` flag (compare-and-swap on the pool).
+    async fn mark_deleting(
+        &self,
+        name: &str,
+        deleting: bool,
+    ) -> Result<Versioned<Pool>, IpamError> {
+        let key = self.keys().pool(name);
+        for attempt in 1..=MAX_ATTEMPTS {
+            let Some(kv) = self.store().get(&key).await? else {
+                let existing = self
+                    .list_pools()
+                    .await?
+                    .into_iter()
+                    .map(|p| p.name)
+                    .collect::<Vec<_>>();
+                return Err(IpamError::PoolNotFound {
+                    name: name.to_string(),
+                    existing: if existing.is_empty() {
+                        "none".into()
+                    } else {
+                        existing.join(", ")
+                    },
+                });
+            };
+            let mut pool: Versioned<Pool> = decode(&kv)?;
+            pool.value.deleting = deleting;
+            let txn = Txn {
+                compares: vec![Compare::unchanged(&key, Some(pool.revision))],
+                ops: vec![Op::Put {
+                    key: key.clone(),
+                    value: encode(&pool.value),
+                }],
+                read_on_conflict: Vec::new(),
+            };
+            if let TxnOutcome::Committed { revision } = self.store().txn(txn).await? {
+                self.invalidate().await;
+                pool.revision = revision;
+                return Ok(pool);
+            }
+            backoff(attempt).await;
+        }
+        Err(IpamError::Contention {
+            attempts: MAX_ATTEMPTS,
+        })
+    }
+
+    /// Every block inside a pool.
+    pub(crate) async fn blocks_of(&self, pool: &Pool) -> Result<Vec<Versioned<Block>>, IpamError> {
+        let listed = self.store().list(&self.keys().blocks()).await?;
+        let blocks = listed
+            .iter()
+            .map(decode::<Block>)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(blocks
+            .into_iter()
+            .filter(|b| pool.cidr.contains(b.value.cidr.network()))
+            .collect())
+    }
+
+    /// Take a block apart: drop its addresses from their handles, then delete the block
+    /// and its affinity. Each step compares what it read.
+    async fn drop_block(&self, cidr: Ipv4Network) -> Result<(), IpamError> {
+        let key = self.keys().block(cidr);
+        for attempt in 1..=MAX_ATTEMPTS {
+            let Some(kv) = self.store().get(&key).await? else {
+                return Ok(());
+            };
+            let block: Versioned<Block> = decode(&kv)?;
+            for (ip, allocation) in &block.value.allocations {
+                self.forget_in_handle(&allocation.handle, *ip).await?;
+            }
+            let mut ops = vec![Op::Delete { key: key.clone() }];
+            if let Some(node) = &block.value.affinity {
+                ops.push(Op::Delete {
+                    key: self.keys().affinity(node, cidr),
+                });
+            }
+            let txn = Txn {
+                compares: vec![Compare::unchanged(&key, Some(block.revision))],
+                ops,
+                read_on_conflict: Vec::new(),
+            };
+            if let TxnOutcome::Committed { .. } = self.store().txn(txn).await? {
+                return Ok(());
+            }
+            backoff(attempt).await;
+        }
+        Err(IpamError::Contention {
+            attempts: MAX_ATTEMPTS,
+        })
+    }
+
+    /// Remove one address from a handle record, deleting the record when it empties.
+    pub(crate) async fn forget_in_handle(
+        &self,
+        handle: &str,
+        ip: Ipv4Addr,
+    ) -> Result<(), IpamError> {
+        let key = self.keys().handle(handle);
+        for attempt in 1..=MAX_ATTEMPTS {
+            let Some(kv) = self.store().get(&key).await? else {
+                return Ok(());
+            };
+            let mut record: Versioned<HandleRecord> = decode(&kv)?;
+            if record.value.addresses.remove(&ip).is_none() {
+                return Ok(());
+            }
+            let op = if record.value.addresses.is_empty() {
+                Op::Delete { key: key.clone() }
+            } else {
+                Op::Put {
+                    key: key.clone(),
+                    value: encode(&record.value),
+                }
+            };
+            let txn = Txn {
+                compares: vec![Compare::unchanged(&key, Some(record.revision))],
+                ops: vec![op],
+                read_on_conflict: Vec::new(),
+            };
+            if let TxnOutcome::Committed { .. } = self.store().txn(txn).await? {
+                return Ok(());
+            }
+            backoff(attempt).await;
+        }
+        Err(IpamError::Contention {
+            attempts: MAX_ATTEMPTS,
+        })
+    }
+
+    async fn read_meta(&self) -> Result<(PoolsMeta, Option<i64>), IpamError> {
+        match self.store().get(&self.keys().pools_meta()).await? {
+            Some(kv) => {
+                let meta: Versioned<PoolsMeta> = decode(&kv)?;
+                Ok((meta.value, Some(meta.revision)))
+            }
+            None => Ok((PoolsMeta::default(), None)),
+        }
+    }
+
+    fn bump_meta(&self, meta: PoolsMeta) -> Op {
+        Op::Put {
+            key: self.keys().pools_meta(),
+            value: encode(&PoolsMeta {
+                generation: meta.generation + 1,
+            }),
+        }
+    }
+}
+
+fn overlaps(a: Ipv4Network, b: Ipv4Network) -> bool {
+    a.contains(b.network()) || b.contains(a.network())
+}

@@ -1,0 +1,457 @@
+//! Allocator behaviour on the in-process store (same compare-and-swap semantics as etcd).
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use brindle_ipam::check::ProblemKind;
+use brindle_ipam::pools::NewPool;
+use brindle_ipam::{AllocRequest, Ipam, IpamError, MemoryStore, Store};
+
+const PREFIX: &str = "/brindle";
+
+async fn ipam_with_pool(cidr: &str, block_size: u8) -> Ipam<MemoryStore> {
+    let ipam = Ipam::new(MemoryStore::new(), PREFIX);
+    add_pool(&ipam, "p1", cidr, block_size).await;
+    ipam
+}
+
+async fn add_pool<S: Store>(ipam: &Ipam<S>, name: &str, cidr: &str, block_size: u8) {
+    ipam.add_pool(NewPool {
+        name: name.into(),
+        cidr: cidr.parse().unwrap(),
+        block_size,
+        disabled: false,
+        reserved: BTreeSet::new(),
+    })
+    .await
+    .unwrap();
+}
+
+fn req(handle: &str, node: &str) -> AllocRequest {
+    AllocRequest {
+        handle: handle.into(),
+        node: node.into(),
+        ..AllocRequest::default()
+    }
+}
+
+fn fixed(handle: &str, node: &str, ip: &str) -> AllocRequest {
+    AllocRequest {
+        ip: Some(ip.parse().unwrap()),
+        ..req(handle, node)
+    }
+}
+
+async fn ipam_keys(store: &MemoryStore) -> Vec<String> {
+    store
+        .list_keys("/brindle/v1/ipam/")
+        .await
+        .unwrap()
+        .into_iter()
+        .collect()
+}
+
+#[tokio::test]
+async fn same_handle_gets_same_address_and_release_is_idempotent() {
+    let ipam = ipam_with_pool("10.70.0.0/24", 26).await;
+    let a = ipam.allocate(&req("ctr-1", "n1")).await.unwrap();
+    assert!(!a.existing);
+    assert_eq!(a.pool, "p1");
+    let again = ipam.allocate(&req("ctr-1", "n1")).await.unwrap();
+    assert_eq!(again.ip, a.ip);
+    assert!(again.existing);
+    // A second process (fresh cache) asking with the same handle gets it too.
+    let other = Ipam::new(ipam.store().clone(), PREFIX);
+    assert_eq!(other.allocate(&req("ctr-1", "n1")).await.unwrap().ip, a.ip);
+
+    assert_eq!(ipam.release_handle("ctr-1").await.unwrap(), vec![a.ip]);
+    assert!(ipam.release_handle("ctr-1").await.unwrap().is_empty());
+    assert!(other.release_handle("ctr-1").await.unwrap().is_empty());
+    assert!(
+        ipam_keys(ipam.store()).await.is_empty(),
+        "release left records behind"
+    );
+}
+
+#[tokio::test]
+async fn fixed_address_taken_names_the_address_and_holder() {
+    let ipam = ipam_with_pool("10.70.0.0/24", 26).await;
+    let a = ipam
+        .allocate(&fixed("web", "n1", "10.70.0.200"))
+        .await
+        .unwrap();
+    assert_eq!(a.ip.to_string(), "10.70.0.200");
+    assert_eq!(a.block.to_string(), "10.70.0.192/26");
+    let err = ipam
+        .allocate(&fixed("db", "n2", "10.70.0.200"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, IpamError::AddressTaken { .. }));
+    let msg = err.to_string();
+    assert!(msg.contains("10.70.0.200") && msg.contains("web"), "{msg}");
+    // The failed request wrote nothing for its handle.
+    assert!(ipam.addresses_of("db").await.unwrap().is_empty());
+    // The same handle asking again is answered with its address.
+    assert!(
+        ipam.allocate(&fixed("web", "n1", "10.70.0.200"))
+            .await
+            .unwrap()
+            .existing
+    );
+    // The same handle asking for a different address is refused clearly.
+    let err = ipam
+        .allocate(&fixed("web", "n1", "10.70.0.201"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("10.70.0.200") && err.contains("10.70.0.201"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn fixed_address_errors_name_the_value() {
+    let ipam = ipam_with_pool("10.70.0.0/24", 26).await;
+    let cases = [
+        ("10.99.0.1", "not inside any pool"),
+        ("10.70.0.0", "network address of pool p1"),
+        ("10.70.0.255", "broadcast address of pool p1"),
+    ];
+    for (ip, needle) in cases {
+        let err = ipam
+            .allocate(&fixed("h", "n1", ip))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(ip) && err.contains(needle), "{ip}: {err}");
+    }
+    assert!(ipam_keys(ipam.store()).await.is_empty());
+}
+
+#[tokio::test]
+async fn exhausted_pool_names_pool_and_size_and_never_hands_out_edges() {
+    let ipam = ipam_with_pool("10.71.0.0/28", 29).await;
+    let mut got = HashSet::new();
+    for i in 0..14 {
+        let a = ipam.allocate(&req(&format!("h{i}"), "n1")).await.unwrap();
+        assert!(got.insert(a.ip), "duplicate {}", a.ip);
+    }
+    assert!(!got.contains(&"10.71.0.0".parse::<Ipv4Addr>().unwrap()));
+    assert!(!got.contains(&"10.71.0.15".parse::<Ipv4Addr>().unwrap()));
+    let err = ipam.allocate(&req("h-extra", "n1")).await.unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, IpamError::PoolExhausted { .. }), "{msg}");
+    assert!(msg.contains("p1") && msg.contains("14 usable"), "{msg}");
+}
+
+#[tokio::test]
+async fn own_blocks_first_then_claim_then_borrow() {
+    // Two /29 blocks: .1-.7 and .8-.14 usable.
+    let ipam = ipam_with_pool("10.72.0.0/28", 29).await;
+    let a1 = ipam.allocate(&req("a1", "node-a")).await.unwrap();
+    let b1 = ipam.allocate(&req("b1", "node-b")).await.unwrap();
+    assert_ne!(a1.block, b1.block, "each node claims its own block");
+    // node-a keeps using its own block while it has room.
+    for i in 2..=7 {
+        let a = ipam
+            .allocate(&req(&format!("a{i}"), "node-a"))
+            .await
+            .unwrap();
+        assert_eq!(a.block, a1.block);
+    }
+    // Own block full, nothing left to claim: borrow from node-b's block.
+    let borrowed = ipam.allocate(&req("a8", "node-a")).await.unwrap();
+    assert_eq!(borrowed.block, b1.block);
+    let report = ipam.address(borrowed.ip).await.unwrap();
+    assert_eq!(report.node.as_deref(), Some("node-a"));
+    let usage = ipam.usage().await.unwrap();
+    let b_block = usage.pools[0]
+        .blocks
+        .iter()
+        .find(|b| b.cidr == b1.block)
+        .unwrap();
+    assert_eq!(b_block.node.as_deref(), Some("node-b"));
+    assert_eq!(b_block.borrowed, 1);
+}
+
+#[tokio::test]
+async fn release_by_address_and_reuse() {
+    let ipam = ipam_with_pool("10.73.0.0/24", 26).await;
+    let a = ipam.allocate(&req("x", "n1")).await.unwrap();
+    assert_eq!(ipam.release_ip(a.ip).await.unwrap().as_deref(), Some("x"));
+    assert_eq!(ipam.release_ip(a.ip).await.unwrap(), None);
+    assert!(ipam.addresses_of("x").await.unwrap().is_empty());
+    assert!(ipam_keys(ipam.store()).await.is_empty());
+    let again = ipam
+        .allocate(&fixed("y", "n2", &a.ip.to_string()))
+        .await
+        .unwrap();
+    assert_eq!(again.ip, a.ip);
+}
+
+#[tokio::test]
+async fn pool_rules() {
+    let ipam = ipam_with_pool("10.74.0.0/16", 26).await;
+    let overlap = ipam
+        .add_pool(NewPool {
+            name: "p2".into(),
+            cidr: "10.74.8.0/24".parse().unwrap(),
+            block_size: 26,
+            disabled: false,
+            reserved: BTreeSet::new(),
+        })
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        overlap.contains("10.74.8.0/24") && overlap.contains("p1"),
+        "{overlap}"
+    );
+    let big_block = ipam
+        .add_pool(NewPool {
+            name: "p3".into(),
+            cidr: "10.75.0.0/24".parse().unwrap(),
+            block_size: 22,
+            disabled: false,
+            reserved: BTreeSet::new(),
+        })
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(big_block.contains("/22"), "{big_block}");
+    assert_eq!(ipam.list_pools().await.unwrap().len(), 1);
+
+    // rm refuses a pool in use and leaves it as it was.
+    let a = ipam.allocate(&req("k", "n1")).await.unwrap();
+    let err = ipam.remove_pool("p1", false).await.unwrap_err().to_string();
+    assert!(
+        err.contains("p1") && err.contains("1 allocated") && err.contains("--force"),
+        "{err}"
+    );
+    let pools = ipam.list_pools().await.unwrap();
+    assert!(!pools[0].deleting);
+    assert_eq!(ipam.addresses_of("k").await.unwrap(), vec![a.ip]);
+    // A new allocation still works after the refused rm.
+    ipam.allocate(&req("k2", "n1")).await.unwrap();
+    assert_eq!(ipam.remove_pool("p1", true).await.unwrap(), 2);
+    assert!(ipam.list_pools().await.unwrap().is_empty());
+    assert!(ipam_keys(ipam.store()).await.is_empty());
+}
+
+#[tokio::test]
+async fn disabled_pool_gives_only_fixed_addresses() {
+    let ipam = Ipam::new(MemoryStore::new(), PREFIX);
+    ipam.add_pool(NewPool {
+        name: "off".into(),
+        cidr: "10.76.0.0/24".parse().unwrap(),
+        block_size: 26,
+        disabled: true,
+        reserved: BTreeSet::from(["10.76.0.9".parse().unwrap()]),
+    })
+    .await
+    .unwrap();
+    assert!(matches!(
+        ipam.allocate(&req("d", "n1")).await,
+        Err(IpamError::NoPools)
+    ));
+    assert!(ipam.allocate(&fixed("f", "n1", "10.76.0.8")).await.is_ok());
+    let err = ipam
+        .allocate(&fixed("g", "n1", "10.76.0.9"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("10.76.0.9") && err.contains("reserved"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn check_finds_and_repairs_damage() {
+    let ipam = ipam_with_pool("10.77.0.0/24", 26).await;
+    let a = ipam.allocate(&req("alpha", "n1")).await.unwrap();
+    let b = ipam.allocate(&req("beta", "n1")).await.unwrap();
+    assert!(ipam.check(false).await.unwrap().clean);
+
+    // Damage: lose beta's handle record; add a handle for an unallocated address; add a
+    // dangling affinity.
+    let store = ipam.store();
+    let write = |key: String, value: &str| brindle_ipam::store::Txn {
+        ops: vec![brindle_ipam::store::Op::Put {
+            key,
+            value: value.as_bytes().to_vec(),
+        }],
+        ..Default::default()
+    };
+    store
+        .txn(brindle_ipam::store::Txn {
+            ops: vec![brindle_ipam::store::Op::Delete {
+                key: ipam.keys().handle("beta"),
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    store
+        .txn(write(
+            ipam.keys().handle("ghost"),
+            r#"{"addresses":{"10.77.0.250":"10.77.0.192/26"}}"#,
+        ))
+        .await
+        .unwrap();
+    store
+        .txn(write(
+            ipam.keys()
+                .affinity("n9", "10.77.0.128/26".parse().unwrap()),
+            r#"{"state":"confirmed"}"#,
+        ))
+        .await
+        .unwrap();
+
+    let report = ipam.check(false).await.unwrap();
+    assert!(!report.clean);
+    let kinds: BTreeSet<_> = report
+        .problems
+        .iter()
+        .map(|p| format!("{:?}", p.kind))
+        .collect();
+    for k in [
+        ProblemKind::AllocationWithoutHandle,
+        ProblemKind::HandleWithoutAllocation,
+        ProblemKind::AffinityWithoutBlock,
+    ] {
+        assert!(
+            kinds.contains(&format!("{k:?}")),
+            "missing {k:?} in {kinds:?}"
+        );
+    }
+    assert!(report.problems.iter().all(|p| !p.repaired));
+
+    let repaired = ipam.check(true).await.unwrap();
+    assert!(repaired.clean, "{:?}", repaired.problems);
+    assert!(ipam.check(false).await.unwrap().problems.is_empty());
+    // Repair restored beta's ownership, so release by handle works again.
+    assert_eq!(ipam.release_handle("beta").await.unwrap(), vec![b.ip]);
+    assert_eq!(ipam.release_handle("alpha").await.unwrap(), vec![a.ip]);
+    assert!(ipam_keys(ipam.store()).await.is_empty());
+}
+
+#[tokio::test]
+async fn concurrent_nodes_never_share_an_address() {
+    let store = MemoryStore::new();
+    let admin = Ipam::new(store.clone(), PREFIX);
+    add_pool(&admin, "small", "10.78.0.0/24", 28).await;
+    let mut tasks = Vec::new();
+    for n in 0..8 {
+        let ipam = Arc::new(Ipam::new(store.clone(), PREFIX));
+        tasks.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            for i in 0..30 {
+                let a = ipam
+                    .allocate(&req(&format!("n{n}-h{i}"), &format!("node-{n}")))
+                    .await
+                    .unwrap();
+                mine.push(a.ip);
+            }
+            mine
+        }));
+    }
+    let mut all = HashSet::new();
+    for t in tasks {
+        for ip in t.await.unwrap() {
+            assert!(all.insert(ip), "duplicate {ip}");
+        }
+    }
+    assert_eq!(all.len(), 240);
+    assert!(admin.check(false).await.unwrap().clean);
+}
+
+mod property {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Step {
+        Alloc { node: u8, handle: u8 },
+        Fixed { node: u8, handle: u8, host: u8 },
+        Release { handle: u8 },
+        ReleaseIp { host: u8 },
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            (0u8..3, 0u8..40).prop_map(|(node, handle)| Step::Alloc { node, handle }),
+            (0u8..3, 0u8..40, any::<u8>()).prop_map(|(node, handle, host)| Step::Fixed {
+                node,
+                handle,
+                host
+            }),
+            (0u8..40).prop_map(|handle| Step::Release { handle }),
+            any::<u8>().prop_map(|host| Step::ReleaseIp { host }),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+        #[test]
+        fn any_sequence_keeps_addresses_unique_and_release_restores(steps in prop::collection::vec(step(), 1..60)) {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                let ipam = ipam_with_pool("10.79.0.0/25", 28).await;
+                // handle -> address, as the model expects it.
+                let mut model: BTreeMap<String, Ipv4Addr> = BTreeMap::new();
+                for s in steps {
+                    match s {
+                        Step::Alloc { node, handle } => {
+                            let h = format!("h{handle}");
+                            match ipam.allocate(&req(&h, &format!("n{node}"))).await {
+                                Ok(a) => {
+                                    if let Some(prev) = model.get(&h) { assert_eq!(*prev, a.ip); }
+                                    model.insert(h, a.ip);
+                                }
+                                Err(IpamError::PoolExhausted { .. }) => assert_eq!(model.len(), 126),
+                                Err(e) => panic!("{e}"),
+                            }
+                        }
+                        Step::Fixed { node, handle, host } => {
+                            let ip = Ipv4Addr::new(10, 79, 0, host % 128);
+                            let h = format!("h{handle}");
+                            match ipam.allocate(&fixed(&h, &format!("n{node}"), &ip.to_string())).await {
+                                Ok(a) => { assert_eq!(a.ip, ip); model.insert(h, ip); }
+                                Err(IpamError::AddressTaken { handle: holder, .. }) => {
+                                    assert_eq!(model.get(&holder), Some(&ip));
+                                }
+                                Err(IpamError::HandleHoldsOther { .. }) => assert!(model.contains_key(&h)),
+                                Err(IpamError::PoolEdge { .. }) => assert!(ip.octets()[3] == 0 || ip.octets()[3] == 127),
+                                Err(e) => panic!("{e}"),
+                            }
+                        }
+                        Step::Release { handle } => {
+                            let h = format!("h{handle}");
+                            let released = ipam.release_handle(&h).await.unwrap();
+                            assert_eq!(released, model.remove(&h).into_iter().collect::<Vec<_>>());
+                        }
+                        Step::ReleaseIp { host } => {
+                            let ip = Ipv4Addr::new(10, 79, 0, host % 128);
+                            let holder = ipam.release_ip(ip).await.unwrap();
+                            let expected = model.iter().find(|(_, v)| **v == ip).map(|(k, _)| k.clone());
+                            assert_eq!(holder, expected);
+                            if let Some(h) = expected { model.remove(&h); }
+                        }
+                    }
+                    let live: BTreeSet<Ipv4Addr> = model.values().copied().collect();
+                    assert_eq!(live.len(), model.len(), "two handles share an address");
+                    let usage = ipam.usage().await.unwrap();
+                    assert_eq!(usage.pools[0].allocated as usize, model.len());
+                }
+                assert!(ipam.check(false).await.unwrap().problems.is_empty());
+                for h in model.keys().cloned().collect::<Vec<_>>() {
+                    ipam.release_handle(&h).await.unwrap();
+                }
+                assert!(ipam_keys(ipam.store()).await.is_empty());
+            });
+        }
+    }
+}

@@ -1,0 +1,248 @@
+//! `make bench-ipam`: IPAM allocate/release against a local etcd, next to a raw etcd
+//! baseline measured in the same run (one get plus one compare-revision transaction per
+//! operation, at the same concurrency), and allocation p99 as the pool fills.
+//!
+//! usage: bench-ipam [OPS_PER_NODE] [FILL]   (defaults 1000 and 50000)
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use brindle_ipam::pools::NewPool;
+use brindle_ipam::{AllocRequest, EtcdConfig, EtcdStore, Ipam};
+use brindle_tests::etcd::Etcd;
+use etcd_client::{Compare, CompareOp, Txn, TxnOp};
+
+struct Stats {
+    ops: usize,
+    wall: Duration,
+    latencies: Vec<Duration>,
+}
+
+impl Stats {
+    fn merge(parts: Vec<Stats>, wall: Duration) -> Stats {
+        let mut latencies: Vec<Duration> = parts.into_iter().flat_map(|s| s.latencies).collect();
+        latencies.sort();
+        Stats {
+            ops: latencies.len(),
+            wall,
+            latencies,
+        }
+    }
+    fn pct(&self, p: f64) -> Duration {
+        let mut l = self.latencies.clone();
+        l.sort();
+        l[((l.len() as f64 - 1.0) * p).round() as usize]
+    }
+    fn rate(&self) -> f64 {
+        self.ops as f64 / self.wall.as_secs_f64()
+    }
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1e3)
+}
+
+async fn store(endpoint: &str) -> EtcdStore {
+    EtcdStore::connect(&EtcdConfig {
+        endpoints: vec![endpoint.to_string()],
+        ..EtcdConfig::default()
+    })
+    .await
+    .expect("connect etcd")
+}
+
+/// One node: `ops` operations alternating allocate and release (a warm allocation keeps
+/// the node's block alive, as a node running containers would).
+async fn brindle_node(endpoint: String, node: String, ops: usize) -> Stats {
+    let ipam = Ipam::new(store(&endpoint).await, "/brindle");
+    let req = |h: String| AllocRequest {
+        handle: h,
+        node: node.clone(),
+        ..AllocRequest::default()
+    };
+    ipam.allocate(&req(format!("{node}-warm")))
+        .await
+        .expect("warm");
+    let mut latencies = Vec::with_capacity(ops);
+    let start = Instant::now();
+    for i in 0..ops / 2 {
+        let handle = format!("{node}-{i}");
+        let t = Instant::now();
+        ipam.allocate(&req(handle.clone())).await.expect("allocate");
+        latencies.push(t.elapsed());
+        let t = Instant::now();
+        ipam.release_handle(&handle).await.expect("release");
+        latencies.push(t.elapsed());
+    }
+    Stats {
+        ops: latencies.len(),
+        wall: start.elapsed(),
+        latencies,
+    }
+}
+
+/// The raw baseline: per operation one get and one transaction comparing the revision read.
+async fn raw_client(endpoint: String, id: usize, ops: usize) -> Stats {
+    let s = store(&endpoint).await;
+    let mut kv = s.client().kv_client();
+    let key = format!("/bench/raw/{id}");
+    kv.put(key.as_str(), "0", None).await.expect("seed");
+    let mut latencies = Vec::with_capacity(ops);
+    let start = Instant::now();
+    for i in 0..ops {
+        let t = Instant::now();
+        let got = kv.get(key.as_str(), None).await.expect("get");
+        let rev = got.kvs()[0].mod_revision();
+        let txn = Txn::new()
+            .when([Compare::mod_revision(key.as_str(), CompareOp::Equal, rev)])
+            .and_then([TxnOp::put(key.as_str(), i.to_string(), None)]);
+        let resp = kv.txn(txn).await.expect("txn");
+        assert!(resp.succeeded(), "uncontended CAS failed");
+        latencies.push(t.elapsed());
+    }
+    Stats {
+        ops,
+        wall: start.elapsed(),
+        latencies,
+    }
+}
+
+async fn concurrent<F, Fut>(n: usize, f: F) -> Stats
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = Stats> + Send + 'static,
+{
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..n).map(|i| tokio::spawn(f(i))).collect();
+    let mut parts = Vec::new();
+    for t in tasks {
+        parts.push(t.await.expect("bench task"));
+    }
+    Stats::merge(parts, start.elapsed())
+}
+
+/// p99 of `sample` single allocations by one node once `level` addresses are allocated.
+async fn fill_p99(
+    ipam: &Ipam<EtcdStore>,
+    filled: &mut usize,
+    level: usize,
+    sample: usize,
+    endpoint: &str,
+) -> Duration {
+    // Fill with 8 concurrent nodes, then measure one node.
+    let need = level.saturating_sub(*filled);
+    if need > 0 {
+        let per = need.div_ceil(8);
+        let base = *filled;
+        let ep = endpoint.to_string();
+        concurrent(8, move |n| {
+            let ep = ep.clone();
+            async move {
+                let ipam = Ipam::new(store(&ep).await, "/brindle");
+                for i in 0..per {
+                    let req = AllocRequest {
+                        handle: format!("fill-{base}-{n}-{i}"),
+                        node: format!("filler-{n}"),
+                        ..AllocRequest::default()
+                    };
+                    ipam.allocate(&req).await.expect("fill");
+                }
+                Stats {
+                    ops: per,
+                    wall: Duration::ZERO,
+                    latencies: vec![Duration::ZERO],
+                }
+            }
+        })
+        .await;
+        *filled += per * 8;
+    }
+    let mut lat = Vec::with_capacity(sample);
+    for i in 0..sample {
+        let req = AllocRequest {
+            handle: format!("probe-{level}-{i}"),
+            node: "filler-0".into(),
+            ..AllocRequest::default()
+        };
+        let t = Instant::now();
+        ipam.allocate(&req).await.expect("probe");
+        lat.push(t.elapsed());
+    }
+    *filled += sample;
+    let s = Stats {
+        ops: sample,
+        wall: Duration::from_secs(1),
+        latencies: lat,
+    };
+    s.pct(0.99)
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let ops: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(1000);
+    let fill: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(50_000);
+    let etcd = Etcd::start();
+    let ep = etcd.endpoint.clone();
+    let admin = Ipam::new(store(&ep).await, "/brindle");
+    admin
+        .add_pool(NewPool {
+            name: "bench".into(),
+            cidr: "10.128.0.0/16".parse().unwrap(),
+            block_size: 26,
+            disabled: false,
+            reserved: Default::default(),
+        })
+        .await
+        .expect("pool");
+    println!(
+        "bench-ipam: etcd {} (pid {}), {ops} ops per client, fill to {fill}",
+        ep,
+        etcd.pid()
+    );
+    println!();
+    println!("| clients | what | ops/s | p50 | p99 |");
+    println!("|---|---|---|---|---|");
+    let mut ratios = Vec::new();
+    for clients in [1usize, 8] {
+        let e = ep.clone();
+        let raw = concurrent(clients, move |i| {
+            raw_client(e.clone(), i + clients * 100, ops)
+        })
+        .await;
+        let e = ep.clone();
+        let ours = concurrent(clients, move |i| {
+            brindle_node(e.clone(), format!("bench-{clients}-{i}"), ops)
+        })
+        .await;
+        for (what, s) in [
+            ("raw etcd get+CAS (baseline)", &raw),
+            ("brindle alloc/release", &ours),
+        ] {
+            println!(
+                "| {clients} | {what} | {:.0} | {} | {} |",
+                s.rate(),
+                ms(s.pct(0.5)),
+                ms(s.pct(0.99))
+            );
+        }
+        ratios.push((clients, ours.rate() / raw.rate()));
+    }
+    println!();
+    for (clients, r) in &ratios {
+        println!(
+            "throughput ratio brindle/baseline with {clients} client(s): {r:.2}x (goal >= 1.0x)"
+        );
+    }
+    let probe = Arc::new(Ipam::new(store(&ep).await, "/brindle"));
+    let mut filled = 0usize;
+    let p_small = fill_p99(&probe, &mut filled, 1_000, 500, &ep).await;
+    let p_large = fill_p99(&probe, &mut filled, fill, 500, &ep).await;
+    println!(
+        "allocation p99 at ~1k allocated: {}; at ~{}k allocated: {}; ratio {:.2}x (goal <= 1.2x)",
+        ms(p_small),
+        fill / 1000,
+        ms(p_large),
+        p_large.as_secs_f64() / p_small.as_secs_f64()
+    );
+}

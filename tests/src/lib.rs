@@ -1,0 +1,7 @@
+//! Harness for brindle's integration and end-to-end suites: real etcd (and later dockerd,
+//! BIRD, podman, network namespaces), started on free loopback ports in temp dirs and
+//! stopped by PID when the test ends.
+
+pub mod bins;
+pub mod etcd;
+pub mod ports;

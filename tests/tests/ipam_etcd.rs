@@ -1,0 +1,497 @@
+//! IPAM and the `brindle` CLI against a real etcd.
+
+use std::collections::HashSet;
+use std::net::{Ipv4Addr, TcpListener};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use brindle_tests::bins::{bin, brindle};
+use brindle_tests::etcd::Etcd;
+use serde_json::Value;
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output().expect("run brindle")
+}
+
+/// Run and expect success; returns stdout.
+fn ok(cmd: &mut Command) -> String {
+    let out = run(cmd);
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Run and expect failure with one sentence on stderr containing every needle.
+fn fails(cmd: &mut Command, needles: &[&str]) -> String {
+    let out = run(cmd);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !out.status.success(),
+        "{cmd:?} should fail; stdout: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(
+        stderr.trim_end().lines().count(),
+        1,
+        "expected one line on stderr: {stderr}"
+    );
+    for n in needles {
+        assert!(stderr.contains(n), "stderr lacks {n:?}: {stderr}");
+    }
+    assert!(
+        out.stdout.is_empty(),
+        "an error must print nothing on stdout"
+    );
+    stderr
+}
+
+fn json(cmd: &mut Command) -> Value {
+    serde_json::from_str(&ok(cmd.arg("-o").arg("json"))).expect("valid JSON")
+}
+
+fn cli(etcd: &Etcd, node: &str, args: &[&str]) -> Command {
+    let mut c = brindle(&etcd.endpoint, node);
+    c.args(args);
+    c
+}
+
+#[test]
+fn pools_fixed_and_dynamic_addresses_for_two_nodes() {
+    let etcd = Etcd::start();
+    ok(&mut cli(
+        &etcd,
+        "n1",
+        &[
+            "pool",
+            "add",
+            "office",
+            "--cidr",
+            "10.90.0.0/16",
+            "--block-size",
+            "24",
+        ],
+    ));
+    let fixed = ok(&mut cli(
+        &etcd,
+        "n1",
+        &[
+            "ipam",
+            "alloc",
+            "--handle",
+            "db",
+            "--ip",
+            "10.90.7.7",
+            "--attr",
+            "container=db1",
+        ],
+    ));
+    assert_eq!(fixed, "10.90.7.7\n", "alloc prints the bare address");
+    let dyn1: Ipv4Addr = ok(&mut cli(
+        &etcd,
+        "n1",
+        &["ipam", "alloc", "--handle", "web1"],
+    ))
+    .trim()
+    .parse()
+    .unwrap();
+    let dyn2: Ipv4Addr = ok(&mut cli(
+        &etcd,
+        "n2",
+        &["ipam", "alloc", "--handle", "web2"],
+    ))
+    .trim()
+    .parse()
+    .unwrap();
+    assert_ne!(dyn1, dyn2);
+    // n1 fills the block its fixed address claimed; n2 claims a block of its own.
+    assert_eq!(dyn1.octets()[2], 7);
+    assert_ne!(dyn2.octets()[2], 7);
+    // Same handle, another process: same address.
+    let again = ok(&mut cli(
+        &etcd,
+        "n2",
+        &["ipam", "alloc", "--handle", "web2"],
+    ));
+    assert_eq!(again.trim(), dyn2.to_string());
+
+    let show = json(&mut cli(&etcd, "n1", &["ipam", "show"]));
+    let pool = &show["pools"][0];
+    assert_eq!(pool["name"], "office");
+    assert_eq!(pool["cidr"], "10.90.0.0/16");
+    assert_eq!(pool["block_size"], 24);
+    assert_eq!(pool["size"], 65534);
+    assert_eq!(pool["allocated"], 3);
+    assert_eq!(pool["blocks"].as_array().unwrap().len(), 2);
+
+    let one = json(&mut cli(
+        &etcd,
+        "n1",
+        &["ipam", "show", "--ip", "10.90.7.7"],
+    ));
+    assert_eq!(one["ip"], "10.90.7.7");
+    assert_eq!(one["allocated"], true);
+    assert_eq!(one["handle"], "db");
+    assert_eq!(one["attributes"]["container"], "db1");
+    assert_eq!(one["block"], "10.90.7.0/24");
+    assert_eq!(one["node"], "n1");
+    let free = json(&mut cli(
+        &etcd,
+        "n1",
+        &["ipam", "show", "--ip", "10.90.200.1"],
+    ));
+    assert_eq!(free["allocated"], false);
+    assert_eq!(free["handle"], Value::Null);
+
+    let table = ok(&mut cli(&etcd, "n1", &["ipam", "show", "--blocks"]));
+    assert!(
+        table.contains("10.90.7.0/24") && table.contains("n2"),
+        "{table}"
+    );
+    assert!(json(&mut cli(&etcd, "n1", &["ipam", "check"]))["clean"]
+        .as_bool()
+        .unwrap());
+
+    ok(&mut cli(
+        &etcd,
+        "n1",
+        &["ipam", "release", "--handle", "db"],
+    ));
+    ok(&mut cli(
+        &etcd,
+        "n1",
+        &["ipam", "release", "--handle", "db"],
+    ));
+    let released = json(&mut cli(
+        &etcd,
+        "n1",
+        &["ipam", "release", "--ip", &dyn1.to_string()],
+    ));
+    assert_eq!(released["handle"], "web1");
+    ok(&mut cli(
+        &etcd,
+        "n2",
+        &["ipam", "release", "--handle", "web2"],
+    ));
+    assert!(
+        etcd.keys("/brindle/v1/ipam/").is_empty(),
+        "left: {:?}",
+        etcd.keys("/brindle/v1/ipam/")
+    );
+    ok(&mut cli(&etcd, "n1", &["pool", "rm", "office"]));
+    assert!(etcd.keys("/brindle/v1/pools/").is_empty());
+}
+
+#[test]
+fn bad_input_gets_one_clear_sentence_and_writes_nothing() {
+    let etcd = Etcd::start();
+    ok(&mut cli(
+        &etcd,
+        "n1",
+        &[
+            "pool",
+            "add",
+            "p1",
+            "--cidr",
+            "10.91.0.0/28",
+            "--block-size",
+            "29",
+        ],
+    ));
+    ok(&mut cli(
+        &etcd,
+        "n1",
+        &["ipam", "alloc", "--handle", "holder", "--ip", "10.91.0.5"],
+    ));
+    let before = etcd.etcdctl(&["get", "--prefix", "/brindle"]);
+
+    type Case<'a> = (&'a [&'a str], &'a [&'a str]);
+    let cases: &[Case] = &[
+        (
+            &["pool", "add", "x", "--cidr", "10.92.0.0"],
+            &["\"10.92.0.0\"", "CIDR"],
+        ),
+        (
+            &["pool", "add", "x", "--cidr", "10.92.0.0/40"],
+            &["10.92.0.0/40", "0 to 32"],
+        ),
+        (
+            &["pool", "add", "x", "--cidr", "10.92.0.9/24"],
+            &["10.92.0.9/24", "10.92.0.0/24"],
+        ),
+        (
+            &[
+                "pool",
+                "add",
+                "x",
+                "--cidr",
+                "10.92.0.0/24",
+                "--block-size",
+                "22",
+            ],
+            &["/22", "/24 to /32"],
+        ),
+        (
+            &[
+                "pool",
+                "add",
+                "x",
+                "--cidr",
+                "10.92.0.0/16",
+                "--block-size",
+                "19",
+            ],
+            &["/19", "/20 to /32"],
+        ),
+        (
+            &[
+                "pool",
+                "add",
+                "x",
+                "--cidr",
+                "10.91.0.8/29",
+                "--block-size",
+                "29",
+            ],
+            &["10.91.0.8/29", "overlaps", "p1"],
+        ),
+        (
+            &["pool", "add", "p1", "--cidr", "10.93.0.0/24"],
+            &["p1", "already exists"],
+        ),
+        (
+            &["ipam", "alloc", "--handle", "h", "--ip", "10.99.1.1"],
+            &["10.99.1.1", "not inside any pool", "p1"],
+        ),
+        (
+            &["ipam", "alloc", "--handle", "h", "--ip", "10.91.0.5"],
+            &["10.91.0.5", "holder"],
+        ),
+        (
+            &["ipam", "alloc", "--handle", "h", "--pool", "nope"],
+            &["\"nope\"", "p1"],
+        ),
+        (
+            &["ipam", "alloc", "--handle", "bad handle"],
+            &["\"bad handle\""],
+        ),
+        (
+            &["ipam", "alloc", "--handle", "h", "--attr", "novalue"],
+            &["\"novalue\"", "KEY=VALUE"],
+        ),
+        (&["pool", "rm", "p1"], &["p1", "1 allocated", "--force"]),
+        (&["pool", "rm", "ghost"], &["\"ghost\"", "p1"]),
+    ];
+    for (args, needles) in cases {
+        fails(&mut cli(&etcd, "n1", args), needles);
+        assert_eq!(
+            etcd.etcdctl(&["get", "--prefix", "/brindle"]),
+            before,
+            "{args:?} changed etcd"
+        );
+    }
+
+    // Exhaustion names the pool and its size; the failed request leaves no handle.
+    for i in 0..13 {
+        ok(&mut cli(
+            &etcd,
+            "n1",
+            &["ipam", "alloc", "--handle", &format!("f{i}")],
+        ));
+    }
+    fails(
+        &mut cli(&etcd, "n1", &["ipam", "alloc", "--handle", "one-too-many"]),
+        &["p1", "exhausted", "14 usable"],
+    );
+    assert!(etcd
+        .keys("/brindle/v1/ipam/handles/one-too-many")
+        .is_empty());
+    assert!(json(&mut cli(&etcd, "n1", &["ipam", "check"]))["clean"]
+        .as_bool()
+        .unwrap());
+}
+
+#[test]
+fn unreachable_etcd_fails_within_five_seconds_naming_the_endpoint() {
+    // A closed port: refused at once.
+    let closed = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let endpoint = format!("http://127.0.0.1:{closed}");
+    let mut c = brindle(&endpoint, "n1");
+    fails(c.args(["pool", "list"]), &[&endpoint, "cannot reach etcd"]);
+
+    // A listener that accepts and never answers: only the deadline ends it.
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://127.0.0.1:{}", silent.local_addr().unwrap().port());
+    let start = Instant::now();
+    let mut c = brindle(&endpoint, "n1");
+    fails(
+        c.args(["ipam", "alloc", "--handle", "x"]),
+        &[&endpoint, "within 5s"],
+    );
+    let took = start.elapsed();
+    assert!(took < Duration::from_secs(7), "took {took:?}");
+    drop(silent);
+}
+
+#[test]
+fn tls_client_certificates_and_password_auth() {
+    let etcd = Etcd::start_tls();
+    let tls = etcd.tls.clone().unwrap();
+    let with_tls = |args: &[&str]| {
+        let mut c = cli(&etcd, "n1", args);
+        c.arg("--etcd-ca-file")
+            .arg(&tls.ca)
+            .arg("--etcd-cert-file")
+            .arg(&tls.client_cert)
+            .arg("--etcd-key-file")
+            .arg(&tls.client_key);
+        c
+    };
+    ok(&mut with_tls(&[
+        "pool",
+        "add",
+        "secure",
+        "--cidr",
+        "10.94.0.0/24",
+    ]));
+    assert_eq!(
+        ok(&mut with_tls(&[
+            "ipam",
+            "alloc",
+            "--handle",
+            "t",
+            "--ip",
+            "10.94.0.9"
+        ]))
+        .trim(),
+        "10.94.0.9"
+    );
+    // Without the client certificate the server refuses us: a clear error, not a hang.
+    let mut bare = cli(&etcd, "n1", &["pool", "list"]);
+    bare.arg("--etcd-ca-file").arg(&tls.ca);
+    fails(&mut bare, &[&etcd.endpoint]);
+    // A CA file that does not exist is named.
+    let mut missing = cli(&etcd, "n1", &["pool", "list"]);
+    missing.arg("--etcd-ca-file").arg("/nonexistent/ca.pem");
+    fails(&mut missing, &["/nonexistent/ca.pem"]);
+
+    // Username/password (on a plain etcd).
+    let plain = Etcd::start();
+    plain.etcdctl(&["user", "add", "root:s3cret"]);
+    plain.etcdctl(&["auth", "enable"]);
+    let mut good = cli(
+        &plain,
+        "n1",
+        &["pool", "add", "authd", "--cidr", "10.95.0.0/24"],
+    );
+    good.args(["--etcd-username", "root", "--etcd-password", "s3cret"]);
+    ok(&mut good);
+    let mut env_auth = cli(&plain, "n1", &["pool", "list", "-o", "json"]);
+    env_auth
+        .env("BRINDLE_ETCD_USERNAME", "root")
+        .env("BRINDLE_ETCD_PASSWORD", "s3cret");
+    assert!(ok(&mut env_auth).contains("10.95.0.0/24"));
+    let mut wrong = cli(&plain, "n1", &["pool", "list"]);
+    wrong.args(["--etcd-username", "root", "--etcd-password", "nope"]);
+    fails(&mut wrong, &["authentication failed"]);
+}
+
+fn spawn_nodes(etcd: &Etcd, mode: &str, nodes: usize, count: usize) -> Vec<(String, Child)> {
+    (0..nodes)
+        .map(|n| {
+            let node = format!("node-{n}");
+            let child = Command::new(bin("ipam-node"))
+                .args([&etcd.endpoint, &node, mode, &count.to_string()])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn ipam-node");
+            (node, child)
+        })
+        .collect()
+}
+
+fn collect(children: Vec<(String, Child)>) -> Vec<(String, Vec<Ipv4Addr>)> {
+    children
+        .into_iter()
+        .map(|(node, child)| {
+            let out = child.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "{node}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let ips = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .map(|l| l.parse().unwrap())
+                .collect();
+            (node, ips)
+        })
+        .collect()
+}
+
+#[test]
+fn eight_processes_as_eight_nodes_never_share_an_address() {
+    let etcd = Etcd::start();
+    // 16 blocks of 16 for 8 nodes allocating 30 each: claims race, blocks fill, and
+    // nodes end up borrowing from each other.
+    ok(&mut cli(
+        &etcd,
+        "admin",
+        &[
+            "pool",
+            "add",
+            "small",
+            "--cidr",
+            "10.96.0.0/24",
+            "--block-size",
+            "28",
+        ],
+    ));
+    let results = collect(spawn_nodes(&etcd, "alloc", 8, 30));
+    let pool: ipnetwork::Ipv4Network = "10.96.0.0/24".parse().unwrap();
+    let mut seen = HashSet::new();
+    for (node, ips) in &results {
+        assert_eq!(ips.len(), 30, "{node}");
+        for ip in ips {
+            assert!(pool.contains(*ip), "{ip} outside the pool");
+            assert!(
+                *ip != pool.network() && *ip != pool.broadcast(),
+                "{ip} is a pool edge"
+            );
+            assert!(seen.insert(*ip), "{ip} handed out twice");
+        }
+    }
+    assert_eq!(seen.len(), 240);
+    let check = json(&mut cli(&etcd, "admin", &["ipam", "check"]));
+    assert_eq!(check["clean"], true, "{check}");
+    assert_eq!(check["problems"].as_array().unwrap().len(), 0, "{check}");
+    assert_eq!(check["checked"]["allocations"], 240);
+    // Every holder is recorded against its own node.
+    for (node, ips) in &results {
+        let one = json(&mut cli(
+            &etcd,
+            "admin",
+            &["ipam", "show", "--ip", &ips[0].to_string()],
+        ));
+        assert_eq!(one["node"], node.as_str());
+    }
+
+    let released = collect(spawn_nodes(&etcd, "release", 8, 30));
+    let mut freed: Vec<Ipv4Addr> = released.into_iter().flat_map(|(_, ips)| ips).collect();
+    freed.sort();
+    let mut all: Vec<Ipv4Addr> = seen.into_iter().collect();
+    all.sort();
+    assert_eq!(freed, all, "each address released exactly once");
+    let left = etcd.keys("/brindle/v1/ipam/");
+    assert!(left.is_empty(), "left behind: {left:?}");
+    assert_eq!(
+        json(&mut cli(&etcd, "admin", &["ipam", "show"]))["pools"][0]["allocated"],
+        0
+    );
+}
