@@ -4,4 +4,5 @@
 
 pub mod bins;
 pub mod etcd;
+pub mod netns;
 pub mod ports;

@@ -1,0 +1,119 @@
+//! `brindled`, the node agent: the Docker network + IPAM driver socket, the local API
+//! socket for brindle-cni, and the agent loops (routes, BIRD).
+
+mod socket;
+mod state;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, ValueEnum};
+use tracing::info;
+
+use crate::config::{hostname, EtcdArgs};
+use crate::dataplane::{Dataplane, LinuxDataplane};
+pub use socket::serve_unix;
+pub use state::NodeState;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// brindled's flags; each has a `BRINDLE_*` environment variable.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "brindled",
+    version,
+    about = "brindle node agent: Docker driver, CNI fast path, routes, BGP"
+)]
+pub struct DaemonArgs {
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
+    /// This node's name (default: hostname).
+    #[arg(long, env = "BRINDLE_NODE")]
+    pub node: Option<String>,
+    /// This node's IP: BGP router id and next hop for its blocks.
+    #[arg(long, env = "BRINDLE_NODE_IP")]
+    pub node_ip: Option<Ipv4Addr>,
+    /// This node's AS number (default: the global AS).
+    #[arg(long = "as", env = "BRINDLE_AS")]
+    pub as_num: Option<u32>,
+    /// Where Docker looks for plugin sockets; brindled serves `<dir>/brindle.sock`.
+    #[arg(
+        long,
+        env = "BRINDLE_DOCKER_PLUGIN_DIR",
+        default_value = "/run/docker/plugins"
+    )]
+    pub docker_plugin_dir: PathBuf,
+    /// Local API socket used by brindle-cni.
+    #[arg(
+        long,
+        env = "BRINDLE_API_SOCKET",
+        default_value = "/run/brindle/brindled.sock"
+    )]
+    pub api_socket: PathBuf,
+    /// BIRD config file to render and keep current (no BIRD management when absent).
+    #[arg(long, env = "BRINDLE_BIRD_CONFIG")]
+    pub bird_config: Option<PathBuf>,
+    /// birdc control socket.
+    #[arg(
+        long,
+        env = "BRINDLE_BIRDC_SOCKET",
+        default_value = "/run/bird/bird.ctl"
+    )]
+    pub birdc_socket: PathBuf,
+    /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9469).
+    #[arg(long, env = "BRINDLE_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+    #[arg(long, env = "BRINDLE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+impl DaemonArgs {
+    pub fn node_name(&self) -> String {
+        self.node.clone().unwrap_or_else(hostname)
+    }
+}
+
+/// Run brindled until SIGTERM or SIGINT.
+pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
+    let ipam = args.etcd.ipam().await.context("connect to etcd")?;
+    let dataplane: Arc<dyn Dataplane> =
+        Arc::new(LinuxDataplane::connect().context("open rtnetlink")?);
+    let state = Arc::new(NodeState::new(args.clone(), ipam, dataplane));
+    info!(node = %state.node, "brindled starting");
+
+    let docker_sock = args.docker_plugin_dir.join("brindle.sock");
+    let docker = serve_unix(docker_sock, crate::docker::router(state.clone()));
+    let api = serve_unix(args.api_socket.clone(), crate::api::router(state.clone()));
+    let agent = crate::agent::run(state.clone());
+    let stop = shutdown_signal();
+    tokio::select! {
+        r = docker => r.context("docker plugin socket")?,
+        r = api => r.context("local API socket")?,
+        r = agent => r.context("agent")?,
+        _ = stop => info!("brindled stopping"),
+    }
+    let _ = std::fs::remove_file(args.docker_plugin_dir.join("brindle.sock"));
+    let _ = std::fs::remove_file(&args.api_socket);
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+}

@@ -1,0 +1,30 @@
+//! Serving an axum router on a root-only unix socket.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use axum::Router;
+use tokio::net::UnixListener;
+use tracing::info;
+
+/// Bind `path` (replacing a stale socket, creating the directory), restrict it to root,
+/// and serve `router` on it until the task is dropped.
+pub async fn serve_unix(path: PathBuf, router: Router) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    }
+    match std::fs::remove_file(&path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("remove stale {}", path.display())),
+    }
+    let listener = UnixListener::bind(&path).with_context(|| format!("bind {}", path.display()))?;
+    // The socket allocates addresses and creates interfaces: root only.
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("chmod {}", path.display()))?;
+    info!(socket = %path.display(), "listening");
+    axum::serve(listener, router)
+        .await
+        .with_context(|| format!("serve {}", path.display()))
+}
