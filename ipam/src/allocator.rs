@@ -231,6 +231,12 @@ impl<S: Store> Ipam<S> {
                             return Ok(existing);
                         }
                     }
+                    // Our view of who claimed what was stale if a claim lost: list again
+                    // once, rather than discovering other claims one round trip at a time.
+                    if plan.block_revision.is_none() && block.is_some() {
+                        cache.claimed = None;
+                        cache.affine.remove(&req.node);
+                    }
                     match block {
                         Some(kv) => cache.learn_block(decode(&kv)?),
                         None => cache.forget_block(plan.block.cidr),

@@ -121,47 +121,42 @@ where
     Stats::merge(parts, start.elapsed())
 }
 
-/// p99 of `sample` single allocations by one node once `level` addresses are allocated.
-async fn fill_p99(
-    ipam: &Ipam<EtcdStore>,
-    filled: &mut usize,
-    level: usize,
-    sample: usize,
-    endpoint: &str,
-) -> Duration {
-    // Fill with 8 concurrent nodes, then measure one node.
+/// Fill the pool to `level` with 8 concurrent filler nodes.
+async fn fill_to(filled: &mut usize, level: usize, endpoint: &str) {
     let need = level.saturating_sub(*filled);
-    if need > 0 {
-        let per = need.div_ceil(8);
-        let base = *filled;
-        let ep = endpoint.to_string();
-        concurrent(8, move |n| {
-            let ep = ep.clone();
-            async move {
-                let ipam = Ipam::new(store(&ep).await, "/brindle");
-                for i in 0..per {
-                    let req = AllocRequest {
-                        handle: format!("fill-{base}-{n}-{i}"),
-                        node: format!("filler-{n}"),
-                        ..AllocRequest::default()
-                    };
-                    ipam.allocate(&req).await.expect("fill");
-                }
-                Stats {
-                    ops: per,
-                    wall: Duration::ZERO,
-                    latencies: vec![Duration::ZERO],
-                }
-            }
-        })
-        .await;
-        *filled += per * 8;
+    if need == 0 {
+        return;
     }
+    let per = need.div_ceil(8);
+    let base = *filled;
+    let ep = endpoint.to_string();
+    concurrent(8, move |n| {
+        let ep = ep.clone();
+        async move {
+            let ipam = Ipam::new(store(&ep).await, "/brindle");
+            for i in 0..per {
+                let req = AllocRequest {
+                    handle: format!("fill-{base}-{n}-{i}"),
+                    node: format!("filler-{n}"),
+                    ..AllocRequest::default()
+                };
+                ipam.allocate(&req).await.expect("fill");
+            }
+            Stats { ops: per, wall: Duration::ZERO, latencies: vec![Duration::ZERO] }
+        }
+    })
+    .await;
+    *filled += per * 8;
+}
+
+/// p99 of `sample` allocations by the probe node (its own long-lived agent), and of the
+/// raw get+CAS baseline measured right after, at the current fill level.
+async fn probe_p99(ipam: &Ipam<EtcdStore>, filled: &mut usize, sample: usize, endpoint: &str) -> (Duration, Duration) {
     let mut lat = Vec::with_capacity(sample);
     for i in 0..sample {
         let req = AllocRequest {
-            handle: format!("probe-{level}-{i}"),
-            node: "filler-0".into(),
+            handle: format!("probe-{filled}-{i}"),
+            node: "probe".into(),
             ..AllocRequest::default()
         };
         let t = Instant::now();
@@ -169,12 +164,9 @@ async fn fill_p99(
         lat.push(t.elapsed());
     }
     *filled += sample;
-    let s = Stats {
-        ops: sample,
-        wall: Duration::from_secs(1),
-        latencies: lat,
-    };
-    s.pct(0.99)
+    let ours = Stats { ops: sample, wall: Duration::from_secs(1), latencies: lat };
+    let raw = raw_client(endpoint.to_string(), 9_000 + *filled, sample).await;
+    (ours.pct(0.99), raw.pct(0.99))
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -236,13 +228,21 @@ async fn main() {
     }
     let probe = Arc::new(Ipam::new(store(&ep).await, "/brindle"));
     let mut filled = 0usize;
-    let p_small = fill_p99(&probe, &mut filled, 1_000, 500, &ep).await;
-    let p_large = fill_p99(&probe, &mut filled, fill, 500, &ep).await;
+    fill_to(&mut filled, 1_000, &ep).await;
+    let (small, raw_small) = probe_p99(&probe, &mut filled, 500, &ep).await;
+    fill_to(&mut filled, fill, &ep).await;
+    let (large, raw_large) = probe_p99(&probe, &mut filled, 500, &ep).await;
     println!(
         "allocation p99 at ~1k allocated: {}; at ~{}k allocated: {}; ratio {:.2}x (goal <= 1.2x)",
-        ms(p_small),
+        ms(small),
         fill / 1000,
-        ms(p_large),
-        p_large.as_secs_f64() / p_small.as_secs_f64()
+        ms(large),
+        large.as_secs_f64() / small.as_secs_f64()
+    );
+    println!(
+        "raw etcd get+CAS p99 at the same moments: {} and {} (ratio {:.2}x): how much etcd itself slowed",
+        ms(raw_small),
+        ms(raw_large),
+        raw_large.as_secs_f64() / raw_small.as_secs_f64()
     );
 }

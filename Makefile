@@ -1,0 +1,56 @@
+# brindle: build, test, e2e, bench, demo, install, lint.
+# `make demo` and `make test` install what they need on a fresh Debian 12 machine.
+
+CARGO ?= cargo
+RELEASE := target/release
+
+.PHONY: all deps build release lint test bench bench-ipam bench-cni bench-docker bench-dataplane demo install clean
+
+all: build
+
+deps:
+	@scripts/install-deps.sh
+
+build:
+	$(CARGO) build --workspace --bins
+
+release:
+	$(CARGO) build --release --workspace --bins
+
+lint: deps
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+# Everything: format, lint, unit tests, etcd integration tests and the root e2e suites
+# (dockerd, BIRD, podman, network namespaces). The suites find the binaries built here.
+test: deps lint build
+	$(CARGO) test --workspace -- --test-threads=4
+
+demo: deps release
+	scripts/demo.sh
+
+bench: bench-ipam bench-cni bench-docker bench-dataplane
+
+bench-ipam: deps
+	$(CARGO) build --release -p brindle-tests --bin bench-ipam
+	$(RELEASE)/bench-ipam
+
+bench-cni: deps release
+	$(RELEASE)/bench-cni
+
+bench-docker: deps release
+	$(RELEASE)/bench-docker
+
+bench-dataplane: deps release
+	$(RELEASE)/bench-dataplane
+
+install: release
+	install -d /usr/local/bin /opt/cni/bin
+	install -m 0755 $(RELEASE)/brindle $(RELEASE)/brindled /usr/local/bin/
+	@if [ -x $(RELEASE)/brindle-cni ]; then \
+	  install -m 0755 $(RELEASE)/brindle-cni /opt/cni/bin/brindle; \
+	  install -m 0755 $(RELEASE)/brindle-cni /opt/cni/bin/brindle-ipam; \
+	fi
+
+clean:
+	$(CARGO) clean

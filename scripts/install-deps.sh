@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Install (idempotently, quietly) everything brindle's build, tests, benchmarks and demo
+# need on a fresh Debian 12 machine. Safe to run again: it does nothing when all is there.
+set -euo pipefail
+
+packages=(
+  protobuf-compiler      # etcd-client's build.rs runs protoc
+  etcd-server etcd-client # real etcd for integration tests (etcd, etcdctl)
+  docker.io              # real dockerd for the Docker driver e2e tests
+  bird2                  # real BIRD 2 for the BGP tests
+  busybox-static         # the rootfs of the test container images (no registry here)
+  podman containernetworking-plugins  # CNI e2e: podman with the CNI backend, stock ptp/host-local
+  iperf3                 # dataplane benchmark
+  iproute2 openssl jq
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  [[ "$p" == \#* ]] && continue
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "install-deps: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# podman on these machines: the CNI backend, and no default ulimits (the sandbox refuses them).
+if [ -d /etc/containers ] || command -v podman >/dev/null; then
+  mkdir -p /etc/containers
+  conf=/etc/containers/containers.conf
+  if ! grep -q '^network_backend *= *"cni"' "$conf" 2>/dev/null; then
+    cat > "$conf" <<'CONF'
+# written by brindle's scripts/install-deps.sh
+[containers]
+default_ulimits = []
+
+[network]
+network_backend = "cni"
+cni_plugin_dirs = ["/opt/cni/bin", "/usr/lib/cni"]
+network_config_dir = "/etc/cni/net.d"
+CONF
+  fi
+fi
+
+command -v cargo >/dev/null || { echo "install-deps: cargo (Rust toolchain) is required" >&2; exit 1; }
