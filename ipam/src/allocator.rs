@@ -146,10 +146,20 @@ impl<S: Store> Ipam<S> {
         validate_handle(&req.handle)?;
         validate_node_name(&req.node)?;
         let mut cache = self.cache.lock().await;
+        let mut refreshed = false;
         for attempt in 1..=MAX_ATTEMPTS {
-            let plan = match self.plan(&mut cache, req).await? {
-                Planned::Existing(assigned) => return Ok(assigned),
-                Planned::New(plan) => plan,
+            let plan = match self.plan(&mut cache, req).await {
+                Ok(Planned::Existing(assigned)) => return Ok(assigned),
+                Ok(Planned::New(plan)) => plan,
+                // A long-lived cache may miss pools added since: look once more.
+                Err(IpamError::PoolExhausted { .. } | IpamError::AllPoolsExhausted { .. })
+                    if !refreshed =>
+                {
+                    refreshed = true;
+                    cache.pools = None;
+                    continue;
+                }
+                Err(e) => return Err(e),
             };
             let handle_key = self.keys.handle(&req.handle);
             let block_key = self.keys.block(plan.block.cidr);

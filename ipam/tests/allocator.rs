@@ -368,6 +368,22 @@ async fn concurrent_nodes_never_share_an_address() {
     assert!(admin.check(false).await.unwrap().clean);
 }
 
+#[tokio::test]
+async fn long_lived_allocator_sees_pools_added_elsewhere() {
+    let agent = ipam_with_pool("10.80.0.0/30", 30).await;
+    agent.allocate(&req("a", "n1")).await.unwrap();
+    agent.allocate(&req("b", "n1")).await.unwrap();
+    // The agent's pool is full; an admin (another process) adds a second pool.
+    let admin = Ipam::new(agent.store().clone(), PREFIX);
+    add_pool(&admin, "p2", "10.81.0.0/24", 26).await;
+    let c = agent.allocate(&req("c", "n1")).await.unwrap();
+    assert_eq!(c.pool, "p2");
+    // And an admin removing a pool is noticed through the pool's changed revision.
+    assert_eq!(admin.remove_pool("p2", true).await.unwrap(), 1);
+    let err = agent.allocate(&req("d", "n1")).await.unwrap_err();
+    assert!(matches!(err, IpamError::PoolExhausted { .. }), "{err}");
+}
+
 mod property {
     use super::*;
     use proptest::prelude::*;
