@@ -20,7 +20,7 @@ use crate::codec::{decode, encode, Versioned};
 use crate::error::{validate_handle, validate_node_name, IpamError};
 use crate::keys::Keys;
 use crate::model::{Affinity, Allocation, Block, HandleRecord, Pool, ATTR_NODE};
-use crate::retry::{backoff, MAX_ATTEMPTS};
+use crate::retry::{backoff, cas_loop, Attempt, MAX_ATTEMPTS};
 use crate::store::{Compare, Kv, Op, Store, Txn, TxnOutcome};
 
 /// What a caller asks for.
@@ -819,20 +819,21 @@ impl<S: Store> Ipam<S> {
     ) -> Result<(), IpamError> {
         validate_handle(handle)?;
         let mut cache = self.cache.lock().await;
-        for attempt in 1..=MAX_ATTEMPTS {
+        let ((), committed) = cas_loop(&self.store, async || {
             let Some(record) = self.read_handle(handle).await? else {
-                return Ok(());
+                return Ok(Attempt::Done(()));
             };
+            let blocks: BTreeSet<Ipv4Network> = record.value.addresses.values().copied().collect();
             let mut compares = Vec::new();
             let mut ops = Vec::new();
-            for (ip, cidr) in &record.value.addresses {
-                let key = self.keys.block(*cidr);
-                let Some(mut block) = self.read_block(*cidr).await? else {
+            for cidr in blocks {
+                let key = self.keys.block(cidr);
+                let Some(mut block) = self.read_block(cidr).await? else {
                     continue;
                 };
                 compares.push(Compare::unchanged(&key, Some(block.revision)));
-                if let Some(a) = block.value.allocations.get_mut(ip) {
-                    if a.handle == handle {
+                for (ip, a) in block.value.allocations.iter_mut() {
+                    if a.handle == handle && record.value.addresses.contains_key(ip) {
                         a.attrs.extend(attrs.clone());
                     }
                 }
@@ -846,17 +847,15 @@ impl<S: Store> Ipam<S> {
                 ops,
                 read_on_conflict: Vec::new(),
             };
-            if let TxnOutcome::Committed { .. } = self.store.txn(txn).await? {
-                // Revisions changed under the cache; re-read blocks when next needed.
-                cache.blocks.clear();
-                cache.affine.clear();
-                return Ok(());
-            }
-            backoff(attempt).await;
-        }
-        Err(IpamError::Contention {
-            attempts: MAX_ATTEMPTS,
+            Ok(Attempt::Commit(txn, ()))
         })
+        .await?;
+        if committed.is_some() {
+            // Revisions changed under the cache; re-read blocks when next needed.
+            cache.blocks.clear();
+            cache.affine.clear();
+        }
+        Ok(())
     }
 }
 

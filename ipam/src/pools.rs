@@ -14,8 +14,8 @@ use crate::cidr::validate_pool_shape;
 use crate::codec::{decode, encode, Versioned};
 use crate::error::{validate_pool_name, IpamError};
 use crate::model::{Block, HandleRecord, Pool};
-use crate::retry::{backoff, MAX_ATTEMPTS};
-use crate::store::{Compare, Op, Store, Txn, TxnOutcome};
+use crate::retry::{cas_loop, Attempt};
+use crate::store::{Compare, Op, Store, Txn};
 use crate::Ipam;
 
 /// What `pool add` asks for.
@@ -53,7 +53,7 @@ impl<S: Store> Ipam<S> {
             reserved: new.reserved,
             deleting: false,
         };
-        for attempt in 1..=MAX_ATTEMPTS {
+        cas_loop(self.store(), async || {
             let (meta, meta_rev) = self.read_meta().await?;
             for existing in self.list_pools().await? {
                 if existing.name == pool.name {
@@ -64,7 +64,7 @@ impl<S: Store> Ipam<S> {
                 }
                 if overlaps(existing.cidr, pool.cidr) {
                     return Err(IpamError::PoolOverlap {
-                        name: pool.name,
+                        name: pool.name.clone(),
                         cidr: pool.cidr,
                         other: existing.name,
                         other_cidr: existing.cidr,
@@ -86,16 +86,12 @@ impl<S: Store> Ipam<S> {
                 ],
                 read_on_conflict: Vec::new(),
             };
-            if let TxnOutcome::Committed { .. } = self.store().txn(txn).await? {
-                info!(pool = %pool.name, cidr = %pool.cidr, "pool added");
-                self.invalidate().await;
-                return Ok(pool);
-            }
-            backoff(attempt).await;
-        }
-        Err(IpamError::Contention {
-            attempts: MAX_ATTEMPTS,
+            Ok(Attempt::Commit(txn, ()))
         })
+        .await?;
+        info!(pool = %pool.name, cidr = %pool.cidr, "pool added");
+        self.invalidate().await;
+        Ok(pool)
     }
 
     /// Every pool, sorted by name.
@@ -134,7 +130,7 @@ impl<S: Store> Ipam<S> {
         for block in blocks {
             self.drop_block(block.value.cidr).await?;
         }
-        for attempt in 1..=MAX_ATTEMPTS {
+        cas_loop(self.store(), async || {
             let (meta, meta_rev) = self.read_meta().await?;
             let pool_key = self.keys().pool(name);
             let current = self.store().get(&pool_key).await?;
@@ -146,16 +142,12 @@ impl<S: Store> Ipam<S> {
                 ops: vec![Op::Delete { key: pool_key }, self.bump_meta(meta)],
                 read_on_conflict: Vec::new(),
             };
-            if let TxnOutcome::Committed { .. } = self.store().txn(txn).await? {
-                info!(pool = %name, released = count, "pool removed");
-                self.invalidate().await;
-                return Ok(count);
-            }
-            backoff(attempt).await;
-        }
-        Err(IpamError::Contention {
-            attempts: MAX_ATTEMPTS,
+            Ok(Attempt::Commit(txn, ()))
         })
+        .await?;
+        info!(pool = %name, released = count, "pool removed");
+        self.invalidate().await;
+        Ok(count)
     }
 
     /// Set or clear the pool's `deleting` flag (compare-and-swap on the pool).
@@ -165,14 +157,14 @@ impl<S: Store> Ipam<S> {
         deleting: bool,
     ) -> Result<Versioned<Pool>, IpamError> {
         let key = self.keys().pool(name);
-        for attempt in 1..=MAX_ATTEMPTS {
+        let (mut pool, revision) = cas_loop(self.store(), async || {
             let Some(kv) = self.store().get(&key).await? else {
-                let existing = self
+                let existing: Vec<String> = self
                     .list_pools()
                     .await?
                     .into_iter()
                     .map(|p| p.name)
-                    .collect::<Vec<_>>();
+                    .collect();
                 return Err(IpamError::PoolNotFound {
                     name: name.to_string(),
                     existing: if existing.is_empty() {
@@ -192,16 +184,12 @@ impl<S: Store> Ipam<S> {
                 }],
                 read_on_conflict: Vec::new(),
             };
-            if let TxnOutcome::Committed { revision } = self.store().txn(txn).await? {
-                self.invalidate().await;
-                pool.revision = revision;
-                return Ok(pool);
-            }
-            backoff(attempt).await;
-        }
-        Err(IpamError::Contention {
-            attempts: MAX_ATTEMPTS,
+            Ok(Attempt::Commit(txn, pool))
         })
+        .await?;
+        self.invalidate().await;
+        pool.revision = revision.unwrap_or(pool.revision);
+        Ok(pool)
     }
 
     /// Every block inside a pool.
@@ -221,9 +209,9 @@ impl<S: Store> Ipam<S> {
     /// and its affinity. Each step compares what it read.
     async fn drop_block(&self, cidr: Ipv4Network) -> Result<(), IpamError> {
         let key = self.keys().block(cidr);
-        for attempt in 1..=MAX_ATTEMPTS {
+        cas_loop(self.store(), async || {
             let Some(kv) = self.store().get(&key).await? else {
-                return Ok(());
+                return Ok(Attempt::Done(()));
             };
             let block: Versioned<Block> = decode(&kv)?;
             for (ip, allocation) in &block.value.allocations {
@@ -240,14 +228,10 @@ impl<S: Store> Ipam<S> {
                 ops,
                 read_on_conflict: Vec::new(),
             };
-            if let TxnOutcome::Committed { .. } = self.store().txn(txn).await? {
-                return Ok(());
-            }
-            backoff(attempt).await;
-        }
-        Err(IpamError::Contention {
-            attempts: MAX_ATTEMPTS,
+            Ok(Attempt::Commit(txn, ()))
         })
+        .await?;
+        Ok(())
     }
 
     /// Remove one address from a handle record, deleting the record when it empties.
@@ -257,13 +241,13 @@ impl<S: Store> Ipam<S> {
         ip: Ipv4Addr,
     ) -> Result<(), IpamError> {
         let key = self.keys().handle(handle);
-        for attempt in 1..=MAX_ATTEMPTS {
+        cas_loop(self.store(), async || {
             let Some(kv) = self.store().get(&key).await? else {
-                return Ok(());
+                return Ok(Attempt::Done(()));
             };
             let mut record: Versioned<HandleRecord> = decode(&kv)?;
             if record.value.addresses.remove(&ip).is_none() {
-                return Ok(());
+                return Ok(Attempt::Done(()));
             }
             let op = if record.value.addresses.is_empty() {
                 Op::Delete { key: key.clone() }
@@ -278,14 +262,10 @@ impl<S: Store> Ipam<S> {
                 ops: vec![op],
                 read_on_conflict: Vec::new(),
             };
-            if let TxnOutcome::Committed { .. } = self.store().txn(txn).await? {
-                return Ok(());
-            }
-            backoff(attempt).await;
-        }
-        Err(IpamError::Contention {
-            attempts: MAX_ATTEMPTS,
+            Ok(Attempt::Commit(txn, ()))
         })
+        .await?;
+        Ok(())
     }
 
     async fn read_meta(&self) -> Result<(PoolsMeta, Option<i64>), IpamError> {

@@ -14,3 +14,37 @@ pub async fn backoff(attempt: u32) {
     let wait = rand::rng().random_range(0..=cap_us);
     tokio::time::sleep(Duration::from_micros(wait)).await;
 }
+
+/// What one attempt of a read-modify-write decided.
+pub enum Attempt<T> {
+    /// Nothing (more) to write: finish with this value.
+    Done(T),
+    /// Apply this transaction; on commit finish with the value, on conflict try again.
+    Commit(crate::store::Txn, T),
+}
+
+/// Run read-modify-write attempts until one commits or decides it is done, with
+/// backoff between conflicts and at most [`MAX_ATTEMPTS`] tries. Returns the value and,
+/// when a transaction committed, its revision.
+pub async fn cas_loop<S, T>(
+    store: &S,
+    mut attempt: impl AsyncFnMut() -> Result<Attempt<T>, crate::IpamError>,
+) -> Result<(T, Option<i64>), crate::IpamError>
+where
+    S: crate::store::Store,
+{
+    for n in 1..=MAX_ATTEMPTS {
+        match attempt().await? {
+            Attempt::Done(value) => return Ok((value, None)),
+            Attempt::Commit(txn, value) => {
+                if let crate::store::TxnOutcome::Committed { revision } = store.txn(txn).await? {
+                    return Ok((value, Some(revision)));
+                }
+            }
+        }
+        backoff(n).await;
+    }
+    Err(crate::IpamError::Contention {
+        attempts: MAX_ATTEMPTS,
+    })
+}

@@ -369,6 +369,20 @@ async fn concurrent_nodes_never_share_an_address() {
 }
 
 #[tokio::test]
+async fn attributes_added_after_allocation_are_stored() {
+    let ipam = ipam_with_pool("10.82.0.0/24", 26).await;
+    let a = ipam.allocate(&req("ep-1", "n1")).await.unwrap();
+    let attrs = BTreeMap::from([("container".to_string(), "c0ffee".to_string())]);
+    ipam.set_attributes("ep-1", &attrs).await.unwrap();
+    let report = ipam.address(a.ip).await.unwrap();
+    assert_eq!(report.attributes["container"], "c0ffee");
+    assert_eq!(report.attributes["node"], "n1");
+    // Unknown handles are a no-op, and the allocator still works from its cache.
+    ipam.set_attributes("nobody", &attrs).await.unwrap();
+    assert_eq!(ipam.release_handle("ep-1").await.unwrap(), vec![a.ip]);
+}
+
+#[tokio::test]
 async fn long_lived_allocator_sees_pools_added_elsewhere() {
     let agent = ipam_with_pool("10.80.0.0/30", 30).await;
     agent.allocate(&req("a", "n1")).await.unwrap();
