@@ -142,7 +142,11 @@ async fn fill_to(filled: &mut usize, level: usize, endpoint: &str) {
                 };
                 ipam.allocate(&req).await.expect("fill");
             }
-            Stats { ops: per, wall: Duration::ZERO, latencies: vec![Duration::ZERO] }
+            Stats {
+                ops: per,
+                wall: Duration::ZERO,
+                latencies: vec![Duration::ZERO],
+            }
         }
     })
     .await;
@@ -151,7 +155,12 @@ async fn fill_to(filled: &mut usize, level: usize, endpoint: &str) {
 
 /// p99 of `sample` allocations by the probe node (its own long-lived agent), and of the
 /// raw get+CAS baseline measured right after, at the current fill level.
-async fn probe_p99(ipam: &Ipam<EtcdStore>, filled: &mut usize, sample: usize, endpoint: &str) -> (Duration, Duration) {
+async fn probe_p99(
+    ipam: &Ipam<EtcdStore>,
+    filled: &mut usize,
+    sample: usize,
+    endpoint: &str,
+) -> (Duration, Duration) {
     let mut lat = Vec::with_capacity(sample);
     for i in 0..sample {
         let req = AllocRequest {
@@ -164,7 +173,11 @@ async fn probe_p99(ipam: &Ipam<EtcdStore>, filled: &mut usize, sample: usize, en
         lat.push(t.elapsed());
     }
     *filled += sample;
-    let ours = Stats { ops: sample, wall: Duration::from_secs(1), latencies: lat };
+    let ours = Stats {
+        ops: sample,
+        wall: Duration::from_secs(1),
+        latencies: lat,
+    };
     let raw = raw_client(endpoint.to_string(), 9_000 + *filled, sample).await;
     (ours.pct(0.99), raw.pct(0.99))
 }
