@@ -819,7 +819,7 @@ impl<S: Store> Ipam<S> {
     ) -> Result<(), IpamError> {
         validate_handle(handle)?;
         let mut cache = self.cache.lock().await;
-        let ((), committed) = cas_loop(&self.store, async || {
+        let ((), committed) = cas_loop(&self.store, move || async move {
             let Some(record) = self.read_handle(handle).await? else {
                 return Ok(Attempt::Done(()));
             };

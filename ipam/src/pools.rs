@@ -53,7 +53,9 @@ impl<S: Store> Ipam<S> {
             reserved: new.reserved,
             deleting: false,
         };
-        cas_loop(self.store(), async || {
+        let new = &pool;
+        cas_loop(self.store(), move || async move {
+            let pool = new;
             let (meta, meta_rev) = self.read_meta().await?;
             for existing in self.list_pools().await? {
                 if existing.name == pool.name {
@@ -80,7 +82,7 @@ impl<S: Store> Ipam<S> {
                 ops: vec![
                     Op::Put {
                         key: pool_key,
-                        value: encode(&pool),
+                        value: encode(pool),
                     },
                     self.bump_meta(meta),
                 ],
@@ -130,7 +132,7 @@ impl<S: Store> Ipam<S> {
         for block in blocks {
             self.drop_block(block.value.cidr).await?;
         }
-        cas_loop(self.store(), async || {
+        cas_loop(self.store(), move || async move {
             let (meta, meta_rev) = self.read_meta().await?;
             let pool_key = self.keys().pool(name);
             let current = self.store().get(&pool_key).await?;
@@ -156,9 +158,9 @@ impl<S: Store> Ipam<S> {
         name: &str,
         deleting: bool,
     ) -> Result<Versioned<Pool>, IpamError> {
-        let key = self.keys().pool(name);
-        let (mut pool, revision) = cas_loop(self.store(), async || {
-            let Some(kv) = self.store().get(&key).await? else {
+        let key = &self.keys().pool(name);
+        let (mut pool, revision) = cas_loop(self.store(), move || async move {
+            let Some(kv) = self.store().get(key).await? else {
                 let existing: Vec<String> = self
                     .list_pools()
                     .await?
@@ -177,7 +179,7 @@ impl<S: Store> Ipam<S> {
             let mut pool: Versioned<Pool> = decode(&kv)?;
             pool.value.deleting = deleting;
             let txn = Txn {
-                compares: vec![Compare::unchanged(&key, Some(pool.revision))],
+                compares: vec![Compare::unchanged(key, Some(pool.revision))],
                 ops: vec![Op::Put {
                     key: key.clone(),
                     value: encode(&pool.value),
@@ -208,9 +210,9 @@ impl<S: Store> Ipam<S> {
     /// Take a block apart: drop its addresses from their handles, then delete the block
     /// and its affinity. Each step compares what it read.
     async fn drop_block(&self, cidr: Ipv4Network) -> Result<(), IpamError> {
-        let key = self.keys().block(cidr);
-        cas_loop(self.store(), async || {
-            let Some(kv) = self.store().get(&key).await? else {
+        let key = &self.keys().block(cidr);
+        cas_loop(self.store(), move || async move {
+            let Some(kv) = self.store().get(key).await? else {
                 return Ok(Attempt::Done(()));
             };
             let block: Versioned<Block> = decode(&kv)?;
@@ -224,7 +226,7 @@ impl<S: Store> Ipam<S> {
                 });
             }
             let txn = Txn {
-                compares: vec![Compare::unchanged(&key, Some(block.revision))],
+                compares: vec![Compare::unchanged(key, Some(block.revision))],
                 ops,
                 read_on_conflict: Vec::new(),
             };
@@ -240,9 +242,9 @@ impl<S: Store> Ipam<S> {
         handle: &str,
         ip: Ipv4Addr,
     ) -> Result<(), IpamError> {
-        let key = self.keys().handle(handle);
-        cas_loop(self.store(), async || {
-            let Some(kv) = self.store().get(&key).await? else {
+        let key = &self.keys().handle(handle);
+        cas_loop(self.store(), move || async move {
+            let Some(kv) = self.store().get(key).await? else {
                 return Ok(Attempt::Done(()));
             };
             let mut record: Versioned<HandleRecord> = decode(&kv)?;
@@ -258,7 +260,7 @@ impl<S: Store> Ipam<S> {
                 }
             };
             let txn = Txn {
-                compares: vec![Compare::unchanged(&key, Some(record.revision))],
+                compares: vec![Compare::unchanged(key, Some(record.revision))],
                 ops: vec![op],
                 read_on_conflict: Vec::new(),
             };

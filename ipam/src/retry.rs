@@ -26,12 +26,16 @@ pub enum Attempt<T> {
 /// Run read-modify-write attempts until one commits or decides it is done, with
 /// backoff between conflicts and at most [`MAX_ATTEMPTS`] tries. Returns the value and,
 /// when a transaction committed, its revision.
-pub async fn cas_loop<S, T>(
+pub async fn cas_loop<S, T, F, Fut>(
     store: &S,
-    mut attempt: impl AsyncFnMut() -> Result<Attempt<T>, crate::IpamError>,
+    mut attempt: F,
 ) -> Result<(T, Option<i64>), crate::IpamError>
 where
     S: crate::store::Store,
+    // A plain closure returning a future (rather than an async closure) keeps the
+    // caller's future `Send`, which brindled's handlers need.
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Attempt<T>, crate::IpamError>>,
 {
     for n in 1..=MAX_ATTEMPTS {
         match attempt().await? {

@@ -485,3 +485,25 @@ mod property {
         }
     }
 }
+
+/// brindled's axum handlers and spawned tasks need every IPAM future to be `Send`.
+#[test]
+fn ipam_futures_are_send() {
+    fn assert_send<T: Send>(_: &T) {}
+    let ipam = Ipam::new(MemoryStore::new(), PREFIX);
+    let new_pool = NewPool {
+        name: "p".into(),
+        cidr: "10.83.0.0/24".parse().unwrap(),
+        block_size: 26,
+        disabled: false,
+        reserved: BTreeSet::new(),
+    };
+    assert_send(&ipam.add_pool(new_pool));
+    assert_send(&ipam.remove_pool("p", true));
+    assert_send(&ipam.allocate(&req("h", "n")));
+    assert_send(&ipam.release_handle("h"));
+    assert_send(&ipam.release_ip(Ipv4Addr::new(10, 83, 0, 1)));
+    assert_send(&ipam.set_attributes("h", &BTreeMap::new()));
+    assert_send(&ipam.check(true));
+    assert_send(&ipam.usage());
+}

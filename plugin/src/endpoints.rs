@@ -27,11 +27,13 @@ pub struct EndpointRecord {
     pub handle: String,
 }
 
-fn endpoints_prefix(keys: &Keys) -> String {
+/// `PREFIX/v1/endpoints/`: every endpoint record lives under it.
+pub fn endpoints_prefix(keys: &Keys) -> String {
     format!("{}/endpoints/", keys.root())
 }
 
-fn endpoint_key(keys: &Keys, node: &str, id: &str) -> String {
+/// The key of one endpoint record, for callers that write it inside their own transaction.
+pub fn endpoint_key(keys: &Keys, node: &str, id: &str) -> String {
     format!("{}/endpoints/{node}/{id}", keys.root())
 }
 

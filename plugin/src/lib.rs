@@ -3,7 +3,9 @@
 
 pub mod agent;
 pub mod api;
+pub mod bgpstore;
 pub mod cli;
+pub mod cni;
 pub mod config;
 pub mod daemon;
 pub mod dataplane;

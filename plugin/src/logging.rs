@@ -1,6 +1,8 @@
 //! Log setup shared by the binaries: tracing to stderr (never stdout, which carries
 //! results), level from `BRINDLE_LOG` or `RUST_LOG`.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 /// Text logs on stderr at `default` level unless the environment says otherwise.
@@ -10,6 +12,7 @@ pub fn init_stderr(default: &str) {
         .unwrap_or_else(|_| default.to_string());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::new(filter))
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .try_init();
 }

@@ -22,20 +22,30 @@ pub struct Etcd {
     dir: tempfile::TempDir,
     pub endpoint: String,
     pub tls: Option<TlsFiles>,
+    /// With [`Etcd::start_also_on`]: the same server on another local address, e.g.
+    /// one that hosts in other network namespaces can reach (they cannot reach the
+    /// root namespace's loopback).
+    pub extra_endpoint: Option<String>,
 }
 
 impl Etcd {
     /// Plain-HTTP etcd.
     pub fn start() -> Self {
-        Self::launch(false)
+        Self::launch(false, None)
     }
 
     /// etcd serving HTTPS and requiring a client certificate signed by its CA.
     pub fn start_tls() -> Self {
-        Self::launch(true)
+        Self::launch(true, None)
     }
 
-    fn launch(tls: bool) -> Self {
+    /// Plain-HTTP etcd listening on 127.0.0.1 and also on `addr` (same port), which
+    /// must be an address of this namespace; see [`Etcd::extra_endpoint`].
+    pub fn start_also_on(addr: std::net::Ipv4Addr) -> Self {
+        Self::launch(false, Some(addr))
+    }
+
+    fn launch(tls: bool, extra: Option<std::net::Ipv4Addr>) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("brindle-etcd-")
             .tempdir()
@@ -45,6 +55,11 @@ impl Etcd {
         let scheme = if tls { "https" } else { "http" };
         let endpoint = format!("{scheme}://127.0.0.1:{client_port}");
         let peer = format!("http://127.0.0.1:{peer_port}");
+        let extra_endpoint = extra.map(|a| format!("{scheme}://{a}:{client_port}"));
+        let listen = match &extra_endpoint {
+            Some(e) => format!("{endpoint},{e}"),
+            None => endpoint.clone(),
+        };
         let files = tls.then(|| make_tls(dir.path()));
         let log = std::fs::File::create(dir.path().join("etcd.log")).expect("etcd log");
         let mut cmd = Command::new(etcd_binary());
@@ -53,7 +68,7 @@ impl Etcd {
             .arg("--data-dir")
             .arg(dir.path().join("data"))
             .arg("--listen-client-urls")
-            .arg(&endpoint)
+            .arg(&listen)
             .arg("--advertise-client-urls")
             .arg(&endpoint)
             .arg("--listen-peer-urls")
@@ -82,6 +97,7 @@ impl Etcd {
             dir,
             endpoint,
             tls: files,
+            extra_endpoint,
         };
         etcd.wait_ready();
         etcd

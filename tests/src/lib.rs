@@ -3,6 +3,11 @@
 //! stopped by PID when the test ends.
 
 pub mod bins;
+pub mod bird;
+pub mod cni;
+pub mod docker;
 pub mod etcd;
 pub mod netns;
+pub mod podman;
 pub mod ports;
+pub mod topology;

@@ -1,13 +1,198 @@
 //! brindled's local API for brindle-cni (the fast path: warm etcd connection, cached
-//! blocks).
+//! blocks, one round trip per CNI operation).
+//!
+//! HTTP/1.1 on the unix socket `--api-socket` (default `/run/brindle/brindled.sock`,
+//! mode 0600). Every request is a `POST` with a JSON body; every answer is JSON:
+//!
+//! | path | body | 200 answer |
+//! |---|---|---|
+//! | `/v1/cni/add` | [`AddRequest`] | [`AddReply`] |
+//! | `/v1/cni/del` | [`DelRequest`] | `{}` |
+//! | `/v1/cni/check` | [`CheckRequest`] | `{}` |
+//! | `/v1/cni/gc` | [`GcRequest`] | [`GcReply`] |
+//! | `/v1/cni/status` | [`StatusRequest`] | `{}` |
+//!
+//! A failed operation answers 500 with a [`CniError`] (`{"code","msg","details"}`), which
+//! the plugin prints as its CNI error. A request for another node or key prefix than
+//! brindled serves, or naming a netns path brindled cannot see, answers 409, and a
+//! body that does not decode 400: the plugin then does the work itself against etcd.
+
+pub mod client;
 
 use std::sync::Arc;
 
-use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use brindle_ipam::{EtcdStore, Keys};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 
+use crate::cni::error::{code, CniError};
+use crate::cni::ops::{
+    self, AddRequest, CheckRequest, Ctx, DelRequest, GcRequest, Reaper, StatusRequest, Target,
+};
 use crate::daemon::NodeState;
+use crate::dataplane::{Dataplane, LinuxDataplane};
+
+/// Paths of the API, shared with the client.
+pub mod paths {
+    pub const ADD: &str = "/v1/cni/add";
+    pub const DEL: &str = "/v1/cni/del";
+    pub const CHECK: &str = "/v1/cni/check";
+    pub const GC: &str = "/v1/cni/gc";
+    pub const STATUS: &str = "/v1/cni/status";
+}
+
+/// What the handlers share: the node state, the dataplane CNI requests use, and the
+/// reaper that finishes veth deletions after DEL has answered.
+pub struct Api {
+    pub node: Arc<NodeState>,
+    pub dataplane: Arc<dyn Dataplane>,
+    pub reaper: Reaper,
+}
 
 /// The routes served on `--api-socket`.
-pub fn router(_state: Arc<NodeState>) -> Router {
+///
+/// CNI requests get a netlink socket of their own (when one can be opened here, in the
+/// host namespace, inside the runtime), so a veth being built never queues behind the
+/// agent's route and link dumps on the shared one.
+pub fn router(state: Arc<NodeState>) -> Router {
+    let dataplane: Arc<dyn Dataplane> = match LinuxDataplane::connect() {
+        Ok(dp) => Arc::new(dp),
+        Err(e) => {
+            tracing::warn!(%e, "cni api: no netlink socket of its own, sharing the agent's");
+            state.dataplane.clone()
+        }
+    };
+    let reaper = Reaper::dedicated().unwrap_or_else(|e| {
+        tracing::warn!(%e, "cni api: no reaper thread, deleting veths on the runtime");
+        Reaper::new(dataplane.clone())
+    });
+    let state = Arc::new(Api {
+        reaper,
+        dataplane,
+        node: state,
+    });
     Router::new()
+        .route(paths::ADD, post(add))
+        .route(paths::DEL, post(del))
+        .route(paths::CHECK, post(check))
+        .route(paths::GC, post(gc))
+        .route(paths::STATUS, post(status))
+        .with_state(state)
+}
+
+type Rejection = Box<Response>;
+
+fn error_response(status: StatusCode, e: CniError) -> Response {
+    (status, Json(e)).into_response()
+}
+
+/// Decode the body and make sure it is meant for this brindled.
+fn accept<T: DeserializeOwned>(
+    api: &Api,
+    body: &[u8],
+    target: impl Fn(&T) -> &Target,
+) -> Result<T, Rejection> {
+    let req: T = serde_json::from_slice(body).map_err(|e| {
+        Box::new(error_response(
+            StatusCode::BAD_REQUEST,
+            CniError::new(
+                code::BRINDLED,
+                format!("brindled cannot decode the request: {e}"),
+            ),
+        ))
+    })?;
+    let st = &api.node;
+    let t = target(&req);
+    let ours = Keys::new(&st.args.etcd.etcd_prefix);
+    if t.node != st.node || Keys::new(&t.prefix) != ours {
+        return Err(Box::new(error_response(
+            StatusCode::CONFLICT,
+            CniError::new(
+                code::BRINDLED,
+                format!(
+                    "brindled serves node {} with prefix {}, not node {} with prefix {}",
+                    st.node, st.args.etcd.etcd_prefix, t.node, t.prefix
+                ),
+            ),
+        )));
+    }
+    Ok(req)
+}
+
+fn ctx(api: &Api) -> Ctx<'_, EtcdStore> {
+    Ctx {
+        ipam: &api.node.ipam,
+        dataplane: Some(api.dataplane.as_ref()),
+        node: &api.node.node,
+        reaper: Some(&api.reaper),
+    }
+}
+
+fn answer<T: Serialize>(r: Result<T, CniError>) -> Response {
+    match r {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => error_response(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}
+
+async fn add(State(st): State<Arc<Api>>, body: Bytes) -> Response {
+    match accept(&st, &body, |r: &AddRequest| &r.target) {
+        Ok(req) => match netns_visible(req.mode, req.netns.as_deref()) {
+            Ok(()) => answer(ops::add(&ctx(&st), &req).await),
+            Err(r) => *r,
+        },
+        Err(r) => *r,
+    }
+}
+
+/// brindled may run in other mount or PID namespaces than the runtime (a container
+/// without `/run/netns` or `--pid host`): a netns path it cannot see is declined, and
+/// the plugin, which runs in the runtime's namespaces, does the work itself.
+fn netns_visible(mode: ops::Mode, netns: Option<&str>) -> Result<(), Rejection> {
+    match netns {
+        Some(path) if mode == ops::Mode::Main && !std::path::Path::new(path).exists() => {
+            Err(Box::new(error_response(
+                StatusCode::CONFLICT,
+                CniError::new(code::BRINDLED, format!("brindled cannot see netns {path}")),
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
+async fn del(State(st): State<Arc<Api>>, body: Bytes) -> Response {
+    match accept(&st, &body, |r: &DelRequest| &r.target) {
+        Ok(req) => answer(ops::del(&ctx(&st), &req).await),
+        Err(r) => *r,
+    }
+}
+
+async fn check(State(st): State<Arc<Api>>, body: Bytes) -> Response {
+    match accept(&st, &body, |r: &CheckRequest| &r.target) {
+        Ok(req) => match netns_visible(req.mode, req.netns.as_deref()) {
+            Ok(()) => answer(ops::check(&ctx(&st), &req).await),
+            Err(r) => *r,
+        },
+        Err(r) => *r,
+    }
+}
+
+async fn gc(State(st): State<Arc<Api>>, body: Bytes) -> Response {
+    match accept(&st, &body, |r: &GcRequest| &r.target) {
+        Ok(req) => answer(ops::gc(&ctx(&st), &req).await),
+        Err(r) => *r,
+    }
+}
+
+async fn status(State(st): State<Arc<Api>>, body: Bytes) -> Response {
+    match accept(&st, &body, |r: &StatusRequest| &r.target) {
+        Ok(req) => answer(ops::status(&ctx(&st), &req).await),
+        Err(r) => *r,
+    }
 }

@@ -14,7 +14,7 @@ use tracing::info;
 
 use crate::config::{hostname, EtcdArgs};
 use crate::dataplane::{Dataplane, LinuxDataplane};
-pub use socket::serve_unix;
+pub use socket::{serve_unix, UnixPeer};
 pub use state::NodeState;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -49,6 +49,14 @@ pub struct DaemonArgs {
         default_value = "/run/docker/plugins"
     )]
     pub docker_plugin_dir: PathBuf,
+    /// dockerd's API socket: the Docker driver asks it which container holds each
+    /// endpoint (Docker never tells drivers), for `brindle endpoints`.
+    #[arg(
+        long,
+        env = "BRINDLE_DOCKER_API_SOCKET",
+        default_value = "/var/run/docker.sock"
+    )]
+    pub docker_api_socket: PathBuf,
     /// Local API socket used by brindle-cni.
     #[arg(
         long,
@@ -66,6 +74,12 @@ pub struct DaemonArgs {
         default_value = "/run/bird/bird.ctl"
     )]
     pub birdc_socket: PathBuf,
+    /// `bird`, used to check each rendered configuration (`bird -p -c`).
+    #[arg(long, env = "BRINDLE_BIRD_BIN", default_value = "/usr/sbin/bird")]
+    pub bird_bin: PathBuf,
+    /// `birdc`, used to make BIRD load a new configuration.
+    #[arg(long, env = "BRINDLE_BIRDC_BIN", default_value = "/usr/sbin/birdc")]
+    pub birdc_bin: PathBuf,
     /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9469).
     #[arg(long, env = "BRINDLE_METRICS_ADDR")]
     pub metrics_addr: Option<SocketAddr>,
@@ -91,11 +105,18 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     let docker = serve_unix(docker_sock, crate::docker::router(state.clone()));
     let api = serve_unix(args.api_socket.clone(), crate::api::router(state.clone()));
     let agent = crate::agent::run(state.clone());
+    let metrics = async {
+        match args.metrics_addr {
+            Some(addr) => crate::agent::metrics::serve(addr).await,
+            None => std::future::pending().await,
+        }
+    };
     let stop = shutdown_signal();
     tokio::select! {
         r = docker => r.context("docker plugin socket")?,
         r = api => r.context("local API socket")?,
         r = agent => r.context("agent")?,
+        r = metrics => r.context("metrics")?,
         _ = stop => info!("brindled stopping"),
     }
     let _ = std::fs::remove_file(args.docker_plugin_dir.join("brindle.sock"));

@@ -4,9 +4,33 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 
 use anyhow::Context;
+use axum::extract::connect_info::Connected;
+use axum::serve::IncomingStream;
 use axum::Router;
 use tokio::net::UnixListener;
 use tracing::info;
+
+/// The process on the other end of a connection (`SO_PEERCRED`), available to handlers
+/// as `ConnectInfo<UnixPeer>`. The Docker driver uses the pid to tell one dockerd
+/// instance from the next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct UnixPeer {
+    /// `None` when unknown, or 0 when the peer is in a PID namespace we cannot see.
+    pub pid: Option<i32>,
+    pub uid: Option<u32>,
+}
+
+impl Connected<IncomingStream<'_, UnixListener>> for UnixPeer {
+    fn connect_info(stream: IncomingStream<'_, UnixListener>) -> Self {
+        match stream.io().peer_cred() {
+            Ok(cred) => UnixPeer {
+                pid: cred.pid(),
+                uid: Some(cred.uid()),
+            },
+            Err(_) => UnixPeer::default(),
+        }
+    }
+}
 
 /// Bind `path` (replacing a stale socket, creating the directory), restrict it to root,
 /// and serve `router` on it until the task is dropped.
@@ -24,7 +48,10 @@ pub async fn serve_unix(path: PathBuf, router: Router) -> anyhow::Result<()> {
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
         .with_context(|| format!("chmod {}", path.display()))?;
     info!(socket = %path.display(), "listening");
-    axum::serve(listener, router)
-        .await
-        .with_context(|| format!("serve {}", path.display()))
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<UnixPeer>(),
+    )
+    .await
+    .with_context(|| format!("serve {}", path.display()))
 }

@@ -1,13 +1,227 @@
 //! Docker's remote NetworkDriver + IpamDriver protocol (libnetwork), translated into
-//! IPAM and dataplane calls.
+//! IPAM and dataplane calls. One socket, `<--docker-plugin-dir>/brindle.sock`, serves
+//! both APIs; the driver name is `brindle` for `--driver` and `--ipam-driver`.
+//!
+//! - `wire.rs`: the JSON bodies; `http.rs`: lenient body extractor, `{"Err"}` replies,
+//!   the caller's dockerd identity; `handlers.rs`: one thin axum handler per call.
+//! - `ipam_driver.rs`: pools (`--subnet`, `--ip-range`, `--ipam-opt pool=`) and
+//!   addresses (`--ip`, `--gateway`, `--aux-address`, dynamic ones from this node's
+//!   blocks); `pool_id.rs`: the self-describing `PoolID`.
+//! - `net_driver.rs`: networks and endpoints: the routed veth of DESIGN.md, the
+//!   169.254.1.x next hop returned by `Join`.
+//! - `records.rs`: what is persisted in etcd before Docker gets an answer.
+//! - `reclaim.rs` + `dockerd.rs`: recovering addresses a dockerd that no longer runs
+//!   never released (calico#746), without ever taking one from a live container.
+//!
+//! Protocol reference: docs/protocols.md in the shared docs, sections A–D.
 
-use std::sync::Arc;
+mod containers;
+mod dockerd;
+mod handlers;
+mod http;
+mod ipam_driver;
+mod net_driver;
+mod pool_id;
+mod reclaim;
+pub mod records;
+mod wire;
 
+#[cfg(test)]
+mod tests;
+
+use std::collections::{HashMap, HashSet};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use axum::routing::post;
 use axum::Router;
+use brindle_ipam::pools::NewPool;
+use brindle_ipam::{EtcdStore, Ipam, IpamError, MemoryStore, Pool, Store};
+use futures::future::{BoxFuture, Shared};
 
 use crate::daemon::NodeState;
+use crate::dataplane::Dataplane;
+pub use http::DockerError;
+pub use pool_id::PoolId;
+use records::{DockerEndpoint, NetworkRecord};
+
+/// `Implements` of `Plugin.Activate`.
+pub const IMPLEMENTS: [&str; 2] = ["NetworkDriver", "IpamDriver"];
+/// Address spaces reported to Docker (opaque names; `brindle-local` is the one used).
+pub const LOCAL_ADDRESS_SPACE: &str = "brindle-local";
+pub const GLOBAL_ADDRESS_SPACE: &str = "brindle-global";
+/// The pool a network without `--subnet` and without `--ipam-opt pool=` uses.
+pub const DEFAULT_POOL: &str = "default";
+/// The only `-o` option networks accept.
+pub const MTU_OPTION: &str = "com.docker.network.driver.mtu";
+/// The only `--ipam-opt` networks accept.
+pub const POOL_OPTION: &str = "pool";
+
+/// What the driver needs from brindled: the node's name, IPAM and dataplane.
+pub trait Backend: Send + Sync + 'static {
+    type Store: Store;
+    fn node(&self) -> &str;
+    fn ipam(&self) -> &Ipam<Self::Store>;
+    fn dataplane(&self) -> &dyn Dataplane;
+    /// dockerd's API socket, to learn each endpoint's container; `None`: never ask.
+    fn docker_api_socket(&self) -> Option<&Path>;
+}
+
+impl Backend for NodeState {
+    type Store = EtcdStore;
+    fn node(&self) -> &str {
+        &self.node
+    }
+    fn ipam(&self) -> &Ipam<EtcdStore> {
+        &self.ipam
+    }
+    fn dataplane(&self) -> &dyn Dataplane {
+        self.dataplane.as_ref()
+    }
+    fn docker_api_socket(&self) -> Option<&Path> {
+        Some(&self.args.docker_api_socket)
+    }
+}
+
+/// A self-contained backend on the in-process store (unit tests, tools).
+pub struct LocalBackend {
+    pub node: String,
+    pub ipam: Ipam<MemoryStore>,
+    pub dataplane: Arc<dyn Dataplane>,
+    pub docker_api_socket: Option<PathBuf>,
+}
+
+impl Backend for LocalBackend {
+    type Store = MemoryStore;
+    fn node(&self) -> &str {
+        &self.node
+    }
+    fn ipam(&self) -> &Ipam<MemoryStore> {
+        &self.ipam
+    }
+    fn dataplane(&self) -> &dyn Dataplane {
+        self.dataplane.as_ref()
+    }
+    fn docker_api_socket(&self) -> Option<&Path> {
+        self.docker_api_socket.as_deref()
+    }
+}
+
+/// The Docker driver of one node.
+pub struct Driver<B: Backend> {
+    backend: Arc<B>,
+    cache: Mutex<Cache>,
+    /// Serialises this node's address claims, releases and reclaims, so a reclaim's
+    /// checks and its release see no concurrent claim of the same address.
+    claims: tokio::sync::Mutex<()>,
+    /// Serialises `Join`'s choice of a next hop unique in the sandbox.
+    joins: tokio::sync::Mutex<()>,
+}
+
+/// What this process remembers; etcd stays the truth and fills every miss.
+#[derive(Default)]
+struct Cache {
+    networks: HashMap<String, NetworkRecord>,
+    endpoints: HashMap<String, DockerEndpoint>,
+    /// Whether `endpoints` holds every Docker endpoint of this node.
+    endpoints_loaded: bool,
+    /// Addresses this process handed out (or looked up), by their IPAM handle.
+    held: HashMap<Ipv4Addr, String>,
+    /// Pool name → CIDR.
+    pools: HashMap<String, ipnetwork::Ipv4Network>,
+    /// dockerd instances seen; the first request of each triggers an orphan sweep.
+    dockerds: HashSet<String>,
+    /// Host veths being deleted in the background, by the address they served.
+    deleting: HashMap<Ipv4Addr, Shared<BoxFuture<'static, ()>>>,
+}
+
+impl<B: Backend> Driver<B> {
+    pub fn new(backend: Arc<B>) -> Self {
+        Self {
+            backend,
+            cache: Mutex::new(Cache::default()),
+            claims: tokio::sync::Mutex::new(()),
+            joins: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    fn node(&self) -> &str {
+        self.backend.node()
+    }
+
+    fn ipam(&self) -> &Ipam<B::Store> {
+        self.backend.ipam()
+    }
+
+    fn store(&self) -> &B::Store {
+        self.backend.ipam().store()
+    }
+
+    fn keys(&self) -> &brindle_ipam::Keys {
+        self.backend.ipam().keys()
+    }
+
+    fn dataplane(&self) -> &dyn Dataplane {
+        self.backend.dataplane()
+    }
+
+    async fn add_pool(&self, new: NewPool) -> Result<Pool, IpamError> {
+        self.backend.ipam().add_pool(new).await
+    }
+
+    /// `Ipam::remove_pool(name, force = false)`.
+    async fn remove_pool(&self, name: String) -> Result<u64, IpamError> {
+        self.backend.ipam().remove_pool(&name, false).await
+    }
+
+    fn cache(&self) -> MutexGuard<'_, Cache> {
+        // Every critical section is a few map operations: a panic cannot leave it
+        // half-done, so a poisoned lock is still consistent.
+        self.cache.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
 
 /// The routes Docker calls on `/run/docker/plugins/brindle.sock`.
-pub fn router(_state: Arc<NodeState>) -> Router {
+pub fn router(state: Arc<NodeState>) -> Router {
+    driver_router(Arc::new(Driver::new(state)))
+}
+
+/// The plugin routes for any backend.
+pub fn driver_router<B: Backend>(driver: Arc<Driver<B>>) -> Router {
+    use handlers as h;
     Router::new()
+        .route("/Plugin.Activate", post(h::activate))
+        .route("/NetworkDriver.GetCapabilities", post(h::net_capabilities))
+        .route("/NetworkDriver.CreateNetwork", post(h::create_network::<B>))
+        .route("/NetworkDriver.DeleteNetwork", post(h::delete_network::<B>))
+        .route("/NetworkDriver.AllocateNetwork", post(h::allocate_network))
+        .route("/NetworkDriver.FreeNetwork", post(h::empty))
+        .route(
+            "/NetworkDriver.CreateEndpoint",
+            post(h::create_endpoint::<B>),
+        )
+        .route("/NetworkDriver.EndpointOperInfo", post(h::oper_info::<B>))
+        .route(
+            "/NetworkDriver.DeleteEndpoint",
+            post(h::delete_endpoint::<B>),
+        )
+        .route("/NetworkDriver.Join", post(h::join::<B>))
+        .route("/NetworkDriver.Leave", post(h::leave::<B>))
+        .route("/NetworkDriver.DiscoverNew", post(h::empty))
+        .route("/NetworkDriver.DiscoverDelete", post(h::empty))
+        .route("/NetworkDriver.ProgramExternalConnectivity", post(h::empty))
+        .route("/NetworkDriver.RevokeExternalConnectivity", post(h::empty))
+        .route("/IpamDriver.GetCapabilities", post(h::ipam_capabilities))
+        .route(
+            "/IpamDriver.GetDefaultAddressSpaces",
+            post(h::address_spaces),
+        )
+        .route("/IpamDriver.RequestPool", post(h::request_pool::<B>))
+        .route("/IpamDriver.ReleasePool", post(h::release_pool::<B>))
+        .route("/IpamDriver.RequestAddress", post(h::request_address::<B>))
+        .route("/IpamDriver.ReleaseAddress", post(h::release_address::<B>))
+        .fallback(http::not_found)
+        .layer(axum::middleware::from_fn(http::log_call))
+        .with_state(driver)
 }

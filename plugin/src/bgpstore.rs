@@ -1,0 +1,730 @@
+//! The BGP model in etcd, next to IPAM's records (values are JSON, readable with
+//! `etcdctl get`):
+//!
+//! ```text
+//! PREFIX/v1/nodes/NAME        BgpNode   (name, ip, as_num?, rr_cluster_id?)
+//! PREFIX/v1/bgp/global        BgpGlobal (absent = defaults: AS 64512, mesh on)
+//! PREFIX/v1/bgp/peers/NAME    BgpPeer   (node = none: a global peer)
+//! ```
+//!
+//! Every write is one transaction that compares the revision it read (absent = must
+//! still be absent) and retries with jittered backoff on conflict, like IPAM.
+//! [`routing_view`] turns IPAM's blocks and pools into what the renderers read.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use brindle_bgp::{
+    validate_global, validate_node, validate_nodes, validate_peer, validate_peers, BgpError,
+    BgpGlobal, BgpNode, BgpPeer, BorrowedIp, RoutedBlock, RoutedPool, RoutingView,
+};
+use brindle_ipam::store::{Compare, Kv, Op, Store, StoreError, Txn, TxnOutcome};
+use brindle_ipam::{Block, Keys, Pool};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// How many times one write re-reads and retries after losing a race.
+const MAX_ATTEMPTS: u32 = 50;
+
+/// Errors of the BGP store. Each is one sentence naming the value and the way out.
+#[derive(Debug, thiserror::Error)]
+pub enum BgpStoreError {
+    /// etcd itself failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The value is not valid BGP configuration.
+    #[error(transparent)]
+    Invalid(#[from] BgpError),
+    /// A stored record is not what brindle writes.
+    #[error("stored record {key} is not valid ({source}); fix or delete it with etcdctl")]
+    Corrupt {
+        /// The key.
+        key: String,
+        /// The JSON error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// `node set` on a new node without `--ip`.
+    #[error("node {0:?} is not registered yet, so it needs an address: add --ip ADDR")]
+    NodeNeedsIp(String),
+    /// The node does not exist.
+    #[error("node {0:?} does not exist; `brindle node list` shows the registered nodes")]
+    NoSuchNode(String),
+    /// The node IP belongs to another node.
+    #[error("IP {ip} is already the IP of node {other:?}; every node needs its own address")]
+    NodeIpTaken {
+        /// The address.
+        ip: Ipv4Addr,
+        /// The node using it.
+        other: String,
+    },
+    /// The peer does not exist.
+    #[error("BGP peer {0:?} does not exist; `brindle bgp peer list` shows the peers")]
+    NoSuchPeer(String),
+    /// A peer with this name exists.
+    #[error("BGP peer {0:?} already exists; remove it first with `brindle bgp peer rm {0}`")]
+    PeerExists(String),
+    /// Too many concurrent writers.
+    #[error(
+        "{key} kept changing while brindle tried to update it ({attempts} attempts); try again"
+    )]
+    Contention {
+        /// The contended key.
+        key: String,
+        /// Attempts made.
+        attempts: u32,
+    },
+}
+
+/// The keys of the BGP model under one prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BgpKeys {
+    root: String,
+}
+
+impl BgpKeys {
+    /// The BGP keys under the same `PREFIX/v1` as IPAM's `keys`.
+    pub fn new(keys: &Keys) -> Self {
+        Self {
+            root: keys.root().to_string(),
+        }
+    }
+
+    /// `PREFIX/v1/nodes/`.
+    pub fn nodes(&self) -> String {
+        format!("{}/nodes/", self.root)
+    }
+
+    /// `PREFIX/v1/nodes/NAME`.
+    pub fn node(&self, name: &str) -> String {
+        format!("{}/nodes/{name}", self.root)
+    }
+
+    /// `PREFIX/v1/bgp/global`.
+    pub fn global(&self) -> String {
+        format!("{}/bgp/global", self.root)
+    }
+
+    /// `PREFIX/v1/bgp/peers/`.
+    pub fn peers(&self) -> String {
+        format!("{}/bgp/peers/", self.root)
+    }
+
+    /// `PREFIX/v1/bgp/peers/NAME`.
+    pub fn peer(&self, name: &str) -> String {
+        format!("{}/bgp/peers/{name}", self.root)
+    }
+}
+
+/// A decoded record with the revision it was read at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Read<T> {
+    /// The value.
+    pub value: T,
+    /// etcd `mod_revision` of the key.
+    pub revision: i64,
+}
+
+/// Decodes a stored JSON value.
+pub fn decode<T: DeserializeOwned>(key: &str, value: &[u8]) -> Result<T, BgpStoreError> {
+    serde_json::from_slice(value).map_err(|source| BgpStoreError::Corrupt {
+        key: key.to_string(),
+        source,
+    })
+}
+
+fn decode_kv<T: DeserializeOwned>(kv: &Kv) -> Result<Read<T>, BgpStoreError> {
+    Ok(Read {
+        value: decode(&kv.key, &kv.value)?,
+        revision: kv.mod_revision,
+    })
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).expect("BGP records serialise")
+}
+
+async fn get<S: Store, T: DeserializeOwned>(
+    store: &S,
+    key: &str,
+) -> Result<Option<Read<T>>, BgpStoreError> {
+    match store.get(key).await? {
+        Some(kv) => decode_kv(&kv).map(Some),
+        None => Ok(None),
+    }
+}
+
+async fn list<S: Store, T: DeserializeOwned>(
+    store: &S,
+    prefix: &str,
+) -> Result<Vec<T>, BgpStoreError> {
+    store
+        .list(prefix)
+        .await?
+        .iter()
+        .map(|kv| decode(&kv.key, &kv.value))
+        .collect()
+}
+
+/// Puts `value` at `key` if the key is still at `read` (`None` = still absent).
+async fn put_if_unchanged<S: Store, T: Serialize>(
+    store: &S,
+    key: &str,
+    read: Option<i64>,
+    value: &T,
+) -> Result<bool, BgpStoreError> {
+    let txn = Txn {
+        compares: vec![Compare::unchanged(key, read)],
+        ops: vec![Op::Put {
+            key: key.to_string(),
+            value: encode(value),
+        }],
+        read_on_conflict: Vec::new(),
+    };
+    Ok(matches!(
+        store.txn(txn).await?,
+        TxnOutcome::Committed { .. }
+    ))
+}
+
+async fn delete_if_unchanged<S: Store>(
+    store: &S,
+    key: &str,
+    read: i64,
+) -> Result<bool, BgpStoreError> {
+    let txn = Txn {
+        compares: vec![Compare::unchanged(key, Some(read))],
+        ops: vec![Op::Delete {
+            key: key.to_string(),
+        }],
+        read_on_conflict: Vec::new(),
+    };
+    Ok(matches!(
+        store.txn(txn).await?,
+        TxnOutcome::Committed { .. }
+    ))
+}
+
+/// Jittered backoff before retry `attempt` (1-based), at most ~50 ms.
+async fn backoff(attempt: u32) {
+    let cap_us = (500u64 << attempt.min(7)).min(50_000);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::from(d.subsec_nanos()))
+        .unwrap_or(0);
+    tokio::time::sleep(Duration::from_micros(nanos % (cap_us + 1))).await;
+}
+
+// ------------------------------------------------------------------ global
+
+/// The global settings (defaults when never set), with the revision read
+/// (`None` = absent).
+pub async fn get_global<S: Store>(
+    store: &S,
+    keys: &BgpKeys,
+) -> Result<(BgpGlobal, Option<i64>), BgpStoreError> {
+    Ok(match get::<S, BgpGlobal>(store, &keys.global()).await? {
+        Some(r) => (r.value, Some(r.revision)),
+        None => (BgpGlobal::default(), None),
+    })
+}
+
+/// Read, change with `edit`, validate and write the global settings (compare and
+/// swap, retried). Returns the stored value.
+pub async fn update_global<S: Store>(
+    store: &S,
+    keys: &BgpKeys,
+    mut edit: impl FnMut(&mut BgpGlobal) -> Result<(), BgpStoreError>,
+) -> Result<BgpGlobal, BgpStoreError> {
+    let key = keys.global();
+    for attempt in 1..=MAX_ATTEMPTS {
+        let (mut global, revision) = get_global(store, keys).await?;
+        edit(&mut global)?;
+        validate_global(&global)?;
+        if put_if_unchanged(store, &key, revision, &global).await? {
+            return Ok(global);
+        }
+        backoff(attempt).await;
+    }
+    Err(BgpStoreError::Contention {
+        key,
+        attempts: MAX_ATTEMPTS,
+    })
+}
+
+// ------------------------------------------------------------------ nodes
+
+/// Every node, sorted by name.
+pub async fn list_nodes<S: Store>(
+    store: &S,
+    keys: &BgpKeys,
+) -> Result<Vec<BgpNode>, BgpStoreError> {
+    list(store, &keys.nodes()).await
+}
+
+/// One node.
+pub async fn get_node<S: Store>(
+    store: &S,
+    keys: &BgpKeys,
+    name: &str,
+) -> Result<Option<Read<BgpNode>>, BgpStoreError> {
+    brindle_bgp::validate_node_name(name)?;
+    get(store, &keys.node(name)).await
+}
+
+/// A change to a node record: `None` fields keep what is stored.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeUpdate {
+    /// New IP.
+    pub ip: Option<Ipv4Addr>,
+    /// New AS: `Some(None)` clears it (the node then speaks the global AS).
+    pub as_num: Option<Option<u32>>,
+    /// New route-reflector cluster id: `Some(None)` makes it a plain node.
+    pub rr_cluster_id: Option<Option<Ipv4Addr>>,
+}
+
+/// What [`set_node`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeWritten {
+    /// The stored node.
+    pub node: BgpNode,
+    /// It did not exist before.
+    pub created: bool,
+    /// The stored record changed (false when it already said the same).
+    pub changed: bool,
+}
+
+/// Creates or updates node `name` (compare and swap, retried). A new node needs an
+/// IP; an IP used by another node is refused.
+pub async fn set_node<S: Store>(
+    store: &S,
+    keys: &BgpKeys,
+    name: &str,
+    update: &NodeUpdate,
+) -> Result<NodeWritten, BgpStoreError> {
+    brindle_bgp::validate_node_name(name)?;
+    let key = keys.node(name);
+    for attempt in 1..=MAX_ATTEMPTS {
+        let current = get::<S, BgpNode>(store, &key).await?;
+        let node = match &current {
+            Some(r) => BgpNode {
+                name: name.to_string(),
+                ip: update.ip.unwrap_or(r.value.ip),
+                as_num: update.as_num.unwrap_or(r.value.as_num),
+                rr_cluster_id: update.rr_cluster_id.unwrap_or(r.value.rr_cluster_id),
+            },
+            None => BgpNode {
+                name: name.to_string(),
+                ip: update
+                    .ip
+                    .ok_or_else(|| BgpStoreError::NodeNeedsIp(name.to_string()))?,
+                as_num: update.as_num.flatten(),
+                rr_cluster_id: update.rr_cluster_id.flatten(),
+            },
+        };
+        validate_node(&node)?;
+        if current.as_ref().map(|r| &r.value) == Some(&node) {
+            return Ok(NodeWritten {
+                node,
+                created: false,
+                changed: false,
+            });
+        }
+        if let Some(other) = list_nodes(store, keys)
+            .await?
+            .into_iter()
+            .find(|n| n.name != name && n.ip == node.ip)
+        {
+            return Err(BgpStoreError::NodeIpTaken {
+                ip: node.ip,
+                other: other.name,
+            });
+        }
+        if put_if_unchanged(store, &key, current.as_ref().map(|r| r.revision), &node).await? {
+            return Ok(NodeWritten {
+                node,
+                created: current.is_none(),
+                changed: true,
+            });
+        }
+        backoff(attempt).await;
+    }
+    Err(BgpStoreError::Contention {
+        key,
+        attempts: MAX_ATTEMPTS,
+    })
+}
+
+/// Removes node `name`. Returns the removed record.
+pub async fn remove_node<S: Store>(
+    store: &S,
+    keys: &BgpKeys,
+    name: &str,
+) -> Result<BgpNode, BgpStoreError> {
+    brindle_bgp::validate_node_name(name)?;
+    let key = keys.node(name);
+    for attempt in 1..=MAX_ATTEMPTS {
+        let Some(current) = get::<S, BgpNode>(store, &key).await? else {
+            return Err(BgpStoreError::NoSuchNode(name.to_string()));
+        };
+        if delete_if_unchanged(store, &key, current.revision).await? {
+            return Ok(current.value);
+        }
+        backoff(attempt).await;
+    }
+    Err(BgpStoreError::Contention {
+        key,
+        attempts: MAX_ATTEMPTS,
+    })
+}
+
+// ------------------------------------------------------------------ peers
+
+/// Every peer, sorted by name.
+pub async fn list_peers<S: Store>(
+    store: &S,
+    keys: &BgpKeys,
+) -> Result<Vec<BgpPeer>, BgpStoreError> {
+    list(store, &keys.peers()).await
+}
+
+/// Adds a peer (create-if-absent). Refuses a name in use and a second peer with the
+/// same address in the same scope (global, or the same node).
+pub async fn add_peer<S: Store>(
+    store: &S,
+    keys: &BgpKeys,
+    peer: &BgpPeer,
+) -> Result<(), BgpStoreError> {
+    validate_peer(peer)?;
+    let key = keys.peer(&peer.name);
+    let mut all = list_peers(store, keys).await?;
+    if all.iter().any(|p| p.name == peer.name) {
+        return Err(BgpStoreError::PeerExists(peer.name.clone()));
+    }
+    all.push(peer.clone());
+    validate_peers(&all)?;
+    if put_if_unchanged(store, &key, None, peer).await? {
+        Ok(())
+    } else {
+        Err(BgpStoreError::PeerExists(peer.name.clone()))
+    }
+}
+
+/// Removes a peer. Returns the removed record.
+pub async fn remove_peer<S: Store>(
+    store: &S,
+    keys: &BgpKeys,
+    name: &str,
+) -> Result<BgpPeer, BgpStoreError> {
+    brindle_bgp::validate_peer_name(name)?;
+    let key = keys.peer(name);
+    for attempt in 1..=MAX_ATTEMPTS {
+        let Some(current) = get::<S, BgpPeer>(store, &key).await? else {
+            return Err(BgpStoreError::NoSuchPeer(name.to_string()));
+        };
+        if delete_if_unchanged(store, &key, current.revision).await? {
+            return Ok(current.value);
+        }
+        backoff(attempt).await;
+    }
+    Err(BgpStoreError::Contention {
+        key,
+        attempts: MAX_ATTEMPTS,
+    })
+}
+
+// ------------------------------------------------------------------ routing view
+
+/// What the renderers need from IPAM: every block with its affine node, every
+/// borrowed address (an allocation whose `node` attribute differs from its block's
+/// affinity) with the node holding it, and every pool.
+pub fn routing_view<'a>(
+    blocks: impl IntoIterator<Item = &'a Block>,
+    pools: impl IntoIterator<Item = &'a Pool>,
+) -> RoutingView {
+    let mut view = RoutingView::default();
+    let mut borrowed: BTreeMap<Ipv4Addr, String> = BTreeMap::new();
+    for b in blocks {
+        view.blocks.push(RoutedBlock {
+            cidr: b.cidr,
+            node: b.affinity.clone(),
+        });
+        for (ip, a) in &b.allocations {
+            if let Some(holder) = a.node() {
+                if Some(holder) != b.affinity.as_deref() {
+                    borrowed.insert(*ip, holder.to_string());
+                }
+            }
+        }
+    }
+    view.borrowed = borrowed
+        .into_iter()
+        .map(|(ip, node)| BorrowedIp { ip, node })
+        .collect();
+    view.pools = pools
+        .into_iter()
+        .map(|p| RoutedPool {
+            name: p.name.clone(),
+            cidr: p.cidr,
+            disabled: p.disabled,
+        })
+        .collect();
+    view
+}
+
+/// Validates a node list as a whole (unique names and IPs), for warnings.
+pub fn check_nodes(nodes: &[BgpNode]) -> Result<(), BgpError> {
+    validate_nodes(nodes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use brindle_ipam::{Allocation, MemoryStore};
+
+    fn keys() -> BgpKeys {
+        BgpKeys::new(&Keys::new("/t"))
+    }
+
+    fn ip(s: &str) -> Ipv4Addr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn key_layout() {
+        let k = keys();
+        assert_eq!(k.node("a"), "/t/v1/nodes/a");
+        assert_eq!(k.nodes(), "/t/v1/nodes/");
+        assert_eq!(k.global(), "/t/v1/bgp/global");
+        assert_eq!(k.peer("tor"), "/t/v1/bgp/peers/tor");
+        assert_eq!(k.peers(), "/t/v1/bgp/peers/");
+    }
+
+    #[tokio::test]
+    async fn global_defaults_then_update() {
+        let store = MemoryStore::new();
+        let k = keys();
+        let (g, rev) = get_global(&store, &k).await.unwrap();
+        assert_eq!((g.as_num, g.node_mesh, rev), (64512, true, None));
+        let g = update_global(&store, &k, |g| {
+            g.as_num = 65001;
+            g.node_mesh = false;
+            Ok(())
+        })
+        .await
+        .unwrap();
+        assert_eq!((g.as_num, g.node_mesh), (65001, false));
+        let (stored, rev) = get_global(&store, &k).await.unwrap();
+        assert_eq!(stored, g);
+        assert!(rev.is_some());
+        let err = update_global(&store, &k, |g| {
+            g.restart_time = Some(0);
+            Ok(())
+        })
+        .await
+        .unwrap_err();
+        assert!(err.to_string().contains("restart_time"), "{err}");
+        assert_eq!(get_global(&store, &k).await.unwrap().0, g, "unchanged");
+    }
+
+    #[tokio::test]
+    async fn nodes_create_update_and_refuse_shared_ip() {
+        let store = MemoryStore::new();
+        let k = keys();
+        let err = set_node(&store, &k, "a", &NodeUpdate::default())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, BgpStoreError::NodeNeedsIp(_)), "{err}");
+        let w = set_node(
+            &store,
+            &k,
+            "a",
+            &NodeUpdate {
+                ip: Some(ip("10.0.0.1")),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        assert!(w.created && w.changed);
+        let w = set_node(
+            &store,
+            &k,
+            "a",
+            &NodeUpdate {
+                as_num: Some(Some(65001)),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!((w.node.ip, w.node.as_num), (ip("10.0.0.1"), Some(65001)));
+        assert!(!w.created && w.changed);
+        let same = set_node(
+            &store,
+            &k,
+            "a",
+            &NodeUpdate {
+                ip: Some(ip("10.0.0.1")),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        assert!(!same.changed);
+        let err = set_node(
+            &store,
+            &k,
+            "b",
+            &NodeUpdate {
+                ip: Some(ip("10.0.0.1")),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "IP 10.0.0.1 is already the IP of node \"a\"; every node needs its own address"
+        );
+        let err = set_node(
+            &store,
+            &k,
+            "b",
+            &NodeUpdate {
+                ip: Some(ip("0.0.0.0")),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+        assert!(err.to_string().contains("0.0.0.0"), "{err}");
+        assert_eq!(list_nodes(&store, &k).await.unwrap().len(), 1);
+        let removed = remove_node(&store, &k, "a").await.unwrap();
+        assert_eq!(removed.name, "a");
+        assert!(matches!(
+            remove_node(&store, &k, "a").await,
+            Err(BgpStoreError::NoSuchNode(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn peers_add_list_remove() {
+        let store = MemoryStore::new();
+        let k = keys();
+        let tor = BgpPeer {
+            name: "tor".into(),
+            peer_ip: ip("10.0.0.254"),
+            as_num: 65000,
+            node: None,
+            password: Some("s3cret".into()),
+            passive: false,
+            allow_local_as: None,
+        };
+        add_peer(&store, &k, &tor).await.unwrap();
+        assert!(matches!(
+            add_peer(&store, &k, &tor).await,
+            Err(BgpStoreError::PeerExists(_))
+        ));
+        let dup = BgpPeer {
+            name: "tor2".into(),
+            ..tor.clone()
+        };
+        let err = add_peer(&store, &k, &dup).await.unwrap_err();
+        assert!(err.to_string().contains("used twice"), "{err}");
+        let on_node = BgpPeer {
+            name: "tor2".into(),
+            node: Some("a".into()),
+            password: None,
+            ..tor.clone()
+        };
+        add_peer(&store, &k, &on_node).await.unwrap();
+        let bad = BgpPeer {
+            name: "bad name".into(),
+            ..tor.clone()
+        };
+        assert!(add_peer(&store, &k, &bad).await.is_err());
+        let peers = list_peers(&store, &k).await.unwrap();
+        assert_eq!(peers, vec![tor.clone(), on_node]);
+        assert_eq!(remove_peer(&store, &k, "tor").await.unwrap(), tor);
+        assert!(matches!(
+            remove_peer(&store, &k, "tor").await,
+            Err(BgpStoreError::NoSuchPeer(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn corrupt_record_is_named() {
+        let store = MemoryStore::new();
+        let k = keys();
+        store
+            .txn(Txn {
+                compares: vec![],
+                ops: vec![Op::Put {
+                    key: k.node("x"),
+                    value: b"{not json".to_vec(),
+                }],
+                read_on_conflict: vec![],
+            })
+            .await
+            .unwrap();
+        let err = list_nodes(&store, &k).await.unwrap_err();
+        assert!(err.to_string().starts_with("stored record /t/v1/nodes/x"));
+    }
+
+    #[test]
+    fn view_from_blocks_marks_borrowed_addresses() {
+        let alloc = |node: Option<&str>| Allocation {
+            handle: "h".into(),
+            attrs: node
+                .map(|n| BTreeMap::from([("node".to_string(), n.to_string())]))
+                .unwrap_or_default(),
+        };
+        let blocks = vec![
+            Block {
+                cidr: "10.1.0.0/26".parse().unwrap(),
+                pool: "p".into(),
+                affinity: Some("a".into()),
+                allocations: BTreeMap::from([
+                    (ip("10.1.0.1"), alloc(Some("a"))),
+                    (ip("10.1.0.2"), alloc(Some("b"))),
+                    (ip("10.1.0.3"), alloc(None)),
+                ]),
+                cursor: 0,
+            },
+            Block {
+                cidr: "10.1.0.64/26".parse().unwrap(),
+                pool: "p".into(),
+                affinity: None,
+                allocations: BTreeMap::from([(ip("10.1.0.70"), alloc(Some("c")))]),
+                cursor: 0,
+            },
+        ];
+        let pools = vec![Pool {
+            name: "p".into(),
+            cidr: "10.1.0.0/16".parse().unwrap(),
+            block_size: 26,
+            disabled: true,
+            reserved: Default::default(),
+            deleting: false,
+        }];
+        let v = routing_view(&blocks, &pools);
+        assert_eq!(v.blocks.len(), 2);
+        assert_eq!(v.blocks[0].node.as_deref(), Some("a"));
+        assert_eq!(v.blocks[1].node, None);
+        let borrowed: Vec<(String, String)> = v
+            .borrowed
+            .iter()
+            .map(|b| (b.ip.to_string(), b.node.clone()))
+            .collect();
+        assert_eq!(
+            borrowed,
+            [
+                ("10.1.0.2".to_string(), "b".to_string()),
+                ("10.1.0.70".to_string(), "c".to_string())
+            ]
+        );
+        assert!(v.pools[0].disabled);
+    }
+}

@@ -1,0 +1,429 @@
+//! `brindle-cni`: the CNI plugin (`type: brindle`) and CNI IPAM plugin
+//! (`ipam.type: brindle-ipam`), one binary, CNI spec 1.0.0 and 1.1.0 (plus the 0.3/0.4
+//! result format).
+//!
+//! One invocation is one operation on one attachment `(CNI_CONTAINERID, CNI_IFNAME)`.
+//! When brindled runs on the node the work is one request on its local API socket
+//! (warm etcd connection, cached blocks); otherwise the plugin connects to etcd itself
+//! and runs the same [`ops`] in-process, entering the container netns only from a
+//! dedicated thread (see `dataplane`). stdout carries exactly one JSON document (the
+//! result or the error) or nothing; logs go to stderr (`BRINDLE_LOG=debug` for more).
+
+pub mod conf;
+pub mod error;
+pub mod ops;
+pub mod result;
+pub mod version;
+
+use std::io::{Read, Write};
+use std::process::ExitCode;
+
+use brindle_ipam::{EtcdStore, Ipam};
+use futures::future::BoxFuture;
+use serde_json::{json, Value};
+use tracing::debug;
+
+use crate::api::client::{self, CallError};
+use crate::api::paths;
+use crate::dataplane::{Dataplane, LinuxDataplane};
+use conf::{CniArgs, CniEnv, Command, NetConf, Settings};
+use error::{code, CniError};
+use ops::{
+    AddReply, AddRequest, CheckRequest, Ctx, DelRequest, Done, GcReply, GcRequest, Mode, Reap,
+    StatusRequest, Target,
+};
+
+/// `api_socket` value that turns the fast path off.
+pub const NO_API_SOCKET: &str = "none";
+
+/// Set (to a host veth name) in the detached helper that finishes a direct-path DEL's
+/// veth deletion; see [`DetachedReaper`].
+pub const REAP_ENV: &str = "BRINDLE_CNI_REAP";
+
+/// What one invocation prints and how it exits.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    /// The one JSON document for stdout, if any.
+    pub stdout: Option<Value>,
+    pub success: bool,
+}
+
+/// The binary's entry point.
+pub fn main() -> ExitCode {
+    crate::logging::init_stderr("warn");
+    let env = CniEnv::from_process();
+    if env.command.is_none() {
+        if let Ok(host_ifname) = std::env::var(REAP_ENV) {
+            return reap(&host_ifname);
+        }
+    }
+    if env.command.is_none() {
+        eprintln!(
+            "CNI brindle plugin version {}\nCNI protocol versions supported: {}",
+            env!("CARGO_PKG_VERSION"),
+            version::SUPPORTED.join(", ")
+        );
+        return ExitCode::SUCCESS;
+    }
+    let mut stdin = Vec::new();
+    let outcome = match std::io::stdin().read_to_end(&mut stdin) {
+        Ok(_) => run(&env, &stdin),
+        Err(e) => Outcome {
+            stdout: Some(
+                CniError::new(
+                    code::IO,
+                    format!("cannot read the configuration from stdin: {e}"),
+                )
+                .to_json(version::LATEST),
+            ),
+            success: false,
+        },
+    };
+    if let Some(doc) = &outcome.stdout {
+        let mut out = std::io::stdout().lock();
+        let text = serde_json::to_string(doc).expect("JSON values serialise");
+        // Nothing else can be reported if stdout itself is gone.
+        let _ = writeln!(out, "{text}");
+        let _ = out.flush();
+    }
+    if outcome.success {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// Run one invocation: `env` holds `CNI_COMMAND` and friends, `stdin` the configuration.
+pub fn run(env: &CniEnv, stdin: &[u8]) -> Outcome {
+    let reply_version = conf::peek_version(stdin)
+        .filter(|v| version::SUPPORTED.contains(&v.as_str()))
+        .unwrap_or_else(|| version::LATEST.to_string());
+    match invoke(env, stdin) {
+        Ok(stdout) => Outcome {
+            stdout,
+            success: true,
+        },
+        Err(e) => {
+            debug!(code = e.code, msg = %e.msg, "cni error");
+            Outcome {
+                stdout: Some(e.to_json(&reply_version)),
+                success: false,
+            }
+        }
+    }
+}
+
+fn invoke(env: &CniEnv, stdin: &[u8]) -> Result<Option<Value>, CniError> {
+    let command = Command::parse(env.command.as_deref().unwrap_or(""))?;
+    debug!(?command, "cni invocation");
+    if command == Command::Version {
+        let asked = conf::peek_version(stdin)
+            .filter(|v| version::SUPPORTED.contains(&v.as_str()))
+            .unwrap_or_else(|| version::LATEST.to_string());
+        return Ok(Some(json!({
+            "cniVersion": asked,
+            "supportedVersions": version::SUPPORTED,
+        })));
+    }
+    let conf = NetConf::parse(stdin, env)?;
+    let v = conf.cni_version.as_str();
+    let min = match command {
+        Command::Check => Some("0.4.0"),
+        Command::Status | Command::Gc => Some("1.1.0"),
+        _ => None,
+    };
+    if let Some(min) = min.filter(|m| !version::at_least(v, m)) {
+        return Err(CniError::new(
+            code::INCOMPATIBLE_VERSION,
+            format!(
+                "config version {v} does not allow {command:?}; it needs cniVersion {min} or later"
+            ),
+        ));
+    }
+    let request = build(command, env, &conf)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            CniError::new(
+                code::INTERNAL,
+                format!("cannot start the async runtime: {e}"),
+            )
+        })?;
+    let reply = runtime.block_on(perform(&conf.settings, request))?;
+    debug!("operation done");
+    Ok(match reply {
+        Reply::Add(r) => {
+            let ifname = env.ifname.as_deref().unwrap_or_default();
+            Some(result::add_result(&conf, &r, ifname, env.netns.as_deref()))
+        }
+        Reply::Done | Reply::Gc(_) => None,
+    })
+}
+
+/// One operation, as sent to brindled or run directly.
+#[derive(Debug, Clone)]
+pub enum Request {
+    Add(AddRequest),
+    Del(DelRequest),
+    Check(CheckRequest),
+    Gc(GcRequest),
+    Status(StatusRequest),
+}
+
+impl Request {
+    fn needs_dataplane(&self) -> bool {
+        match self {
+            Request::Add(r) => r.mode == Mode::Main,
+            Request::Del(r) => r.mode == Mode::Main,
+            Request::Check(r) => r.mode == Mode::Main,
+            Request::Gc(r) => r.mode == Mode::Main,
+            Request::Status(_) => false,
+        }
+    }
+}
+
+/// What an operation returned.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reply {
+    Add(AddReply),
+    Gc(GcReply),
+    Done,
+}
+
+fn build(command: Command, env: &CniEnv, conf: &NetConf) -> Result<Request, CniError> {
+    let target = Target {
+        node: conf.settings.node.clone(),
+        prefix: conf.settings.prefix.clone(),
+    };
+    Ok(match command {
+        Command::Add => {
+            let (attachment, netns) = env.attachment(command)?;
+            let args = CniArgs::parse(env.args.as_deref())?;
+            Request::Add(AddRequest {
+                target,
+                mode: conf.mode,
+                network: conf.network()?.to_string(),
+                attachment,
+                netns,
+                ip: conf.static_ip(&args)?,
+                pool: conf.pool.clone(),
+                mtu: conf.mtu,
+            })
+        }
+        Command::Del => {
+            let (attachment, _) = env.attachment(command)?;
+            CniArgs::parse(env.args.as_deref())?;
+            conf.network()?;
+            Request::Del(DelRequest {
+                target,
+                mode: conf.mode,
+                attachment,
+            })
+        }
+        Command::Check => {
+            let (attachment, netns) = env.attachment(command)?;
+            CniArgs::parse(env.args.as_deref())?;
+            conf.network()?;
+            Request::Check(CheckRequest {
+                target,
+                mode: conf.mode,
+                attachment,
+                netns,
+                ip: result::prev_ipv4(conf.prev_result.as_ref()),
+                mtu: conf.mtu,
+            })
+        }
+        Command::Gc => Request::Gc(GcRequest {
+            target,
+            mode: conf.mode,
+            network: conf.network()?.to_string(),
+            // Without the list GC would release every attachment of the network.
+            valid: conf.valid_attachments.clone().ok_or_else(|| {
+                CniError::config(
+                    "GC needs cni.dev/valid-attachments (or cni.dev/attachments) in the configuration",
+                )
+            })?,
+        }),
+        Command::Status => Request::Status(StatusRequest {
+            target,
+            pool: conf.pool.clone(),
+        }),
+        Command::Version => unreachable!("VERSION is answered before the config is read"),
+    })
+}
+
+/// brindled's socket when it answers, else etcd directly.
+pub async fn perform(settings: &Settings, request: Request) -> Result<Reply, CniError> {
+    if settings.api_socket.as_os_str() != NO_API_SOCKET {
+        debug!(socket = %settings.api_socket.display(), "trying brindled");
+        match fast(settings, &request).await {
+            Ok(reply) => return Ok(reply),
+            Err(CallError::Failed(e)) => return Err(e),
+            Err(CallError::Unavailable(why)) => {
+                debug!(%why, "brindled not available, going direct")
+            }
+            Err(CallError::Declined(e)) => debug!(%e, "brindled declined, going direct"),
+        }
+    }
+    direct(settings, &request).await
+}
+
+async fn fast(settings: &Settings, request: &Request) -> Result<Reply, CallError> {
+    let s = settings.api_socket.as_path();
+    Ok(match request {
+        Request::Add(r) => Reply::Add(client::call(s, paths::ADD, r).await?),
+        Request::Del(r) => client::call::<_, Done>(s, paths::DEL, r)
+            .await
+            .map(|_| Reply::Done)?,
+        Request::Check(r) => client::call::<_, Done>(s, paths::CHECK, r)
+            .await
+            .map(|_| Reply::Done)?,
+        Request::Gc(r) => Reply::Gc(client::call(s, paths::GC, r).await?),
+        Request::Status(r) => client::call::<_, Done>(s, paths::STATUS, r)
+            .await
+            .map(|_| Reply::Done)?,
+    })
+}
+
+/// Run the operation in this process: one etcd connection, and a netlink socket only
+/// when the operation touches the dataplane.
+pub async fn direct(settings: &Settings, request: &Request) -> Result<Reply, CniError> {
+    let store = match EtcdStore::connect(&settings.etcd).await {
+        Ok(s) => s,
+        Err(e) if matches!(request, Request::Status(_)) => {
+            return Err(
+                CniError::new(code::NOT_AVAILABLE, "brindle cannot serve ADD now")
+                    .with_details(e.to_string()),
+            )
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let ipam = Ipam::new(store, &settings.prefix);
+    let dataplane = if request.needs_dataplane() {
+        Some(LinuxDataplane::connect()?)
+    } else {
+        None
+    };
+    let ctx = Ctx {
+        ipam: &ipam,
+        dataplane: dataplane.as_ref().map(|d| d as &dyn Dataplane),
+        node: &settings.node,
+        reaper: Some(&DetachedReaper),
+    };
+    Ok(match request {
+        Request::Add(r) => Reply::Add(ops::add(&ctx, r).await?),
+        Request::Del(r) => ops::del(&ctx, r).await.map(|_| Reply::Done)?,
+        Request::Check(r) => ops::check(&ctx, r).await.map(|_| Reply::Done)?,
+        Request::Gc(r) => Reply::Gc(ops::gc(&ctx, r).await?),
+        Request::Status(r) => ops::status(&ctx, r).await.map(|_| Reply::Done)?,
+    })
+}
+
+/// The direct path's [`Reap`]: a detached copy of this binary (own process group,
+/// no stdio, so the runtime neither waits for it nor reads from it) deletes the veth
+/// while the DEL has already answered. If it cannot be started, the veth is deleted
+/// before DEL returns.
+pub struct DetachedReaper;
+
+impl Reap for DetachedReaper {
+    fn schedule(&self, host_ifname: String) {
+        use std::os::unix::process::CommandExt;
+        use std::process::{Command as Process, Stdio};
+        let spawned = Process::new("/proc/self/exe")
+            .env_clear()
+            .env(REAP_ENV, &host_ifname)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn();
+        match spawned {
+            // Not waited for: it is re-parented when we exit.
+            Ok(child) => debug!(host = %host_ifname, pid = child.id(), "veth deletion detached"),
+            Err(e) => {
+                debug!(host = %host_ifname, %e, "cannot detach the veth deletion; deleting now");
+                reap(&host_ifname);
+            }
+        }
+    }
+
+    fn settle<'a>(&'a self, _host_ifname: &'a str) -> BoxFuture<'a, ()> {
+        Box::pin(async {})
+    }
+}
+
+/// Delete one host veth (the detached helper's whole job, or the fallback inline).
+fn reap(host_ifname: &str) -> ExitCode {
+    let deleted = std::thread::scope(|s| {
+        // A thread of its own: the caller may itself be inside a runtime.
+        s.spawn(|| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            rt.block_on(async {
+                let dp = LinuxDataplane::connect().map_err(|e| e.to_string())?;
+                dp.delete_endpoint(host_ifname)
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+        })
+        .join()
+        .unwrap_or_else(|_| Err("reaper thread panicked".into()))
+    });
+    match deleted {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::warn!(host = %host_ifname, %e, "deleting veth failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(vars: &[(&str, &str)]) -> CniEnv {
+        CniEnv::from_vars(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+    }
+
+    #[test]
+    fn version_echoes_supported_request_version() {
+        let out = run(
+            &env(&[("CNI_COMMAND", "VERSION")]),
+            br#"{"cniVersion":"1.0.0"}"#,
+        );
+        assert!(out.success);
+        let doc = out.stdout.unwrap();
+        assert_eq!(doc["cniVersion"], "1.0.0");
+        assert!(doc["supportedVersions"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("1.1.0")));
+        let out = run(&env(&[("CNI_COMMAND", "VERSION")]), b"");
+        assert_eq!(out.stdout.unwrap()["cniVersion"], "1.1.0");
+    }
+
+    #[test]
+    fn errors_are_json_with_request_version() {
+        let conf = br#"{"cniVersion":"1.0.0","name":"n","type":"brindle"}"#;
+        let out = run(&env(&[("CNI_COMMAND", "ADD")]), conf);
+        assert!(!out.success);
+        let doc = out.stdout.unwrap();
+        assert_eq!(doc["code"], 4);
+        assert_eq!(doc["cniVersion"], "1.0.0");
+        let out = run(&env(&[("CNI_COMMAND", "STATUS")]), conf);
+        assert_eq!(out.stdout.unwrap()["code"], 1);
+        let gc = br#"{"cniVersion":"1.1.0","name":"n","type":"brindle"}"#;
+        let out = run(&env(&[("CNI_COMMAND", "GC")]), gc);
+        assert_eq!(out.stdout.unwrap()["code"], 7);
+        let out = run(&env(&[("CNI_COMMAND", "FROB")]), conf);
+        assert_eq!(out.stdout.unwrap()["code"], 4);
+        let out = run(&env(&[("CNI_COMMAND", "ADD")]), b"not json");
+        let doc = out.stdout.unwrap();
+        assert_eq!(doc["code"], 6);
+        assert_eq!(doc["cniVersion"], "1.1.0");
+    }
+}

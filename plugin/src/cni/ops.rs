@@ -1,0 +1,861 @@
+//! The CNI operations on one attachment, free of CNI's wire format: IPAM, dataplane and
+//! endpoint records. brindled runs these for the fast path (its local API carries the
+//! request types below as JSON); the plugin runs the very same code when it talks to
+//! etcd itself.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::Ipv4Addr;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use brindle_ipam::{AllocRequest, Ipam, Store};
+use futures::future::BoxFuture;
+use ipnetwork::Ipv4Network;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use super::error::{code, CniError};
+use crate::dataplane::{host_ifname_for_cni, Dataplane, EndpointSpec};
+use crate::endpoints::{delete_endpoint, list_endpoints, put_endpoint, EndpointRecord};
+
+/// Allocation attribute keys brindle's CNI plugin sets. GC only ever touches
+/// allocations carrying `orchestrator=cni`, this node and the network being collected.
+pub const ATTR_ORCHESTRATOR: &str = "orchestrator";
+pub const ATTR_NETWORK: &str = "network";
+pub const ATTR_CONTAINER: &str = "container";
+pub const ATTR_IFNAME: &str = "ifname";
+/// `main` (brindle wired the veth) or `ipam` (another main plugin did).
+pub const ATTR_CNI_MODE: &str = "cni_mode";
+pub const ORCHESTRATOR_CNI: &str = "cni";
+
+/// How brindle serves the attachment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// `type: brindle`: address plus brindle's routed veth.
+    Main,
+    /// `ipam.type: brindle-ipam` under another main plugin: the address only.
+    Ipam,
+}
+
+impl Mode {
+    fn as_str(self) -> &'static str {
+        match self {
+            Mode::Main => "main",
+            Mode::Ipam => "ipam",
+        }
+    }
+}
+
+/// A CNI attachment: container id and interface name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Attachment {
+    pub container_id: String,
+    pub ifname: String,
+}
+
+impl Attachment {
+    /// The IPAM handle and endpoint id: `<containerID>+<ifname>`.
+    pub fn handle(&self) -> String {
+        handle_for(&self.container_id, &self.ifname)
+    }
+
+    /// The host-side veth of a main-plugin attachment.
+    pub fn host_ifname(&self) -> String {
+        host_ifname_for_cni(&self.container_id, &self.ifname)
+    }
+}
+
+/// `<containerID>+<ifname>`.
+pub fn handle_for(container_id: &str, ifname: &str) -> String {
+    format!("{container_id}+{ifname}")
+}
+
+/// Which brindle installation a request is meant for: brindled refuses requests for
+/// another node or key prefix (the plugin then talks to etcd itself).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Target {
+    pub node: String,
+    pub prefix: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AddRequest {
+    pub target: Target,
+    pub mode: Mode,
+    pub network: String,
+    pub attachment: Attachment,
+    /// Container netns path (main mode).
+    pub netns: Option<String>,
+    pub ip: Option<Ipv4Addr>,
+    pub pool: Option<String>,
+    pub mtu: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddReply {
+    pub ip: Ipv4Addr,
+    pub pool: String,
+    pub pool_cidr: Ipv4Network,
+    /// Main mode: the host veth and the container interface's MAC.
+    pub host_ifname: Option<String>,
+    pub mac: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DelRequest {
+    pub target: Target,
+    pub mode: Mode,
+    pub attachment: Attachment,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CheckRequest {
+    pub target: Target,
+    pub mode: Mode,
+    pub attachment: Attachment,
+    pub netns: Option<String>,
+    /// The address the ADD result reported, if the runtime passed it back.
+    pub ip: Option<Ipv4Addr>,
+    pub mtu: Option<u32>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GcRequest {
+    pub target: Target,
+    pub mode: Mode,
+    pub network: String,
+    pub valid: Vec<Attachment>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GcReply {
+    /// Handles released.
+    pub released: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatusRequest {
+    pub target: Target,
+    pub pool: Option<String>,
+}
+
+/// Empty reply of DEL, CHECK and STATUS.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Done {}
+
+/// What the operations run on.
+pub struct Ctx<'a, S: Store> {
+    pub ipam: &'a Ipam<S>,
+    /// Needed for main-mode ADD/DEL/CHECK/GC only.
+    pub dataplane: Option<&'a dyn Dataplane>,
+    pub node: &'a str,
+    /// Who finishes veth deletions after DEL has answered; `None` deletes the veth
+    /// before DEL returns.
+    pub reaper: Option<&'a dyn Reap>,
+}
+
+/// Finishing veth deletions in the background.
+///
+/// The kernel takes ~20 ms to tear a veth down (it waits for RCU grace periods inside
+/// the RTM_DELLINK call), longer than the rest of a DEL together. DEL therefore takes
+/// the endpoint off the network at once (its host /32 route is deleted, then the
+/// address released) and hands the link itself to a reaper. An ADD of the same
+/// attachment waits for a pending deletion it knows of, and an ADD that still finds a
+/// veth of an attachment holding no address removes it first (see [`add`]).
+pub trait Reap: Send + Sync {
+    /// Delete `host_ifname` later; returns at once.
+    fn schedule(&self, host_ifname: String);
+    /// Wait until no deletion of `host_ifname` that this reaper knows of is pending.
+    fn settle<'a>(&'a self, host_ifname: &'a str) -> BoxFuture<'a, ()>;
+}
+
+/// brindled's [`Reap`]: deletions tracked by name, run either on a thread of their own
+/// ([`Reaper::dedicated`]) or as tasks of the caller's runtime ([`Reaper::new`]).
+///
+/// The kernel does the ~20 ms of a veth teardown inside the RTM_DELLINK `sendmsg`, so
+/// whichever thread sends it is blocked that long, and so is every other request on
+/// that netlink socket: brindled gives the reaper its own thread and socket.
+pub struct Reaper {
+    backend: ReaperBackend,
+    pending: Pending,
+}
+
+type Pending = Arc<Mutex<HashMap<String, watch::Receiver<bool>>>>;
+type Job = (String, watch::Sender<bool>);
+
+enum ReaperBackend {
+    Tasks(Arc<dyn Dataplane>),
+    Thread(tokio::sync::mpsc::UnboundedSender<Job>),
+}
+
+impl Reaper {
+    /// Deletions as tasks of the current tokio runtime, through `dataplane`.
+    pub fn new(dataplane: Arc<dyn Dataplane>) -> Self {
+        Self {
+            backend: ReaperBackend::Tasks(dataplane),
+            pending: Arc::default(),
+        }
+    }
+
+    /// Deletions one after another on a thread of their own, with its own runtime and
+    /// netlink socket in the calling thread's network namespace.
+    pub fn dedicated() -> std::io::Result<Self> {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Job>();
+        let pending: Pending = Arc::default();
+        let map = pending.clone();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("brindle-reaper".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                rt.block_on(async move {
+                    let dp = match crate::dataplane::LinuxDataplane::connect() {
+                        Ok(dp) => dp,
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(std::io::Error::other(e.to_string())));
+                            return;
+                        }
+                    };
+                    let _ = ready_tx.send(Ok(()));
+                    while let Some((name, done)) = rx.recv().await {
+                        reap_one(&dp, &name).await;
+                        map.lock().expect("reaper lock").remove(&name);
+                        let _ = done.send(true);
+                    }
+                });
+            })?;
+        ready_rx
+            .recv()
+            .map_err(|_| std::io::Error::other("reaper thread died"))??;
+        Ok(Self {
+            backend: ReaperBackend::Thread(tx),
+            pending,
+        })
+    }
+
+    /// Deletions still running.
+    pub fn pending(&self) -> usize {
+        self.pending.lock().expect("reaper lock").len()
+    }
+}
+
+async fn reap_one(dp: &dyn Dataplane, host_ifname: &str) {
+    match dp.delete_endpoint(host_ifname).await {
+        Ok(existed) => debug!(host = %host_ifname, existed, "reaper: veth deleted"),
+        Err(e) => warn!(host = %host_ifname, %e, "reaper: deleting veth failed"),
+    }
+}
+
+impl Reap for Reaper {
+    fn schedule(&self, host_ifname: String) {
+        let mut pending = self.pending.lock().expect("reaper lock");
+        if pending.contains_key(&host_ifname) {
+            return;
+        }
+        let (tx, rx) = watch::channel(false);
+        pending.insert(host_ifname.clone(), rx);
+        match &self.backend {
+            ReaperBackend::Thread(jobs) => {
+                if let Err(returned) = jobs.send((host_ifname, tx)) {
+                    // The thread is gone: nothing will delete it; an ADD of the same
+                    // attachment removes the leftover veth itself.
+                    let (name, done) = returned.0;
+                    warn!(host = %name, "reaper thread gone; veth left for the next ADD");
+                    pending.remove(&name);
+                    let _ = done.send(true);
+                }
+            }
+            ReaperBackend::Tasks(dp) => {
+                let dp = dp.clone();
+                let map = self.pending.clone();
+                tokio::spawn(async move {
+                    reap_one(dp.as_ref(), &host_ifname).await;
+                    map.lock().expect("reaper lock").remove(&host_ifname);
+                    let _ = tx.send(true);
+                });
+            }
+        }
+    }
+
+    fn settle<'a>(&'a self, host_ifname: &'a str) -> BoxFuture<'a, ()> {
+        let rx = self
+            .pending
+            .lock()
+            .expect("reaper lock")
+            .get(host_ifname)
+            .cloned();
+        Box::pin(async move {
+            if let Some(mut rx) = rx {
+                let _ = rx.wait_for(|done| *done).await;
+            }
+        })
+    }
+}
+
+impl<S: Store> Ctx<'_, S> {
+    fn dataplane(&self) -> Result<&dyn Dataplane, CniError> {
+        self.dataplane
+            .ok_or_else(|| CniError::new(code::INTERNAL, "no dataplane for a main-plugin request"))
+    }
+}
+
+/// ADD: allocate (the same address again for a repeated request), then in main mode wire
+/// the veth and record the endpoint. On failure, what this call allocated is released;
+/// an address the handle already held is kept (a repeated ADD must not take away a
+/// working container's address).
+pub async fn add<S: Store>(ctx: &Ctx<'_, S>, req: &AddRequest) -> Result<AddReply, CniError> {
+    let att = &req.attachment;
+    let handle = att.handle();
+    debug!(%handle, mode = req.mode.as_str(), "cni add");
+    let attrs = BTreeMap::from([
+        (ATTR_ORCHESTRATOR.to_string(), ORCHESTRATOR_CNI.to_string()),
+        (ATTR_NETWORK.to_string(), req.network.clone()),
+        (ATTR_CONTAINER.to_string(), att.container_id.clone()),
+        (ATTR_IFNAME.to_string(), att.ifname.clone()),
+        (ATTR_CNI_MODE.to_string(), req.mode.as_str().to_string()),
+    ]);
+    let assigned = ctx
+        .ipam
+        .allocate(&AllocRequest {
+            handle: handle.clone(),
+            node: ctx.node.to_string(),
+            ip: req.ip,
+            pool: req.pool.clone(),
+            attrs,
+        })
+        .await?;
+    info!(%handle, ip = %assigned.ip, existing = assigned.existing, "cni add: address");
+    let mut reply = AddReply {
+        ip: assigned.ip,
+        pool: assigned.pool.clone(),
+        pool_cidr: assigned.pool_cidr,
+        host_ifname: None,
+        mac: None,
+    };
+    if req.mode == Mode::Ipam {
+        return Ok(reply);
+    }
+    let wired = async {
+        let dp = ctx.dataplane()?;
+        let netns = req
+            .netns
+            .as_deref()
+            .ok_or_else(|| CniError::env("required env variables [CNI_NETNS] missing"))?;
+        ensure_foreign_netns(netns)?;
+        let spec =
+            EndpointSpec::for_cni(&att.container_id, &att.ifname, netns, assigned.ip, req.mtu);
+        if let Some(reaper) = ctx.reaper {
+            reaper.settle(&spec.host_ifname).await;
+        }
+        let mac = create_veth(dp, &spec, assigned.existing).await?;
+        debug!(host = %spec.host_ifname, "cni add: veth ready");
+        // The record comes after the veth and its route: brindled's agent keeps a /32
+        // for every record, and must not race the dataplane to create it.
+        let record = EndpointRecord {
+            id: handle.clone(),
+            node: ctx.node.to_string(),
+            orchestrator: ORCHESTRATOR_CNI.to_string(),
+            container_id: Some(att.container_id.clone()),
+            network: req.network.clone(),
+            ip: assigned.ip,
+            mac: Some(mac.to_string()),
+            host_ifname: spec.host_ifname.clone(),
+            handle: handle.clone(),
+        };
+        if let Err(e) = put_endpoint(ctx.ipam.store(), ctx.ipam.keys(), &record).await {
+            if let Err(cleanup) = dp.delete_endpoint(&spec.host_ifname).await {
+                warn!(host = %spec.host_ifname, %cleanup, "cni add: removing veth after a failed record write");
+            }
+            return Err(CniError::from(e));
+        }
+        Ok::<_, CniError>((spec.host_ifname, mac))
+    };
+    match wired.await {
+        Ok((host, mac)) => {
+            reply.host_ifname = Some(host);
+            reply.mac = Some(mac.to_string());
+            Ok(reply)
+        }
+        Err(e) => {
+            if !assigned.existing {
+                if let Err(cleanup) = ctx.ipam.release_handle(&handle).await {
+                    warn!(%handle, %cleanup, "cni add: releasing the address after a failure");
+                }
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Create the veth; if the attachment held no address before this ADD, a veth already
+/// there is a leftover of an unfinished deletion: remove it and create again.
+async fn create_veth(
+    dp: &dyn Dataplane,
+    spec: &EndpointSpec,
+    existing: bool,
+) -> Result<crate::dataplane::MacAddr, CniError> {
+    match dp.create_veth_into_netns(spec).await {
+        Err(e) if !existing && e.errno() == Some(libc::EEXIST) => {
+            if dp.delete_endpoint(&spec.host_ifname).await? {
+                warn!(host = %spec.host_ifname, "cni add: removed a leftover veth of this attachment");
+                Ok(dp.create_veth_into_netns(spec).await?)
+            } else {
+                Err(e.into())
+            }
+        }
+        other => Ok(other?),
+    }
+}
+
+/// DEL: take the endpoint off the network (main mode: its route and veth), then
+/// release the address and delete the endpoint record. Every step treats "already
+/// gone" as done, so DEL succeeds after a partial ADD, without a netns and when
+/// repeated.
+pub async fn del<S: Store>(ctx: &Ctx<'_, S>, req: &DelRequest) -> Result<Done, CniError> {
+    let att = &req.attachment;
+    let handle = att.handle();
+    if req.mode == Mode::Ipam {
+        let released = ctx.ipam.release_handle(&handle).await?;
+        info!(%handle, ?released, "cni del");
+        return Ok(Done {});
+    }
+    let dp = ctx.dataplane()?;
+    let host = att.host_ifname();
+    // The endpoint leaves the network before its address is released: releasing while
+    // the route still exists could hand the address to a new container that the stale
+    // route would shadow. The record and the address then go in two concurrent writes.
+    // (brindled's agent restores the route of a record it still sees only while the
+    // veth exists, and the reaper deletes the veth, route included, right away.)
+    match ctx.reaper {
+        Some(reaper) => {
+            for ip in ctx.ipam.addresses_of(&handle).await? {
+                dp.del_host_route(ip).await?;
+            }
+            reaper.schedule(host);
+        }
+        None => {
+            dp.delete_endpoint(&host).await?;
+        }
+    }
+    let record = delete_endpoint(ctx.ipam.store(), ctx.ipam.keys(), ctx.node, &handle);
+    let release = ctx.ipam.release_handle(&handle);
+    let (record, released) = tokio::join!(record, release);
+    record?;
+    let released = released?;
+    info!(%handle, ?released, "cni del");
+    Ok(Done {})
+}
+
+/// CHECK: the handle still holds the address the ADD returned; in main mode the veth,
+/// container address and routes, and the host route are as ADD made them.
+pub async fn check<S: Store>(ctx: &Ctx<'_, S>, req: &CheckRequest) -> Result<Done, CniError> {
+    let att = &req.attachment;
+    let handle = att.handle();
+    let held = ctx.ipam.addresses_of(&handle).await?;
+    let Some(&first) = held.first() else {
+        return Err(CniError::new(
+            code::CHECK_FAILED,
+            format!("no address is allocated to attachment {handle}"),
+        ));
+    };
+    let ip = match req.ip {
+        Some(ip) if held.contains(&ip) => ip,
+        Some(ip) => {
+            return Err(CniError::new(
+                code::CHECK_FAILED,
+                format!(
+                    "attachment {handle} holds {}, not {ip} as its ADD result says",
+                    held.iter()
+                        .map(|a| a.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ))
+        }
+        None => first,
+    };
+    if req.mode == Mode::Main {
+        let netns = req
+            .netns
+            .as_deref()
+            .ok_or_else(|| CniError::env("required env variables [CNI_NETNS] missing"))?;
+        let spec = EndpointSpec::for_cni(&att.container_id, &att.ifname, netns, ip, req.mtu);
+        ctx.dataplane()?.check_endpoint(&spec).await?;
+    }
+    Ok(Done {})
+}
+
+/// GC: release this node's CNI allocations of `network` whose attachment is not in
+/// `valid` (and, in main mode, their veths and endpoint records). Docker allocations,
+/// other networks and other nodes are never touched. Keeps going past failures and
+/// reports them together at the end.
+pub async fn gc<S: Store>(ctx: &Ctx<'_, S>, req: &GcRequest) -> Result<GcReply, CniError> {
+    let valid: BTreeSet<String> = req.valid.iter().map(Attachment::handle).collect();
+    let mut stale: BTreeMap<String, Attachment> = BTreeMap::new();
+    for block in ctx.ipam.all_blocks().await? {
+        for alloc in block.allocations.values() {
+            let a = &alloc.attrs;
+            let ours = a.get(ATTR_ORCHESTRATOR).map(String::as_str) == Some(ORCHESTRATOR_CNI)
+                && a.get(ATTR_NETWORK) == Some(&req.network)
+                && alloc.node() == Some(ctx.node);
+            if !ours || valid.contains(&alloc.handle) {
+                continue;
+            }
+            let (Some(container_id), Some(ifname)) = (a.get(ATTR_CONTAINER), a.get(ATTR_IFNAME))
+            else {
+                continue;
+            };
+            let att = Attachment {
+                container_id: container_id.clone(),
+                ifname: ifname.clone(),
+            };
+            // Only handles of the form we create: never release a foreign handle that
+            // merely copied our attributes.
+            if att.handle() == alloc.handle {
+                stale.insert(alloc.handle.clone(), att);
+            }
+        }
+    }
+    if req.mode == Mode::Main {
+        let records = list_endpoints(ctx.ipam.store(), ctx.ipam.keys(), Some(ctx.node)).await?;
+        for r in records {
+            if r.orchestrator == ORCHESTRATOR_CNI
+                && r.network == req.network
+                && !valid.contains(&r.id)
+                && !stale.contains_key(&r.id)
+            {
+                if let Some((cid, ifname)) = r.id.rsplit_once('+') {
+                    stale.insert(
+                        r.id.clone(),
+                        Attachment {
+                            container_id: cid.to_string(),
+                            ifname: ifname.to_string(),
+                        },
+                    );
+                }
+            }
+        }
+    }
+    let mut reply = GcReply::default();
+    let mut errors = Vec::new();
+    for (handle, att) in stale {
+        let del_req = DelRequest {
+            target: req.target.clone(),
+            mode: req.mode,
+            attachment: att,
+        };
+        match del(ctx, &del_req).await {
+            Ok(_) => {
+                info!(%handle, "cni gc: released");
+                reply.released.push(handle);
+            }
+            Err(e) => errors.push(format!("{handle}: {e}")),
+        }
+    }
+    if errors.is_empty() {
+        Ok(reply)
+    } else {
+        Err(CniError::new(
+            code::TRY_AGAIN,
+            format!("gc could not release {} attachments", errors.len()),
+        )
+        .with_details(errors.join("; ")))
+    }
+}
+
+/// STATUS: etcd answers, and the configured pool (if any) exists and is enabled.
+pub async fn status<S: Store>(ctx: &Ctx<'_, S>, req: &StatusRequest) -> Result<Done, CniError> {
+    let pools = ctx.ipam.list_pools().await.map_err(|e| {
+        CniError::new(code::NOT_AVAILABLE, "brindle cannot serve ADD now")
+            .with_details(e.to_string())
+    })?;
+    let usable = |p: &&brindle_ipam::Pool| !p.disabled && !p.deleting;
+    let ok = match &req.pool {
+        Some(name) => pools.iter().filter(usable).any(|p| p.name == *name),
+        None => pools.iter().any(|p| usable(&p)),
+    };
+    if ok {
+        return Ok(Done {});
+    }
+    let what = match &req.pool {
+        Some(name) => format!("pool {name} does not exist or is disabled"),
+        None => "no enabled pool exists".to_string(),
+    };
+    Err(CniError::new(code::NOT_AVAILABLE, "brindle cannot serve ADD now").with_details(what))
+}
+
+/// Refuses a CNI_NETNS that is our own namespace: wiring "the container" there would put
+/// its address and default route on the host.
+fn ensure_foreign_netns(netns: &str) -> Result<(), CniError> {
+    let (Ok(target), Ok(own)) = (
+        std::fs::metadata(Path::new(netns)),
+        std::fs::metadata("/proc/self/ns/net"),
+    ) else {
+        // A missing path is reported by the dataplane, naming it.
+        return Ok(());
+    };
+    if target.dev() == own.dev() && target.ino() == own.ino() {
+        return Err(CniError::env(format!(
+            "CNI_NETNS {netns} is the plugin's own network namespace, not a container's"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dataplane::{FakeDataplane, FakeOp};
+    use brindle_ipam::pools::NewPool;
+    use brindle_ipam::MemoryStore;
+
+    fn target() -> Target {
+        Target {
+            node: "n1".into(),
+            prefix: "/brindle".into(),
+        }
+    }
+
+    async fn setup(cidr: &str) -> Ipam<MemoryStore> {
+        let ipam = Ipam::new(MemoryStore::new(), "/brindle");
+        ipam.add_pool(NewPool {
+            name: "p".into(),
+            cidr: cidr.parse().unwrap(),
+            block_size: 28,
+            disabled: false,
+            reserved: Default::default(),
+        })
+        .await
+        .unwrap();
+        ipam
+    }
+
+    fn att(cid: &str) -> Attachment {
+        Attachment {
+            container_id: cid.into(),
+            ifname: "eth0".into(),
+        }
+    }
+
+    fn add_req(cid: &str, mode: Mode, ip: Option<Ipv4Addr>) -> AddRequest {
+        AddRequest {
+            target: target(),
+            mode,
+            network: "net".into(),
+            attachment: att(cid),
+            netns: Some("/run/netns/test-does-not-matter".into()),
+            ip,
+            pool: None,
+            mtu: None,
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn add_is_idempotent_and_del_releases() {
+        let ipam = setup("10.9.0.0/24").await;
+        let dp = FakeDataplane::new();
+        let ctx = Ctx {
+            ipam: &ipam,
+            dataplane: Some(&dp),
+            node: "n1",
+            reaper: None,
+        };
+        let a = add(&ctx, &add_req("c1", Mode::Ipam, None)).await.unwrap();
+        let b = add(&ctx, &add_req("c1", Mode::Ipam, None)).await.unwrap();
+        assert_eq!(a.ip, b.ip);
+        assert!(
+            dp.calls().is_empty(),
+            "ipam mode never touches the dataplane"
+        );
+        let main = add(&ctx, &add_req("c2", Mode::Main, None)).await.unwrap();
+        assert_eq!(main.host_ifname, Some(att("c2").host_ifname()));
+        assert!(dp.has_endpoint(&att("c2").host_ifname()));
+        let rec = crate::endpoints::get_endpoint(ipam.store(), ipam.keys(), "n1", "c2+eth0")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(rec.ip, main.ip);
+        assert_eq!(rec.orchestrator, "cni");
+        // A repeated main ADD finds the interface: an error, and the address stays.
+        let again = add(&ctx, &add_req("c2", Mode::Main, None))
+            .await
+            .unwrap_err();
+        assert_eq!(again.code, code::INTERFACE_EXISTS, "{again}");
+        assert_eq!(ipam.addresses_of("c2+eth0").await.unwrap(), vec![main.ip]);
+        let del_req = DelRequest {
+            target: target(),
+            mode: Mode::Main,
+            attachment: att("c2"),
+        };
+        del(&ctx, &del_req).await.unwrap();
+        del(&ctx, &del_req).await.unwrap();
+        assert!(!dp.has_endpoint(&att("c2").host_ifname()));
+        assert!(ipam.addresses_of("c2+eth0").await.unwrap().is_empty());
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn failed_wiring_releases_a_new_address_only() {
+        let ipam = setup("10.9.1.0/24").await;
+        let dp = FakeDataplane::new();
+        let ctx = Ctx {
+            ipam: &ipam,
+            dataplane: Some(&dp),
+            node: "n1",
+            reaper: None,
+        };
+        dp.fail_once(FakeOp::CreateVethIntoNetns, libc::EPERM);
+        let e = add(&ctx, &add_req("c1", Mode::Main, None))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, code::DATAPLANE);
+        assert!(ipam.addresses_of("c1+eth0").await.unwrap().is_empty());
+        // Retry after the partial failure succeeds and leaks nothing.
+        let ok = add(&ctx, &add_req("c1", Mode::Main, None)).await.unwrap();
+        assert_eq!(ipam.addresses_of("c1+eth0").await.unwrap(), vec![ok.ip]);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn check_and_gc() {
+        let ipam = setup("10.9.2.0/24").await;
+        let dp = FakeDataplane::new();
+        let ctx = Ctx {
+            ipam: &ipam,
+            dataplane: Some(&dp),
+            node: "n1",
+            reaper: None,
+        };
+        let keep = add(&ctx, &add_req("keep", Mode::Main, None)).await.unwrap();
+        let _gone = add(&ctx, &add_req("gone", Mode::Main, None)).await.unwrap();
+        // Another network and a non-CNI allocation must survive GC.
+        let mut other = add_req("othernet", Mode::Ipam, None);
+        other.network = "other".into();
+        add(&ctx, &other).await.unwrap();
+        ipam.allocate(&AllocRequest {
+            handle: "dockerep".into(),
+            node: "n1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let chk = CheckRequest {
+            target: target(),
+            mode: Mode::Main,
+            attachment: att("keep"),
+            netns: Some("/run/netns/x".into()),
+            ip: Some(keep.ip),
+            mtu: None,
+        };
+        check(&ctx, &chk).await.unwrap();
+        let wrong = CheckRequest {
+            ip: Some("10.9.2.200".parse().unwrap()),
+            ..chk.clone()
+        };
+        assert_eq!(
+            check(&ctx, &wrong).await.unwrap_err().code,
+            code::CHECK_FAILED
+        );
+        let reply = gc(
+            &ctx,
+            &GcRequest {
+                target: target(),
+                mode: Mode::Main,
+                network: "net".into(),
+                valid: vec![att("keep")],
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(reply.released, vec!["gone+eth0".to_string()]);
+        assert!(!dp.has_endpoint(&att("gone").host_ifname()));
+        assert!(dp.has_endpoint(&att("keep").host_ifname()));
+        assert_eq!(ipam.addresses_of("othernet+eth0").await.unwrap().len(), 1);
+        assert_eq!(ipam.addresses_of("dockerep").await.unwrap().len(), 1);
+        let missing = CheckRequest {
+            attachment: att("gone"),
+            ip: None,
+            ..chk
+        };
+        assert_eq!(
+            check(&ctx, &missing).await.unwrap_err().code,
+            code::CHECK_FAILED
+        );
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn reaper_defers_veth_deletion_and_add_waits_for_it() {
+        let ipam = setup("10.9.4.0/24").await;
+        let dp = Arc::new(FakeDataplane::new());
+        let reaper = Reaper::new(dp.clone());
+        let ctx = Ctx {
+            ipam: &ipam,
+            dataplane: Some(dp.as_ref()),
+            node: "n1",
+            reaper: Some(&reaper),
+        };
+        let first = add(&ctx, &add_req("c1", Mode::Main, None)).await.unwrap();
+        let host = att("c1").host_ifname();
+        assert!(dp
+            .host_routes()
+            .iter()
+            .any(|(ip, dev)| *ip == first.ip && *dev == host));
+        let del_req = DelRequest {
+            target: target(),
+            mode: Mode::Main,
+            attachment: att("c1"),
+        };
+        del(&ctx, &del_req).await.unwrap();
+        // Off the network at once, address released; the link goes in the background.
+        assert!(!dp.host_routes().iter().any(|(ip, _)| *ip == first.ip));
+        assert!(ipam.addresses_of("c1+eth0").await.unwrap().is_empty());
+        // ADD of the same attachment right away waits for the deletion and succeeds.
+        add(&ctx, &add_req("c1", Mode::Main, None)).await.unwrap();
+        assert!(dp.has_endpoint(&host));
+        // A leftover veth of an attachment without an address is replaced.
+        ipam.release_handle("c1+eth0").await.unwrap();
+        let again = add(&ctx, &add_req("c1", Mode::Main, None)).await.unwrap();
+        assert!(dp.has_endpoint(&host));
+        assert_eq!(ipam.addresses_of("c1+eth0").await.unwrap(), vec![again.ip]);
+        del(&ctx, &del_req).await.unwrap();
+        for _ in 0..100 {
+            if reaper.pending() == 0 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(reaper.pending(), 0);
+        assert!(!dp.has_endpoint(&host));
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn status_needs_a_usable_pool() {
+        let ipam = setup("10.9.3.0/24").await;
+        let ctx = Ctx {
+            ipam: &ipam,
+            dataplane: None,
+            node: "n1",
+            reaper: None,
+        };
+        let mut req = StatusRequest {
+            target: target(),
+            pool: Some("p".into()),
+        };
+        status(&ctx, &req).await.unwrap();
+        req.pool = Some("nope".into());
+        assert_eq!(
+            status(&ctx, &req).await.unwrap_err().code,
+            code::NOT_AVAILABLE
+        );
+    }
+}

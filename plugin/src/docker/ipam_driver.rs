@@ -1,0 +1,585 @@
+//! The IpamDriver half: Docker's pools and addresses on top of brindle's IPAM.
+//!
+//! - `RequestPool` maps `--subnet S` to a brindle pool: the pool whose CIDR is S, the pool
+//!   S lies inside, or a new pool `docker-<S>` when S overlaps none; a subnet partly
+//!   overlapping a pool is refused. Without `--subnet` the network spans the pool named
+//!   by `--ipam-opt pool=NAME`, else the pool named `default` (else the only pool).
+//! - Every address Docker gets is an IPAM allocation with its own handle
+//!   (`docker-<random>`), tagged `orchestrator=docker`, `node`, `dockerd` (the caller's
+//!   identity) and, for a `--gateway`, `role=gateway`. Container addresses are returned
+//!   as `/32`: the container reaches everything through its 169.254.1.x next hop.
+//! - Docker's gateway request is answered with 169.254.1.1 without burning a pool
+//!   address (`RequestPool` already returns it as the pool's gateway, so Docker only
+//!   asks when `--gateway G` was given; G is then reserved).
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use brindle_ipam::cidr::{block_of, is_pool_edge, parse_cidr, DEFAULT_BLOCK_SIZE};
+use brindle_ipam::pools::NewPool;
+use brindle_ipam::{AllocRequest, Block, IpamError, Pool};
+use ipnetwork::Ipv4Network;
+use tracing::{info, warn};
+
+use super::http::{Caller, DockerError};
+use super::pool_id::PoolId;
+use super::records::{self, PoolMarker, ORCHESTRATOR};
+use super::wire::{
+    ReleaseAddressRequest, ReleasePoolRequest, RequestAddressRequest, RequestAddressResponse,
+    RequestPoolRequest, RequestPoolResponse,
+};
+use super::{Backend, Driver, DEFAULT_POOL, POOL_OPTION};
+use crate::dataplane::GATEWAY_IP;
+
+/// Allocation attribute keys.
+pub const ATTR_ORCHESTRATOR: &str = "orchestrator";
+pub const ATTR_DOCKERD: &str = "dockerd";
+pub const ATTR_ROLE: &str = "role";
+
+/// `RequestAddress` options marking the network's gateway request.
+const REQUEST_ADDRESS_TYPE: &str = "RequestAddressType";
+const GATEWAY_TYPE: &str = "com.docker.network.gateway";
+/// `RequestPool` data key telling Docker the gateway (so it does not request one).
+const GATEWAY_DATA: &str = "com.docker.network.gateway";
+
+/// How many taken candidates a range-restricted allocation skips before giving up.
+const RANGE_ATTEMPTS: usize = 32;
+
+impl<B: Backend> Driver<B> {
+    pub async fn request_pool(
+        &self,
+        req: RequestPoolRequest,
+    ) -> Result<RequestPoolResponse, DockerError> {
+        if req.v6 {
+            return Err(DockerError::new(
+                "brindle networks are IPv4 only: remove --ipv6 and any IPv6 --subnet",
+            ));
+        }
+        let mut pool_opt = None;
+        for (k, v) in req.options.unwrap_or_default() {
+            if k == POOL_OPTION {
+                pool_opt = Some(v);
+            } else {
+                return Err(DockerError::new(format!(
+                    "unsupported IPAM option {k}={v}: brindle supports only --ipam-opt {POOL_OPTION}=NAME"
+                )));
+            }
+        }
+        let subnet =
+            match req.pool.as_str() {
+                "" => None,
+                s => Some(parse_cidr(s).map_err(|e| {
+                    DockerError::new(format!("invalid --subnet {s}: {}", reason(&e)))
+                })?),
+            };
+        let range = match req.sub_pool.as_str() {
+            "" => None,
+            r => Some(parse_cidr(r).map_err(|e| {
+                DockerError::new(format!("invalid --ip-range {r}: {}", reason(&e)))
+            })?),
+        };
+        let id = match subnet {
+            None => {
+                if let Some(r) = range {
+                    return Err(DockerError::new(format!(
+                        "--ip-range {r} needs a --subnet that contains it"
+                    )));
+                }
+                let pool = self.pool_for_network(pool_opt.clone()).await?;
+                PoolId {
+                    pool: pool.name,
+                    subnet: None,
+                    range: None,
+                }
+            }
+            Some(s) => {
+                if let Some(r) = range {
+                    if !within(r, s) {
+                        return Err(DockerError::new(format!(
+                            "--ip-range {r} is not inside --subnet {s}"
+                        )));
+                    }
+                }
+                let pool = self.pool_for_subnet(s, pool_opt.clone()).await?;
+                PoolId {
+                    pool: pool.name,
+                    subnet: Some(s),
+                    range,
+                }
+            }
+        };
+        info!(pool_id = %id, "pool requested");
+        Ok(RequestPoolResponse {
+            pool_id: id.to_string(),
+            pool: id.docker_subnet().to_string(),
+            data: BTreeMap::from([(GATEWAY_DATA.to_string(), format!("{GATEWAY_IP}/32"))]),
+        })
+    }
+
+    /// The pool of a network without `--subnet`.
+    async fn pool_for_network(&self, named: Option<String>) -> Result<Pool, DockerError> {
+        let pools = self.ipam().list_pools().await?;
+        let names = || pool_list(&pools);
+        if let Some(name) = named {
+            return pools
+                .iter()
+                .find(|p| p.name == name)
+                .cloned()
+                .ok_or_else(|| {
+                    DockerError::new(format!(
+                        "--ipam-opt {POOL_OPTION}={name}: no such pool; pools: {}",
+                        names()
+                    ))
+                });
+        }
+        if let Some(p) = pools.iter().find(|p| p.name == DEFAULT_POOL) {
+            return Ok(p.clone());
+        }
+        match pools.as_slice() {
+            [only] => Ok(only.clone()),
+            _ => Err(DockerError::new(format!(
+                "no --subnet and no pool named {DEFAULT_POOL}: give --subnet, --ipam-opt {POOL_OPTION}=NAME or create pool {DEFAULT_POOL} (pools: {})",
+                names()
+            ))),
+        }
+    }
+
+    /// The pool holding `--subnet s`, created when `s` overlaps no pool.
+    async fn pool_for_subnet(
+        &self,
+        s: Ipv4Network,
+        named: Option<String>,
+    ) -> Result<Pool, DockerError> {
+        for attempt in 0..2 {
+            let pools = self.ipam().list_pools().await?;
+            let containing = pools.iter().find(|p| within(s, p.cidr));
+            if let Some(name) = named {
+                return match (containing, pools.iter().find(|p| p.name == name)) {
+                    (Some(p), _) if p.name == name => Ok(p.clone()),
+                    (_, Some(p)) => Err(DockerError::new(format!(
+                        "--subnet {s} is not inside pool {name} ({})",
+                        p.cidr
+                    ))),
+                    (_, None) => Err(DockerError::new(format!(
+                        "--ipam-opt {POOL_OPTION}={name}: no such pool; pools: {}",
+                        pool_list(&pools)
+                    ))),
+                };
+            }
+            if let Some(p) = containing {
+                return Ok(p.clone());
+            }
+            if let Some(p) = pools.iter().find(|p| overlaps(p.cidr, s)) {
+                return Err(DockerError::new(format!(
+                    "--subnet {s} partly overlaps pool {} ({}); use a subnet equal to or inside one pool, or one that overlaps none",
+                    p.name, p.cidr
+                )));
+            }
+            let name = created_pool_name(s);
+            let new = NewPool {
+                name: name.clone(),
+                cidr: s,
+                block_size: DEFAULT_BLOCK_SIZE.max(s.prefix()),
+                disabled: false,
+                reserved: Default::default(),
+            };
+            match self.add_pool(new).await {
+                Ok(pool) => {
+                    info!(pool = %name, cidr = %s, "pool created for docker --subnet");
+                    let marker = PoolMarker {
+                        cidr: s,
+                        created_by: self.node().to_string(),
+                    };
+                    records::put(
+                        self.store(),
+                        records::pool_marker_key(self.keys(), &name),
+                        &marker,
+                    )
+                    .await?;
+                    return Ok(pool);
+                }
+                // Someone created an overlapping pool at the same moment: look again.
+                Err(IpamError::PoolExists { .. } | IpamError::PoolOverlap { .. })
+                    if attempt == 0 => {}
+                Err(e) => {
+                    return Err(DockerError::new(format!(
+                        "cannot create a pool for --subnet {s}: {e}"
+                    )))
+                }
+            }
+        }
+        Err(DockerError::new(format!(
+            "cannot create a pool for --subnet {s}: other writers keep changing the pools"
+        )))
+    }
+
+    pub async fn release_pool(&self, req: ReleasePoolRequest) -> Result<(), DockerError> {
+        let id = PoolId::parse(&req.pool_id)?;
+        info!(pool_id = %id, "pool released");
+        self.remove_created_pool(id.pool.clone()).await;
+        Ok(())
+    }
+
+    /// Remove a pool the driver created once no network uses it and it is empty.
+    /// Best effort: a pool left behind is harmless and reused by the next network.
+    pub(super) async fn remove_created_pool(&self, pool: String) {
+        let pool = pool.as_str();
+        let result: Result<(), IpamError> = async {
+            let key = records::pool_marker_key(self.keys(), pool);
+            let Some(marker) = records::get::<_, PoolMarker>(self.store(), key.clone()).await?
+            else {
+                return Ok(());
+            };
+            let networks = records::list_networks(self.store(), self.keys()).await?;
+            if networks.iter().any(|n| {
+                n.subnets
+                    .iter()
+                    .any(|s| s.subnet.prefix() > 0 && within(s.subnet, marker.cidr))
+            }) {
+                return Ok(());
+            }
+            match self.remove_pool(pool.to_string()).await {
+                Ok(_) => {
+                    info!(%pool, "removed the pool created for a docker --subnet");
+                    self.cache().pools.remove(pool);
+                    records::delete(self.store(), key).await
+                }
+                Err(IpamError::PoolInUse { .. }) => Ok(()),
+                Err(IpamError::PoolNotFound { .. }) => records::delete(self.store(), key).await,
+                Err(e) => Err(e),
+            }
+        }
+        .await;
+        if let Err(e) = result {
+            warn!(%pool, error = %e, "cannot remove the pool created for a docker --subnet");
+        }
+    }
+
+    pub async fn request_address(
+        &self,
+        req: RequestAddressRequest,
+        caller: &Caller,
+    ) -> Result<RequestAddressResponse, DockerError> {
+        let id = PoolId::parse(&req.pool_id)?;
+        let gateway = req
+            .options
+            .as_ref()
+            .and_then(|o| o.get(REQUEST_ADDRESS_TYPE))
+            .is_some_and(|t| t == GATEWAY_TYPE);
+        let wanted = match req.address.as_str() {
+            "" => None,
+            a => Some(a.parse::<Ipv4Addr>().map_err(|_| {
+                DockerError::new(format!("invalid address {a:?}: expected an IPv4 address"))
+            })?),
+        };
+        let ip = match (wanted, gateway) {
+            // The containers' next hop needs no pool address.
+            (None, true) => {
+                return Ok(RequestAddressResponse {
+                    address: format!("{GATEWAY_IP}/32"),
+                    data: BTreeMap::new(),
+                })
+            }
+            (Some(ip), _) => {
+                if let Some(s) = id.subnet {
+                    if !s.contains(ip) {
+                        return Err(DockerError::new(format!(
+                            "address {ip} is outside subnet {s} of this network"
+                        )));
+                    }
+                }
+                self.claim_fixed(&id, ip, gateway, caller).await?
+            }
+            (None, false) => self.claim_dynamic(&id, caller).await?,
+        };
+        let prefix = match (gateway, id.subnet) {
+            (true, Some(s)) => s.prefix(),
+            _ => 32,
+        };
+        Ok(RequestAddressResponse {
+            address: format!("{ip}/{prefix}"),
+            data: BTreeMap::new(),
+        })
+    }
+
+    fn alloc_request(
+        &self,
+        id: &PoolId,
+        ip: Option<Ipv4Addr>,
+        gateway: bool,
+        caller: &Caller,
+    ) -> AllocRequest {
+        let mut attrs = BTreeMap::from([(ATTR_ORCHESTRATOR.to_string(), ORCHESTRATOR.to_string())]);
+        if let Some(d) = &caller.0 {
+            attrs.insert(ATTR_DOCKERD.to_string(), d.clone());
+        }
+        if gateway {
+            attrs.insert(ATTR_ROLE.to_string(), "gateway".to_string());
+        }
+        AllocRequest {
+            handle: new_handle(),
+            node: self.node().to_string(),
+            ip,
+            pool: Some(id.pool.clone()),
+            attrs,
+        }
+    }
+
+    /// `--ip A`, `--gateway G`, `--aux-address n=A`: exactly that address or an error
+    /// naming it. An address held by a Docker allocation whose dockerd no longer runs
+    /// and that no live container uses is taken over (see `reclaim.rs`).
+    async fn claim_fixed(
+        &self,
+        id: &PoolId,
+        ip: Ipv4Addr,
+        gateway: bool,
+        caller: &Caller,
+    ) -> Result<Ipv4Addr, DockerError> {
+        let _claims = self.claims.lock().await;
+        for attempt in 0..2 {
+            let req = self.alloc_request(id, Some(ip), gateway, caller);
+            match self.ipam().allocate(&req).await {
+                Ok(a) => {
+                    info!(%ip, pool = %a.pool, handle = %req.handle, "fixed address allocated");
+                    self.cache().held.insert(a.ip, req.handle);
+                    return Ok(a.ip);
+                }
+                Err(IpamError::AddressTaken { handle, .. }) if attempt == 0 => {
+                    if let Some(in_use) = self.try_reclaim(ip, &handle, caller).await? {
+                        return Err(DockerError::new(format!(
+                            "address {ip} is already in use by {in_use}"
+                        )));
+                    }
+                }
+                Err(IpamError::AddressTaken { handle, .. }) => {
+                    return Err(DockerError::new(format!(
+                        "address {ip} is already in use (handle {handle})"
+                    )))
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        unreachable!("the loop returns on its second attempt")
+    }
+
+    /// A dynamic address: from this node's blocks of the pool, or, for a network with
+    /// a narrower `--subnet` or an `--ip-range`, from that range.
+    async fn claim_dynamic(&self, id: &PoolId, caller: &Caller) -> Result<Ipv4Addr, DockerError> {
+        let pool_cidr = self.pool_cidr(&id.pool).await?;
+        let range = id.range.or(id.subnet).filter(|r| *r != pool_cidr);
+        let _claims = self.claims.lock().await;
+        let ip = match range {
+            None => {
+                let req = self.alloc_request(id, None, false, caller);
+                let a = self.ipam().allocate(&req).await?;
+                self.cache().held.insert(a.ip, req.handle);
+                a.ip
+            }
+            Some(range) => self.claim_in_range(id, range, caller).await?,
+        };
+        info!(%ip, pool = %id.pool, "dynamic address allocated");
+        Ok(ip)
+    }
+
+    /// Pick a free address of `range` (this node's blocks first, then unclaimed blocks,
+    /// then other nodes' blocks) and claim it as a fixed address; the claim's
+    /// compare-and-swap settles races, a lost race moves on to the next candidate.
+    async fn claim_in_range(
+        &self,
+        id: &PoolId,
+        range: Ipv4Network,
+        caller: &Caller,
+    ) -> Result<Ipv4Addr, DockerError> {
+        let pool = self
+            .ipam()
+            .list_pools()
+            .await?
+            .into_iter()
+            .find(|p| p.name == id.pool)
+            .ok_or_else(|| DockerError::new(format!("pool {} no longer exists", id.pool)))?;
+        if pool.disabled {
+            return Err(IpamError::PoolDisabled(pool.name).into());
+        }
+        let subnet = id.subnet.unwrap_or(pool.cidr);
+        let mut blocks: Vec<(u8, Ipv4Network, Option<Block>)> = Vec::new();
+        for cidr in blocks_covering(&pool, range) {
+            let block: Option<Block> = records::get(self.store(), self.keys().block(cidr)).await?;
+            let rank = match block.as_ref().map(|b| b.affinity.as_deref()) {
+                Some(Some(n)) if n == self.node() => 0,
+                None => 1,
+                Some(_) => 2,
+            };
+            blocks.push((rank, cidr, block));
+        }
+        blocks.sort_by_key(|(rank, cidr, _)| (*rank, *cidr));
+        let mut tried = 0;
+        for (_, cidr, block) in &blocks {
+            let lo = u32::from(range.network()).max(u32::from(cidr.network()));
+            let hi = u32::from(range.broadcast()).min(u32::from(cidr.broadcast()));
+            for n in lo..=hi {
+                let ip = Ipv4Addr::from(n);
+                let taken = block
+                    .as_ref()
+                    .is_some_and(|b| b.allocations.contains_key(&ip));
+                if taken
+                    || is_pool_edge(pool.cidr, ip)
+                    || is_pool_edge(subnet, ip)
+                    || pool.reserved.contains(&ip)
+                {
+                    continue;
+                }
+                let req = self.alloc_request(id, Some(ip), false, caller);
+                match self.ipam().allocate(&req).await {
+                    Ok(a) => {
+                        self.cache().held.insert(a.ip, req.handle);
+                        return Ok(a.ip);
+                    }
+                    Err(IpamError::AddressTaken { .. }) => {
+                        tried += 1;
+                        if tried >= RANGE_ATTEMPTS {
+                            break;
+                        }
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        Err(DockerError::new(format!(
+            "no free address left in {range} (pool {}): every usable address there is allocated",
+            pool.name
+        )))
+    }
+
+    /// A pool's CIDR, cached (pool CIDRs never change under a name).
+    pub(super) async fn pool_cidr(&self, name: &str) -> Result<Ipv4Network, DockerError> {
+        if let Some(c) = self.cache().pools.get(name) {
+            return Ok(*c);
+        }
+        let pools = self.ipam().list_pools().await?;
+        let mut cache = self.cache();
+        for p in &pools {
+            cache.pools.insert(p.name.clone(), p.cidr);
+        }
+        cache.pools.get(name).copied().ok_or_else(|| {
+            DockerError::new(format!(
+                "pool {name} of this network no longer exists; pools: {}",
+                pool_list(&pools)
+            ))
+        })
+    }
+
+    pub async fn release_address(&self, req: ReleaseAddressRequest) -> Result<(), DockerError> {
+        let _id = PoolId::parse(&req.pool_id)?;
+        let ip: Ipv4Addr = req.address.parse().map_err(|_| {
+            DockerError::new(format!(
+                "invalid address {:?}: expected an IPv4 address",
+                req.address
+            ))
+        })?;
+        if ip.is_link_local() {
+            // The 169.254.1.1 next hop handed out as gateway: nothing was allocated.
+            return Ok(());
+        }
+        let _claims = self.claims.lock().await;
+        let cached = self.cache().held.get(&ip).cloned();
+        let handle = match cached {
+            Some(h) => h,
+            None => {
+                let report = self.ipam().address(ip).await?;
+                let Some(handle) = report.handle else {
+                    return Ok(());
+                };
+                let ours = report.attributes.get(ATTR_ORCHESTRATOR).map(String::as_str)
+                    == Some(ORCHESTRATOR)
+                    && report.node.as_deref() == Some(self.node());
+                if !ours {
+                    warn!(%ip, %handle, node = ?report.node, "ReleaseAddress for an address this node's Docker does not hold: left alone");
+                    return Ok(());
+                }
+                handle
+            }
+        };
+        self.ipam().release_handle(&handle).await?;
+        self.cache().held.remove(&ip);
+        info!(%ip, %handle, "address released");
+        Ok(())
+    }
+}
+
+/// `a` lies entirely inside `b`.
+pub(super) fn within(a: Ipv4Network, b: Ipv4Network) -> bool {
+    b.contains(a.network()) && a.prefix() >= b.prefix()
+}
+
+fn overlaps(a: Ipv4Network, b: Ipv4Network) -> bool {
+    a.contains(b.network()) || b.contains(a.network())
+}
+
+/// The name of the pool created for `--subnet s`: `docker-10.1.0.0-24`.
+pub(super) fn created_pool_name(s: Ipv4Network) -> String {
+    format!("docker-{}-{}", s.network(), s.prefix())
+}
+
+/// The blocks of `pool` that `range` touches.
+fn blocks_covering(pool: &Pool, range: Ipv4Network) -> Vec<Ipv4Network> {
+    let first = block_of(pool, range.network());
+    if range.prefix() >= pool.block_size {
+        return vec![first];
+    }
+    let step = 1u64 << (32 - u32::from(pool.block_size));
+    let count = 1u64 << (u32::from(pool.block_size) - u32::from(range.prefix()));
+    (0..count)
+        .map(|i| {
+            let base = u64::from(u32::from(range.network())) + i * step;
+            Ipv4Network::new(Ipv4Addr::from(base as u32), pool.block_size).expect("valid block")
+        })
+        .collect()
+}
+
+fn pool_list(pools: &[Pool]) -> String {
+    if pools.is_empty() {
+        return "none".into();
+    }
+    pools
+        .iter()
+        .map(|p| format!("{} ({})", p.name, p.cidr))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The reason part of an IPAM CIDR error (its message repeats the value otherwise).
+fn reason(e: &IpamError) -> String {
+    match e {
+        IpamError::InvalidCidr { reason, .. } => reason.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// A fresh handle: `docker-` + 32 random hex digits.
+pub(super) fn new_handle() -> String {
+    let mut bytes = [0u8; 16];
+    let mut filled = 0;
+    while filled < bytes.len() {
+        // SAFETY: the pointer and length describe the unfilled tail of `bytes`.
+        let n = unsafe {
+            libc::getrandom(bytes[filled..].as_mut_ptr().cast(), bytes.len() - filled, 0)
+        };
+        if n <= 0 {
+            // getrandom cannot fail for 16 bytes once the pool is initialised; fall back
+            // to time and a counter rather than panic.
+            use std::sync::atomic::{AtomicU64, Ordering};
+            static COUNTER: AtomicU64 = AtomicU64::new(0);
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0);
+            let c = COUNTER.fetch_add(1, Ordering::Relaxed);
+            bytes[..8].copy_from_slice(&t.to_le_bytes());
+            bytes[8..].copy_from_slice(&(c ^ u64::from(std::process::id())).to_le_bytes());
+            break;
+        }
+        filled += n as usize;
+    }
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("docker-{hex}")
+}

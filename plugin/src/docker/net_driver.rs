@@ -1,0 +1,584 @@
+//! The NetworkDriver half: networks and endpoints on the routed dataplane.
+//!
+//! `CreateEndpoint` creates the veth pair on the host (host end `brl<id>` with MAC
+//! ee:ee:ee:ee:ee:ee, proxy_arp and a /32 route; peer `tmp<id>` for Docker to move) and
+//! persists the endpoint; `Join` hands Docker the peer and a next hop 169.254.1.N with a
+//! connected /32 route to it. N is 1 for a container's first brindle network and the
+//! lowest free number for each further one, because Docker refuses two routes with the
+//! same destination in one container; the host veth answers ARP for any of them. Every
+//! endpoint returns its own gateway, so whichever one Docker picks as the container's
+//! gateway endpoint, the default route uses that endpoint's own interface and
+//! disconnecting another network never takes it away.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use brindle_ipam::store::{Compare, Op, Store, Txn, TxnOutcome};
+use ipnetwork::Ipv4Network;
+use tracing::{debug, info, warn};
+
+use futures::FutureExt;
+
+use super::containers;
+use super::http::{Caller, DockerError};
+use super::ipam_driver::within;
+use super::records::{self, DockerEndpoint, NetworkRecord, NetworkSubnet, ORCHESTRATOR};
+use super::wire::{
+    CreateEndpointRequest, CreateEndpointResponse, CreateNetworkRequest, EndpointInterface,
+    EndpointRequest, InterfaceName, JoinRequest, JoinResponse, NetworkRequest, OperInfoResponse,
+    StaticRoute,
+};
+use super::{Backend, Driver, MTU_OPTION};
+use crate::dataplane::{host_ifname_for, temp_ifname_for, EndpointSpec};
+use crate::endpoints::EndpointRecord;
+
+/// `Options` keys of `CreateNetwork`.
+const GENERIC: &str = "com.docker.network.generic";
+const ENABLE_IPV6: &str = "com.docker.network.enable_ipv6";
+const ENABLE_IPV4: &str = "com.docker.network.enable_ipv4";
+const INTERNAL: &str = "com.docker.network.internal";
+
+/// Name prefix of the container interface (`eth0`, `eth1`, ...).
+const DST_PREFIX: &str = "eth";
+
+impl<B: Backend> Driver<B> {
+    pub async fn create_network(&self, req: CreateNetworkRequest) -> Result<(), DockerError> {
+        let id = req.network_id;
+        if id.is_empty() {
+            return Err(DockerError::new("CreateNetwork without a NetworkID"));
+        }
+        let mut mtu = None;
+        for (key, value) in req.options.unwrap_or_default() {
+            match key.as_str() {
+                GENERIC => {
+                    let generic = value.as_object().cloned().unwrap_or_default();
+                    for (k, v) in generic {
+                        let text = match &v {
+                            serde_json::Value::String(s) => s.clone(),
+                            other => other.to_string(),
+                        };
+                        if k != MTU_OPTION {
+                            return Err(DockerError::new(format!(
+                                "unsupported driver option {k}={text}: brindle supports only -o {MTU_OPTION}=N"
+                            )));
+                        }
+                        mtu = Some(parse_mtu(&text)?);
+                    }
+                }
+                ENABLE_IPV6 if value.as_bool() == Some(true) => {
+                    return Err(DockerError::new(
+                        "brindle networks are IPv4 only: remove --ipv6",
+                    ))
+                }
+                ENABLE_IPV4 if value.as_bool() == Some(false) => {
+                    return Err(DockerError::new(
+                        "brindle networks need IPv4: remove --ipv4=false",
+                    ))
+                }
+                INTERNAL if value.as_bool() == Some(true) => return Err(DockerError::new(
+                    "brindle does not support --internal: its containers are routed and reachable",
+                )),
+                // Flags Docker always sends (enable_ipv6=false, ...) and newer daemons'
+                // private keys: nothing to do.
+                _ => {}
+            }
+        }
+        if req.ipv6_data.as_ref().is_some_and(|v| !v.is_empty()) {
+            return Err(DockerError::new(
+                "brindle networks are IPv4 only: remove the IPv6 --subnet",
+            ));
+        }
+        let data = req.ipv4_data.unwrap_or_default();
+        if data.is_empty() {
+            return Err(DockerError::new(
+                "the network has no IPv4 pool: create it with --ipam-driver brindle",
+            ));
+        }
+        let mut subnets = Vec::new();
+        for d in &data {
+            if !d.address_space.starts_with("brindle") {
+                return Err(DockerError::new(format!(
+                    "the brindle network driver needs the brindle IPAM driver (this network uses address space {:?}): add --ipam-driver brindle",
+                    d.address_space
+                )));
+            }
+            let subnet: Ipv4Network = d.pool.parse().map_err(|_| {
+                DockerError::new(format!("invalid pool {:?} in CreateNetwork", d.pool))
+            })?;
+            let gateway = match d.gateway.as_deref() {
+                Some(g) => Some(cidr_ip(g)?).filter(|ip| !ip.is_link_local()),
+                None => None,
+            };
+            let mut aux = BTreeMap::new();
+            for (name, a) in d.aux_addresses.clone().unwrap_or_default() {
+                aux.insert(name, cidr_ip(&a)?);
+            }
+            subnets.push(NetworkSubnet {
+                subnet,
+                gateway,
+                aux,
+            });
+        }
+        let record = NetworkRecord {
+            id: id.clone(),
+            node: self.node().to_string(),
+            subnets,
+            mtu,
+        };
+        records::put(
+            self.store(),
+            records::network_key(self.keys(), &id),
+            &record,
+        )
+        .await?;
+        info!(network = %id, ?mtu, "network created");
+        self.cache().networks.insert(id, record);
+        Ok(())
+    }
+
+    pub async fn delete_network(&self, req: NetworkRequest) -> Result<(), DockerError> {
+        let id = req.network_id;
+        let cached = self.cache().networks.remove(&id);
+        let record = match cached {
+            Some(r) => Some(r),
+            None => {
+                records::get::<_, NetworkRecord>(
+                    self.store(),
+                    records::network_key(self.keys(), &id),
+                )
+                .await?
+            }
+        };
+        records::delete(self.store(), records::network_key(self.keys(), &id)).await?;
+        info!(network = %id, "network deleted");
+        // Docker released the network's pools before this call; pools created for
+        // its subnets (or holding them) can go now that no record refers to them.
+        let subnets: Vec<Ipv4Network> = record
+            .map(|r| r.subnets.iter().map(|s| s.subnet).collect())
+            .unwrap_or_default();
+        if subnets.iter().any(|s| s.prefix() > 0) {
+            let markers = match records::list_pool_markers(self.store(), self.keys()).await {
+                Ok(m) => m,
+                Err(e) => {
+                    warn!(error = %e, "cannot list the pools created for docker subnets");
+                    Vec::new()
+                }
+            };
+            for (pool, marker) in markers {
+                if subnets
+                    .iter()
+                    .any(|s| s.prefix() > 0 && within(*s, marker.cidr))
+                {
+                    self.remove_created_pool(pool).await;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The network, from the cache or etcd.
+    async fn network(&self, id: &str) -> Result<NetworkRecord, DockerError> {
+        if let Some(n) = self.cache().networks.get(id) {
+            return Ok(n.clone());
+        }
+        let record: Option<NetworkRecord> =
+            records::get(self.store(), records::network_key(self.keys(), id)).await?;
+        let record = record.ok_or_else(|| {
+            DockerError::new(format!(
+                "network {} is not known to brindle (its record is missing from etcd); recreate the network",
+                short(id)
+            ))
+        })?;
+        self.cache().networks.insert(id.to_string(), record.clone());
+        Ok(record)
+    }
+
+    pub async fn create_endpoint(
+        &self,
+        req: CreateEndpointRequest,
+        caller: &Caller,
+    ) -> Result<CreateEndpointResponse, DockerError> {
+        let eid = req.endpoint_id;
+        if eid.is_empty() {
+            return Err(DockerError::new("CreateEndpoint without an EndpointID"));
+        }
+        // Docker's own keys (port maps, DNS servers, MAC) are all `com.docker.*`; the
+        // rest are the user's `--driver-opt`s, and brindle has none.
+        for (k, v) in req.options.iter().flatten() {
+            if !k.starts_with("com.docker.") {
+                let v = v
+                    .as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| v.to_string());
+                return Err(DockerError::new(format!(
+                    "unsupported endpoint option {k}={v}: brindle takes no --driver-opt"
+                )));
+            }
+        }
+        let net = self.network(&req.network_id).await?;
+        let iface = req.interface.unwrap_or_default();
+        if !iface.address_ipv6.is_empty() {
+            return Err(DockerError::new(format!(
+                "IPv6 address {} given, but brindle endpoints are IPv4 only",
+                iface.address_ipv6
+            )));
+        }
+        if iface.address.is_empty() {
+            return Err(DockerError::new(
+                "the endpoint has no IPv4 address: the network must use --ipam-driver brindle",
+            ));
+        }
+        let ip = cidr_ip(&iface.address)?;
+        let reply = |mac: &str| CreateEndpointResponse {
+            // Only what Docker left empty: echoing a field it set makes it roll back.
+            interface: iface.mac_address.is_empty().then(|| EndpointInterface {
+                mac_address: mac.to_string(),
+                ..Default::default()
+            }),
+        };
+        let existing = self.cache().endpoints.get(&eid).cloned();
+        if let Some(ep) = existing.filter(|e| e.base.ip == ip) {
+            // A repeated call: the veth and the record exist already.
+            return Ok(reply(ep.base.mac.as_deref().unwrap_or_default()));
+        }
+        let handle = self.handle_of(ip).await?;
+        self.settle_deletion(ip).await;
+        let spec = EndpointSpec::for_docker(&eid, ip, net.mtu);
+        let peer_mac = self.dataplane().create_veth_on_host(&spec).await?;
+        let mac = if iface.mac_address.is_empty() {
+            peer_mac.to_string()
+        } else {
+            iface.mac_address.clone()
+        };
+        let ep = DockerEndpoint {
+            base: EndpointRecord {
+                id: eid.clone(),
+                node: self.node().to_string(),
+                orchestrator: ORCHESTRATOR.to_string(),
+                container_id: None,
+                network: net.id.clone(),
+                ip,
+                mac: Some(mac.clone()),
+                host_ifname: spec.host_ifname.clone(),
+                handle,
+            },
+            sandbox: None,
+            gateway: None,
+            dockerd: caller.0.clone(),
+        };
+        if let Err(e) = self.persist_endpoint(&ep).await {
+            // Not acknowledged, so Docker will not delete it: undo the veth now.
+            if let Err(undo) = self.dataplane().delete_endpoint(&spec.host_ifname).await {
+                warn!(host = %spec.host_ifname, error = %undo, "cannot remove the veth of an endpoint that failed");
+            }
+            return Err(e);
+        }
+        info!(endpoint = %short(&eid), network = %short(&net.id), %ip, host = %spec.host_ifname, "endpoint created");
+        self.cache().endpoints.insert(eid, ep);
+        Ok(reply(&mac))
+    }
+
+    async fn persist_endpoint(&self, ep: &DockerEndpoint) -> Result<(), DockerError> {
+        let key = records::endpoint_record_key(self.keys(), &ep.base.node, &ep.base.id);
+        records::put(self.store(), key, ep).await?;
+        Ok(())
+    }
+
+    /// The IPAM handle holding `ip` for this node's Docker.
+    async fn handle_of(&self, ip: Ipv4Addr) -> Result<String, DockerError> {
+        if let Some(h) = self.cache().held.get(&ip) {
+            return Ok(h.clone());
+        }
+        let report = self.ipam().address(ip).await?;
+        let Some(handle) = report.handle else {
+            return Err(DockerError::new(format!(
+                "address {ip} is not allocated: endpoints of brindle networks get their address from --ipam-driver brindle"
+            )));
+        };
+        let ours = report
+            .attributes
+            .get(super::ipam_driver::ATTR_ORCHESTRATOR)
+            .map(String::as_str)
+            == Some(ORCHESTRATOR)
+            && report.node.as_deref() == Some(self.node());
+        if !ours {
+            return Err(DockerError::new(format!(
+                "address {ip} belongs to handle {handle} (node {}), not to this node's Docker",
+                report.node.as_deref().unwrap_or("unknown")
+            )));
+        }
+        self.cache().held.insert(ip, handle.clone());
+        Ok(handle)
+    }
+
+    /// The endpoint, from the cache or etcd.
+    async fn endpoint(&self, id: &str) -> Result<Option<DockerEndpoint>, DockerError> {
+        if let Some(ep) = self.cache().endpoints.get(id) {
+            return Ok(Some(ep.clone()));
+        }
+        let key = records::endpoint_record_key(self.keys(), self.node(), id);
+        let ep: Option<DockerEndpoint> = records::get(self.store(), key).await?;
+        if let Some(ep) = &ep {
+            self.cache().endpoints.insert(id.to_string(), ep.clone());
+        }
+        Ok(ep)
+    }
+
+    /// Load every Docker endpoint of this node once (Join needs the whole picture).
+    async fn load_endpoints(&self) -> Result<(), DockerError> {
+        if self.cache().endpoints_loaded {
+            return Ok(());
+        }
+        let all = records::list_docker_endpoints(self.store(), self.keys(), self.node()).await?;
+        let mut cache = self.cache();
+        for ep in all {
+            cache.endpoints.entry(ep.base.id.clone()).or_insert(ep);
+        }
+        cache.endpoints_loaded = true;
+        Ok(())
+    }
+
+    pub async fn join(&self, req: JoinRequest) -> Result<JoinResponse, DockerError> {
+        let eid = req.endpoint_id;
+        let Some(mut ep) = self.endpoint(&eid).await? else {
+            return Err(DockerError::new(format!(
+                "endpoint {} is not known to brindle (it was never created, or its record is gone)",
+                short(&eid)
+            )));
+        };
+        let _joins = self.joins.lock().await;
+        self.load_endpoints().await?;
+        let sandbox = req.sandbox_key;
+        let gateway = match (ep.sandbox.as_deref(), ep.gateway) {
+            (Some(s), Some(gw)) if s == sandbox => gw,
+            _ => {
+                let cache = self.cache();
+                let used: Vec<Ipv4Addr> = cache
+                    .endpoints
+                    .values()
+                    .filter(|e| e.base.id != eid && e.sandbox.as_deref() == Some(sandbox.as_str()))
+                    .filter_map(|e| e.gateway)
+                    .collect();
+                (1..=254u8)
+                    .map(|n| Ipv4Addr::new(169, 254, 1, n))
+                    .find(|gw| !used.contains(gw))
+                    .ok_or_else(|| {
+                        DockerError::new("a container can join at most 254 brindle networks")
+                    })?
+            }
+        };
+        ep.sandbox = Some(sandbox.clone());
+        ep.gateway = Some(gateway);
+        self.persist_endpoint(&ep).await?;
+        info!(endpoint = %short(&eid), %sandbox, %gateway, "endpoint joined");
+        self.cache().endpoints.insert(eid.clone(), ep);
+        Ok(JoinResponse {
+            interface_name: InterfaceName {
+                src_name: temp_ifname_for(&eid),
+                dst_prefix: DST_PREFIX.to_string(),
+            },
+            gateway: gateway.to_string(),
+            static_routes: vec![StaticRoute {
+                destination: format!("{gateway}/32"),
+                route_type: 1,
+                next_hop: String::new(),
+            }],
+            disable_gateway_service: true,
+        })
+    }
+
+    /// Docker moves the interface back to the host itself; forget the sandbox so its
+    /// next hop is free again (the record follows at `DeleteEndpoint`).
+    pub fn leave(&self, req: EndpointRequest) {
+        if let Some(ep) = self.cache().endpoints.get_mut(&req.endpoint_id) {
+            ep.sandbox = None;
+            ep.gateway = None;
+        }
+        info!(endpoint = %short(&req.endpoint_id), "endpoint left");
+    }
+
+    pub async fn delete_endpoint(
+        self: &Arc<Self>,
+        req: EndpointRequest,
+    ) -> Result<(), DockerError> {
+        let eid = req.endpoint_id;
+        // The name derives from the id: the veth goes even if the record is lost.
+        let host = host_ifname_for(&eid);
+        let ip = match self.endpoint(&eid).await {
+            Ok(ep) => ep.map(|e| e.base.ip),
+            Err(_) => None, // etcd down and not cached: delete the slow, sure way
+        };
+        match ip {
+            Some(ip) => {
+                // Unroute the address at once; the kernel's teardown of the veth pair
+                // (~20 ms, mostly waiting for RCU) need not hold Docker up.
+                self.dataplane().del_host_route(ip).await?;
+                self.delete_link_later(ip, host.clone());
+            }
+            None => {
+                self.dataplane().delete_endpoint(&host).await?;
+            }
+        }
+        let key = records::endpoint_record_key(self.keys(), self.node(), &eid);
+        records::delete(self.store(), key).await.map_err(|e| {
+            DockerError::new(format!(
+                "endpoint {} was removed from the host, but its record could not be deleted: {e}",
+                short(&eid)
+            ))
+        })?;
+        self.cache().endpoints.remove(&eid);
+        info!(endpoint = %short(&eid), %host, "endpoint deleted");
+        Ok(())
+    }
+
+    /// Delete a host veth in the background. Until it is gone, `CreateEndpoint` for the
+    /// same address waits for it (see [`Driver::settle_deletion`]).
+    fn delete_link_later(self: &Arc<Self>, ip: Ipv4Addr, host: String) {
+        let driver = self.clone();
+        let deletion = async move {
+            if let Err(e) = driver.dataplane().delete_endpoint(&host).await {
+                warn!(%host, error = %e, "cannot delete the veth of a deleted endpoint");
+            }
+            driver.cache().deleting.remove(&ip);
+        }
+        .boxed()
+        .shared();
+        self.cache().deleting.insert(ip, deletion.clone());
+        tokio::spawn(deletion);
+    }
+
+    /// Wait for a background deletion of a veth that served `ip`, if one is running.
+    async fn settle_deletion(&self, ip: Ipv4Addr) {
+        let pending = self.cache().deleting.get(&ip).cloned();
+        if let Some(p) = pending {
+            p.await;
+        }
+    }
+
+    /// Learn the endpoint's container from Docker's API once `Join` is answered (Docker
+    /// lists the container on the network only then), and record it.
+    pub fn spawn_container_lookup(self: &Arc<Self>, network: String, endpoint: String) {
+        let Some(socket) = self.backend.docker_api_socket().map(Path::to_path_buf) else {
+            return;
+        };
+        let driver = self.clone();
+        tokio::spawn(async move {
+            let mut delay = Duration::from_millis(20);
+            for _ in 0..40 {
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_millis(500));
+                if !driver.cache().endpoints.contains_key(&endpoint) {
+                    return; // deleted meanwhile
+                }
+                match containers::container_of(&socket, &network, &endpoint).await {
+                    Ok(Some(id)) => {
+                        if let Err(e) = driver.record_container(&endpoint, id).await {
+                            warn!(endpoint = %short(&endpoint), error = %e, "cannot record the endpoint's container");
+                        }
+                        return;
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        warn!(endpoint = %short(&endpoint), error = %e, "cannot ask dockerd for the endpoint's container (--docker-api-socket)");
+                        return;
+                    }
+                }
+            }
+        });
+    }
+
+    /// Set the container id of an endpoint record, unless the record is gone (a
+    /// compare-and-swap, so a concurrent delete is never undone).
+    async fn record_container(&self, endpoint: &str, container: String) -> Result<(), DockerError> {
+        let key = records::endpoint_record_key(self.keys(), self.node(), endpoint);
+        for _ in 0..5 {
+            let Some(kv) = self.store().get(&key).await? else {
+                return Ok(());
+            };
+            let mut ep: DockerEndpoint = serde_json::from_slice(&kv.value).map_err(|e| {
+                DockerError::new(format!("endpoint record {key} is not valid JSON: {e}"))
+            })?;
+            if ep.base.container_id.as_deref() == Some(container.as_str()) {
+                return Ok(());
+            }
+            ep.base.container_id = Some(container.clone());
+            let txn = Txn {
+                compares: vec![Compare::unchanged(&key, Some(kv.mod_revision))],
+                ops: vec![Op::Put {
+                    key: key.clone(),
+                    value: serde_json::to_vec(&ep).expect("endpoint records serialise"),
+                }],
+                read_on_conflict: Vec::new(),
+            };
+            if let TxnOutcome::Committed { .. } = self.store().txn(txn).await? {
+                debug!(endpoint = %short(endpoint), container = %short(&container), "endpoint's container recorded");
+                if let Some(cached) = self.cache().endpoints.get_mut(endpoint) {
+                    cached.base.container_id = Some(container);
+                }
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    pub fn oper_info(&self, req: &EndpointRequest) -> OperInfoResponse {
+        let mut value = BTreeMap::new();
+        if let Some(ep) = self.cache().endpoints.get(&req.endpoint_id) {
+            value.insert("brindle.host_interface".into(), ep.base.host_ifname.clone());
+            value.insert("brindle.ip".into(), ep.base.ip.to_string());
+            value.insert("brindle.node".into(), ep.base.node.clone());
+            if let Some(gw) = ep.gateway {
+                value.insert("brindle.next_hop".into(), gw.to_string());
+            }
+        }
+        OperInfoResponse { value }
+    }
+}
+
+/// The address of a CIDR string Docker sends (`10.0.0.5/32`); a bare address works too.
+fn cidr_ip(s: &str) -> Result<Ipv4Addr, DockerError> {
+    s.parse::<Ipv4Network>()
+        .map(|n| n.ip())
+        .or_else(|_| s.parse::<Ipv4Addr>())
+        .map_err(|_| DockerError::new(format!("invalid IPv4 address {s:?}")))
+}
+
+fn parse_mtu(text: &str) -> Result<u32, DockerError> {
+    text.trim()
+        .parse::<u32>()
+        .ok()
+        .filter(|m| (68..=65535).contains(m))
+        .ok_or_else(|| {
+            DockerError::new(format!(
+                "invalid -o {MTU_OPTION}={text}: expected a number from 68 to 65535"
+            ))
+        })
+}
+
+/// The first 12 characters of a Docker id, as `docker ps` shows them.
+pub(super) fn short(id: &str) -> &str {
+    id.get(..12).unwrap_or(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mtu_bounds() {
+        assert_eq!(parse_mtu("1400").unwrap(), 1400);
+        assert!(parse_mtu("9").unwrap_err().message.contains("68 to 65535"));
+        assert!(parse_mtu("big").is_err());
+    }
+
+    #[test]
+    fn addresses_from_docker_cidrs() {
+        assert_eq!(cidr_ip("10.1.0.5/32").unwrap(), Ipv4Addr::new(10, 1, 0, 5));
+        assert_eq!(cidr_ip("10.1.0.5/24").unwrap(), Ipv4Addr::new(10, 1, 0, 5));
+        assert_eq!(cidr_ip("10.1.0.5").unwrap(), Ipv4Addr::new(10, 1, 0, 5));
+        assert!(cidr_ip("fd00::1/64").is_err());
+    }
+}

@@ -1,0 +1,217 @@
+//! Addresses a dockerd never released: the fixed-IP-after-restart problem (calico#746).
+//!
+//! Docker sends `ReleaseAddress` when a container stops. If brindled is unreachable at
+//! that moment (restarting, or dockerd shutting down around it), the release is lost
+//! and Docker forgets the endpoint; the address stays allocated in etcd. When the
+//! container comes back (`--restart always`) its `RequestAddress` for the same `--ip`
+//! would then fail with "already in use", forever.
+//!
+//! `RequestAddress` carries no container or endpoint id, so the new request cannot be
+//! matched to the old allocation by name. Instead the old holder is proven dead:
+//! 1. the allocation is a Docker one of this node (`orchestrator=docker`, `node`);
+//! 2. it was made by a dockerd instance (`dockerd=PID:STARTTIME`) that is not the caller
+//!    and no longer runs, so nobody will ever release it (a live daemon still may:
+//!    its endpoint may be between `DeleteEndpoint` and `ReleaseAddress`, or a
+//!    container may be starting, so the same daemon's allocations are never touched);
+//! 3. no interface on this host routes the address (no live container uses it, e.g.
+//!    one kept running across the restart by `--live-restore`);
+//! 4. it is not the `--gateway` or an `--aux-address` of an existing network.
+//!
+//! Only then is the old handle released (exactly the addresses that handle holds, so a
+//! concurrent change elsewhere is never undone) and the address claimed for the caller.
+//! The same test drives a sweep, run once per new dockerd instance, that frees the
+//! dynamic addresses and endpoint records such a restart left behind.
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use tracing::{info, warn};
+
+use super::dockerd;
+use super::http::{Caller, DockerError};
+use super::ipam_driver::{ATTR_DOCKERD, ATTR_ORCHESTRATOR};
+use super::net_driver::short;
+use super::records::{self, NetworkRecord, ORCHESTRATOR};
+use super::{Backend, Driver};
+use crate::dataplane::RouteTarget;
+use crate::endpoints::list_endpoints;
+
+impl<B: Backend> Driver<B> {
+    /// `ip` is allocated to `holder`. Release it if its owner is provably gone (see the
+    /// module doc) and return `None`; otherwise return who uses it, for the error.
+    /// Called with `self.claims` held.
+    pub(super) async fn try_reclaim(
+        &self,
+        ip: Ipv4Addr,
+        holder: &str,
+        caller: &Caller,
+    ) -> Result<Option<String>, DockerError> {
+        let report = self.ipam().address(ip).await?;
+        let Some(handle) = report.handle.clone() else {
+            return Ok(None); // released meanwhile
+        };
+        let node = report.node.clone().unwrap_or_default();
+        let attrs = &report.attributes;
+        let docker = attrs.get(ATTR_ORCHESTRATOR).map(String::as_str) == Some(ORCHESTRATOR);
+        let live = self.live_routes().await?;
+        let networks = self.local_networks().await?;
+
+        // Who holds it, for the message (and step 4).
+        let user = list_endpoints(self.store(), self.keys(), Some(&node))
+            .await?
+            .into_iter()
+            .find(|e| e.ip == ip && e.handle == handle);
+        let reserved = (docker && node == self.node())
+            .then(|| reserved_by(&networks, ip))
+            .flatten();
+        let describe = || match (&user, &reserved) {
+            (Some(e), _) => match &e.container_id {
+                Some(c) => format!(
+                    "container {} (endpoint {}) on node {node}",
+                    short(c),
+                    short(&e.id)
+                ),
+                None => format!("endpoint {} on node {node}", short(&e.id)),
+            },
+            (None, Some(r)) => r.clone(),
+            (None, None) if docker => {
+                format!("another Docker container of node {node} (handle {handle})")
+            }
+            (None, None) => format!(
+                "handle {handle} ({} on node {node})",
+                attrs
+                    .get(ATTR_ORCHESTRATOR)
+                    .map(String::as_str)
+                    .unwrap_or("no orchestrator")
+            ),
+        };
+
+        let owner = attrs.get(ATTR_DOCKERD);
+        let provably_orphaned = handle == holder
+            && docker
+            && node == self.node()
+            && reserved.is_none()
+            && !live.contains_key(&ip)
+            && matches!((&caller.0, owner), (Some(me), Some(o)) if me != o && !dockerd::alive(o));
+        if !provably_orphaned {
+            return Ok(Some(describe()));
+        }
+
+        self.ipam().release_handle(&handle).await?;
+        self.cache().held.remove(&ip);
+        if let Some(e) = &user {
+            self.forget_endpoint(&e.id).await?;
+        }
+        info!(%ip, %handle, old_dockerd = ?owner, "took over an address its dockerd never released (it no longer runs and no container uses the address)");
+        Ok(None)
+    }
+
+    /// Note the caller's dockerd; the first request of a new instance sweeps what
+    /// earlier, no longer running instances left behind (in the background).
+    pub fn observe(self: &Arc<Self>, caller: &Caller) {
+        let Some(id) = caller.0.clone() else {
+            return;
+        };
+        if !self.cache().dockerds.insert(id.clone()) {
+            return;
+        }
+        let driver = self.clone();
+        tokio::spawn(async move {
+            match driver.sweep_orphans(&id).await {
+                Ok((0, 0)) => {}
+                Ok((addresses, endpoints)) => info!(
+                    addresses,
+                    endpoints, "released what dockerd instances that no longer run left behind"
+                ),
+                Err(e) => {
+                    warn!(error = %e, "cannot sweep addresses left by earlier dockerd instances; will retry");
+                    driver.cache().dockerds.remove(&id);
+                }
+            }
+        });
+    }
+
+    /// Release Docker allocations and delete endpoint records of this node that belong
+    /// to dockerd instances that no longer run and that no live interface uses.
+    /// Returns (addresses released, endpoint records deleted).
+    pub async fn sweep_orphans(&self, current: &str) -> Result<(usize, usize), DockerError> {
+        let dead = |owner: Option<&String>| {
+            owner.is_some_and(|o| o.as_str() != current && !dockerd::alive(o))
+        };
+        let networks = self.local_networks().await?;
+        let live = self.live_routes().await?;
+        let mut addresses = 0;
+        for block in self.ipam().all_blocks().await? {
+            for (ip, a) in &block.allocations {
+                let orphan = a.attrs.get(ATTR_ORCHESTRATOR).map(String::as_str)
+                    == Some(ORCHESTRATOR)
+                    && a.node() == Some(self.node())
+                    && dead(a.attrs.get(ATTR_DOCKERD))
+                    && !live.contains_key(ip)
+                    && reserved_by(&networks, *ip).is_none();
+                if orphan {
+                    let _claims = self.claims.lock().await;
+                    // Exactly what that handle holds: never an address claimed since.
+                    let released = self.ipam().release_handle(&a.handle).await?;
+                    if !released.is_empty() {
+                        addresses += 1;
+                        self.cache().held.remove(ip);
+                        info!(%ip, handle = %a.handle, "released an address of a dockerd that no longer runs");
+                    }
+                }
+            }
+        }
+        let mut endpoints = 0;
+        for ep in records::list_docker_endpoints(self.store(), self.keys(), self.node()).await? {
+            let in_use = live.get(&ep.base.ip) == Some(&ep.base.host_ifname);
+            if dead(ep.dockerd.as_ref()) && !in_use {
+                self.forget_endpoint(&ep.base.id).await?;
+                endpoints += 1;
+            }
+        }
+        Ok((addresses, endpoints))
+    }
+
+    /// Delete an endpoint record (its interface is already gone).
+    async fn forget_endpoint(&self, id: &str) -> Result<(), DockerError> {
+        let key = records::endpoint_record_key(self.keys(), self.node(), id);
+        records::delete(self.store(), key).await?;
+        self.cache().endpoints.remove(id);
+        info!(endpoint = %short(id), "deleted the record of an endpoint whose container is gone");
+        Ok(())
+    }
+
+    /// Addresses routed to an existing interface on this host, with that interface.
+    async fn live_routes(&self) -> Result<HashMap<Ipv4Addr, String>, DockerError> {
+        Ok(self
+            .dataplane()
+            .list_routes_with_our_protocol()
+            .await?
+            .into_iter()
+            .filter(|r| r.dst.prefix() == 32)
+            .filter_map(|r| match r.target {
+                RouteTarget::Interface {
+                    ifname: Some(name), ..
+                } => Some((r.dst.ip(), name)),
+                _ => None,
+            })
+            .collect())
+    }
+
+    async fn local_networks(&self) -> Result<Vec<NetworkRecord>, DockerError> {
+        Ok(records::list_networks(self.store(), self.keys())
+            .await?
+            .into_iter()
+            .filter(|n| n.node == self.node())
+            .collect())
+    }
+}
+
+/// `the gateway of network 0123456789ab` when a network reserves `ip`.
+fn reserved_by(networks: &[NetworkRecord], ip: Ipv4Addr) -> Option<String> {
+    networks.iter().find_map(|n| {
+        n.reserves(ip)
+            .map(|what| format!("the {what} of network {}", short(&n.id)))
+    })
+}

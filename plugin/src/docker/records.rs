@@ -1,0 +1,273 @@
+//! What the driver persists in etcd, written before Docker gets its answer (Docker
+//! never replays `CreateNetwork` or `CreateEndpoint`):
+//!
+//! ```text
+//! PREFIX/v1/docker/networks/NETWORK_ID     NetworkRecord
+//! PREFIX/v1/docker/pools/POOL              PoolMarker: the pool was created for a --subnet
+//! PREFIX/v1/endpoints/NODE/ENDPOINT_ID     DockerEndpoint: the shared EndpointRecord
+//!                                          plus Docker-only fields
+//! ```
+//!
+//! The Docker endpoint is stored at the shared endpoint key as a superset of
+//! [`EndpointRecord`] (extra fields are ignored by readers of the base record), so one
+//! write serves `brindle endpoints`, the agent's /32 routes and the driver.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use brindle_ipam::store::{Op, Store, Txn};
+use brindle_ipam::{IpamError, Keys};
+use ipnetwork::Ipv4Network;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::endpoints::{endpoint_key, endpoints_prefix, EndpointRecord};
+
+/// `orchestrator` of endpoint records and allocation attributes written by the driver.
+pub const ORCHESTRATOR: &str = "docker";
+
+/// A Docker network (Docker sends only its id, never its name).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkRecord {
+    pub id: String,
+    /// The node whose dockerd created it (networks are node-local in Docker).
+    pub node: String,
+    pub subnets: Vec<NetworkSubnet>,
+    /// `-o com.docker.network.driver.mtu=N`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
+}
+
+/// One `IPv4Data` entry of a network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkSubnet {
+    /// The subnet Docker shows (`0.0.0.0/0` for a network spanning a pool).
+    pub subnet: Ipv4Network,
+    /// A `--gateway` address reserved in IPAM (not the containers' 169.254.1.x next hop).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<Ipv4Addr>,
+    /// `--aux-address name=A`, reserved in IPAM.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub aux: BTreeMap<String, Ipv4Addr>,
+}
+
+impl NetworkRecord {
+    /// The name under which this network reserves `ip` (`gateway`, `aux address NAME`).
+    pub fn reserves(&self, ip: Ipv4Addr) -> Option<String> {
+        self.subnets.iter().find_map(|s| {
+            if s.gateway == Some(ip) {
+                return Some("gateway".to_string());
+            }
+            s.aux
+                .iter()
+                .find(|(_, a)| **a == ip)
+                .map(|(name, _)| format!("aux address {name}"))
+        })
+    }
+}
+
+/// A pool the driver created for a `--subnet` that matched none; it is removed again
+/// when no network uses it and it holds no addresses.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolMarker {
+    pub cidr: Ipv4Network,
+    pub created_by: String,
+}
+
+/// A Docker endpoint as stored at its shared endpoint key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DockerEndpoint {
+    #[serde(flatten)]
+    pub base: EndpointRecord,
+    /// Join's `SandboxKey` (the container's netns), while joined.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<String>,
+    /// The container's next hop for this endpoint: 169.254.1.N, N unique per sandbox.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<Ipv4Addr>,
+    /// The dockerd instance that created it (see `dockerd.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dockerd: Option<String>,
+}
+
+/// Key builders for the driver's own records.
+pub fn network_key(keys: &Keys, id: &str) -> String {
+    format!("{}/docker/networks/{id}", keys.root())
+}
+
+pub fn networks_prefix(keys: &Keys) -> String {
+    format!("{}/docker/networks/", keys.root())
+}
+
+pub fn pool_marker_key(keys: &Keys, pool: &str) -> String {
+    format!("{}/docker/pools/{pool}", keys.root())
+}
+
+pub fn pool_markers_prefix(keys: &Keys) -> String {
+    format!("{}/docker/pools/", keys.root())
+}
+
+/// Every pool the driver created, by name.
+pub async fn list_pool_markers<S: Store>(
+    store: &S,
+    keys: &Keys,
+) -> Result<Vec<(String, PoolMarker)>, IpamError> {
+    let prefix = pool_markers_prefix(keys);
+    store
+        .list(&prefix)
+        .await?
+        .into_iter()
+        .map(|kv| {
+            let name = kv.key.strip_prefix(&prefix).unwrap_or(&kv.key).to_string();
+            serde_json::from_slice(&kv.value)
+                .map(|m| (name, m))
+                .map_err(|source| IpamError::Corrupt {
+                    key: kv.key,
+                    source,
+                })
+        })
+        .collect()
+}
+
+/// Write (create or replace) one record.
+pub async fn put<S: Store, T: Serialize>(
+    store: &S,
+    key: String,
+    value: &T,
+) -> Result<(), IpamError> {
+    let value = serde_json::to_vec(value).expect("docker records serialise");
+    store
+        .txn(Txn {
+            compares: Vec::new(),
+            ops: vec![Op::Put { key, value }],
+            read_on_conflict: Vec::new(),
+        })
+        .await?;
+    Ok(())
+}
+
+/// Delete one record; a missing one is fine.
+pub async fn delete<S: Store>(store: &S, key: String) -> Result<(), IpamError> {
+    store
+        .txn(Txn {
+            compares: Vec::new(),
+            ops: vec![Op::Delete { key }],
+            read_on_conflict: Vec::new(),
+        })
+        .await?;
+    Ok(())
+}
+
+/// Read one record.
+pub async fn get<S: Store, T: DeserializeOwned>(
+    store: &S,
+    key: String,
+) -> Result<Option<T>, IpamError> {
+    match store.get(&key).await? {
+        Some(kv) => serde_json::from_slice(&kv.value)
+            .map(Some)
+            .map_err(|source| IpamError::Corrupt { key, source }),
+        None => Ok(None),
+    }
+}
+
+/// Every network record (all nodes).
+pub async fn list_networks<S: Store>(
+    store: &S,
+    keys: &Keys,
+) -> Result<Vec<NetworkRecord>, IpamError> {
+    store
+        .list(&networks_prefix(keys))
+        .await?
+        .into_iter()
+        .map(|kv| {
+            serde_json::from_slice(&kv.value).map_err(|source| IpamError::Corrupt {
+                key: kv.key,
+                source,
+            })
+        })
+        .collect()
+}
+
+/// The Docker endpoints of one node (records of other orchestrators are skipped).
+pub async fn list_docker_endpoints<S: Store>(
+    store: &S,
+    keys: &Keys,
+    node: &str,
+) -> Result<Vec<DockerEndpoint>, IpamError> {
+    let prefix = format!("{}{node}/", endpoints_prefix(keys));
+    let mut out = Vec::new();
+    for kv in store.list(&prefix).await? {
+        let ep: DockerEndpoint =
+            serde_json::from_slice(&kv.value).map_err(|source| IpamError::Corrupt {
+                key: kv.key.clone(),
+                source,
+            })?;
+        if ep.base.orchestrator == ORCHESTRATOR {
+            out.push(ep);
+        }
+    }
+    Ok(out)
+}
+
+/// The key of a Docker endpoint record.
+pub fn endpoint_record_key(keys: &Keys, node: &str, id: &str) -> String {
+    endpoint_key(keys, node, id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn docker_endpoint_is_a_superset_of_the_shared_record() {
+        let ep = DockerEndpoint {
+            base: EndpointRecord {
+                id: "e1".into(),
+                node: "n1".into(),
+                orchestrator: ORCHESTRATOR.into(),
+                container_id: Some("3fc0f555de1e".into()),
+                network: "net1".into(),
+                ip: "10.1.0.5".parse().unwrap(),
+                mac: Some("02:42:0a:01:00:05".into()),
+                host_ifname: "brle1".into(),
+                handle: "docker-abc".into(),
+            },
+            sandbox: Some("/var/run/docker/netns/3fc0f555de1e".into()),
+            gateway: Some("169.254.1.1".parse().unwrap()),
+            dockerd: Some("42:1000".into()),
+        };
+        let json = serde_json::to_vec(&ep).unwrap();
+        let base: EndpointRecord = serde_json::from_slice(&json).unwrap();
+        assert_eq!(base, ep.base);
+        let back: DockerEndpoint = serde_json::from_slice(&json).unwrap();
+        assert_eq!(back, ep);
+        // A plain record (e.g. written before these fields existed) reads back too.
+        let plain = serde_json::to_vec(&ep.base).unwrap();
+        let back: DockerEndpoint = serde_json::from_slice(&plain).unwrap();
+        assert_eq!(back.sandbox, None);
+    }
+
+    #[test]
+    fn network_names_its_reservations() {
+        let net = NetworkRecord {
+            id: "n".into(),
+            node: "n1".into(),
+            subnets: vec![NetworkSubnet {
+                subnet: "10.1.0.0/24".parse().unwrap(),
+                gateway: Some("10.1.0.254".parse().unwrap()),
+                aux: BTreeMap::from([("router".into(), "10.1.0.10".parse().unwrap())]),
+            }],
+            mtu: None,
+        };
+        assert_eq!(
+            net.reserves("10.1.0.254".parse().unwrap()).as_deref(),
+            Some("gateway")
+        );
+        assert_eq!(
+            net.reserves("10.1.0.10".parse().unwrap()).as_deref(),
+            Some("aux address router")
+        );
+        assert_eq!(net.reserves("10.1.0.11".parse().unwrap()), None);
+    }
+}

@@ -1,0 +1,1096 @@
+//! Driver tests without root: the real HTTP stack on a unix socket, spoken exactly as
+//! Docker 20.10 speaks it (empty `Host`, no `Content-Type`, empty bodies), over the
+//! in-process store and the recording fake dataplane.
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use brindle_ipam::pools::NewPool;
+use brindle_ipam::{Ipam, MemoryStore};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+
+use super::http::Caller;
+use super::records::{self, DockerEndpoint, NetworkRecord};
+use super::wire::*;
+use super::{dockerd, driver_router, Driver, LocalBackend};
+use crate::daemon::serve_unix;
+use crate::dataplane::{Dataplane, FakeDataplane, FakeOp};
+use crate::endpoints::list_endpoints;
+
+const NODE: &str = "n1";
+const NET: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0";
+const EP1: &str = "d7f55ee7720b813b3f8eb532956bdbeb1e7f0ce897e3f8882f9d5aae1ee114f0";
+const EP2: &str = "63b6666909cf9c9deda38a730aff80aedc9626f9d4557f2f5b1914b58a1b15eb";
+const SANDBOX: &str = "/var/run/docker/netns/206e0dcac87c";
+const CONTAINER: &str = "3fc0f555de1e8d2a6a4e0c3a9d9b8f1e2c3b4a5968778695a4b3c2d1e0f1a2b3";
+/// A dockerd that no longer runs (no such PID).
+const DEAD: &str = "999999999:1";
+
+/// The container ids the fake Docker API reports, by endpoint id.
+type Containers = Arc<std::sync::Mutex<HashMap<String, String>>>;
+
+struct Env {
+    _dir: tempfile::TempDir,
+    sock: PathBuf,
+    store: MemoryStore,
+    driver: Arc<Driver<LocalBackend>>,
+    dp: Arc<FakeDataplane>,
+    /// What the fake dockerd API answers: endpoint id → container id.
+    containers: Containers,
+    servers: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        for s in &self.servers {
+            s.abort();
+        }
+    }
+}
+
+fn driver(
+    store: &MemoryStore,
+    dp: &Arc<FakeDataplane>,
+    docker_api: Option<PathBuf>,
+) -> Arc<Driver<LocalBackend>> {
+    Arc::new(Driver::new(Arc::new(LocalBackend {
+        node: NODE.into(),
+        ipam: Ipam::new(store.clone(), "/brindle"),
+        dataplane: dp.clone(),
+        docker_api_socket: docker_api,
+    })))
+}
+
+/// dockerd's `GET /networks/{id}`, listing every registered container.
+fn fake_docker_api(containers: Containers) -> axum::Router {
+    axum::Router::new().route(
+        "/networks/{id}",
+        axum::routing::get(move || {
+            let containers = containers.clone();
+            async move {
+                let map: serde_json::Map<String, Value> = containers
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .map(|(ep, c)| (c.clone(), json!({"EndpointID": ep, "Name": "c"})))
+                    .collect();
+                axum::Json(json!({"Name": "n", "Containers": map}))
+            }
+        }),
+    )
+}
+
+async fn wait_for(path: &Path) {
+    for _ in 0..200 {
+        if path.exists() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("{} did not appear", path.display());
+}
+
+async fn env() -> Env {
+    let store = MemoryStore::new();
+    let dp = Arc::new(FakeDataplane::new());
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("brindle.sock");
+    let docker_sock = dir.path().join("docker.sock");
+    let containers = Containers::default();
+    let driver = driver(&store, &dp, Some(docker_sock.clone()));
+    let servers = vec![
+        tokio::spawn(serve_unix(sock.clone(), driver_router(driver.clone()))),
+        tokio::spawn(serve_unix(
+            docker_sock.clone(),
+            fake_docker_api(containers.clone()),
+        )),
+    ];
+    wait_for(&sock).await;
+    wait_for(&docker_sock).await;
+    Env {
+        _dir: dir,
+        sock,
+        store,
+        driver,
+        dp,
+        containers,
+        servers,
+    }
+}
+
+impl Env {
+    /// One request as Docker sends it; returns (status, JSON body).
+    async fn raw(&self, path: &str, body: &str) -> (u16, Value) {
+        post(&self.sock, path, body).await
+    }
+
+    /// A request that must succeed.
+    async fn ok(&self, path: &str, body: Value) -> Value {
+        let (status, reply) = self.raw(path, &body.to_string()).await;
+        assert_eq!(status, 200, "{path} {body}: {reply}");
+        reply
+    }
+
+    /// A request that must fail; returns the `Err` message.
+    async fn err(&self, path: &str, body: Value) -> String {
+        let (status, reply) = self.raw(path, &body.to_string()).await;
+        assert_eq!(status, 500, "{path} {body} should fail: {reply}");
+        reply["Err"].as_str().expect("Err message").to_string()
+    }
+
+    async fn add_pool(&self, name: &str, cidr: &str, block: u8) {
+        self.driver
+            .ipam()
+            .add_pool(NewPool {
+                name: name.into(),
+                cidr: cidr.parse().unwrap(),
+                block_size: block,
+                disabled: false,
+                reserved: Default::default(),
+            })
+            .await
+            .unwrap();
+    }
+
+    async fn pool(&self, subnet: &str, range: &str, opts: Value) -> String {
+        let r = self
+            .ok(
+                "/IpamDriver.RequestPool",
+                json!({"AddressSpace":"brindle-local","Pool":subnet,"SubPool":range,"Options":opts,"V6":false}),
+            )
+            .await;
+        r["PoolID"].as_str().unwrap().to_string()
+    }
+
+    async fn address(&self, pool_id: &str, ip: &str) -> String {
+        let r = self
+            .ok(
+                "/IpamDriver.RequestAddress",
+                json!({"PoolID":pool_id,"Address":ip,"Options":null}),
+            )
+            .await;
+        r["Address"].as_str().unwrap().to_string()
+    }
+
+    async fn network(&self, id: &str, subnet: &str, generic: Value) {
+        self.ok(
+            "/NetworkDriver.CreateNetwork",
+            json!({"NetworkID":id,"Options":{"com.docker.network.enable_ipv6":false,"com.docker.network.generic":generic},
+                   "IPv4Data":[{"AddressSpace":"brindle-local","Gateway":"169.254.1.1/32","Pool":subnet}],"IPv6Data":[]}),
+        )
+        .await;
+    }
+
+    async fn endpoint(&self, net: &str, ep: &str, cidr: &str) -> Value {
+        self.ok(
+            "/NetworkDriver.CreateEndpoint",
+            json!({"NetworkID":net,"EndpointID":ep,"Interface":{"Address":cidr,"AddressIPv6":"","MacAddress":""},
+                   "Options":{"com.docker.network.endpoint.exposedports":[],"com.docker.network.portmap":[]}}),
+        )
+        .await
+    }
+
+    async fn join(&self, net: &str, ep: &str, sandbox: &str) -> Value {
+        self.ok(
+            "/NetworkDriver.Join",
+            json!({"NetworkID":net,"EndpointID":ep,"SandboxKey":sandbox,"Options":{}}),
+        )
+        .await
+    }
+
+    /// Holder of an address in IPAM.
+    async fn holder(&self, ip: &str) -> Option<String> {
+        self.driver
+            .ipam()
+            .address(ip.parse().unwrap())
+            .await
+            .unwrap()
+            .handle
+    }
+
+    async fn endpoint_record(&self, id: &str) -> Option<DockerEndpoint> {
+        records::get(
+            &self.store,
+            records::endpoint_record_key(self.driver.keys(), NODE, id),
+        )
+        .await
+        .unwrap()
+    }
+}
+
+async fn post(sock: &Path, path: &str, body: &str) -> (u16, Value) {
+    let mut s = UnixStream::connect(sock)
+        .await
+        .expect("connect plugin socket");
+    // Exactly the four headers Docker 20.10 sends (protocols.md §F.0).
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nHost: \r\nUser-Agent: Go-http-client/1.1\r\nContent-Length: {}\r\nAccept: application/vnd.docker.plugins.v1.2+json\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = s.read(&mut chunk).await.unwrap();
+        assert!(
+            n > 0,
+            "connection closed early: {}",
+            String::from_utf8_lossy(&buf)
+        );
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf).to_string();
+        let Some(end) = text.find("\r\n\r\n") else {
+            continue;
+        };
+        let head = &text[..end];
+        let len: usize = head
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("content-length")
+                    .then(|| v.trim().parse().ok())?
+            })
+            .expect("replies carry Content-Length");
+        if buf.len() < end + 4 + len {
+            continue;
+        }
+        let status: u16 = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+        let body = &buf[end + 4..end + 4 + len];
+        let value = serde_json::from_slice(body)
+            .unwrap_or_else(|e| panic!("{path}: reply is not JSON ({e}): {body:?}"));
+        return (status, value);
+    }
+}
+
+/// Let background veth deletions finish.
+async fn settle(dp: &FakeDataplane) {
+    for _ in 0..100 {
+        if dp
+            .endpoints()
+            .iter()
+            .all(|e| dp.host_routes().iter().any(|(ip, _)| *ip == e.ip))
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn me() -> Caller {
+    Caller(dockerd::identity(std::process::id() as i32))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn activation_and_capabilities_with_empty_bodies() {
+    let env = env().await;
+    let (status, r) = env.raw("/Plugin.Activate", "").await;
+    assert_eq!(status, 200);
+    assert_eq!(r, json!({"Implements":["NetworkDriver","IpamDriver"]}));
+    let r = env.ok("/NetworkDriver.GetCapabilities", json!({})).await;
+    assert_eq!(r["Scope"], "local");
+    let (_, r) = env.raw("/IpamDriver.GetCapabilities", "").await;
+    assert_eq!(r["RequiresMACAddress"], false);
+    assert_eq!(r["RequiresRequestReplay"], false);
+    let (_, r) = env.raw("/IpamDriver.GetDefaultAddressSpaces", "").await;
+    assert_eq!(r["LocalDefaultAddressSpace"], "brindle-local");
+    for path in [
+        "/NetworkDriver.DiscoverNew",
+        "/NetworkDriver.DiscoverDelete",
+        "/NetworkDriver.ProgramExternalConnectivity",
+        "/NetworkDriver.RevokeExternalConnectivity",
+        "/NetworkDriver.FreeNetwork",
+    ] {
+        let (status, r) = env.raw(path, "").await;
+        assert_eq!((status, r), (200, json!({})), "{path}");
+    }
+    let (status, r) = env
+        .raw(
+            "/NetworkDriver.AllocateNetwork",
+            r#"{"NetworkID":"x","Options":{"k":"v"},"IPv4Data":[],"IPv6Data":null}"#,
+        )
+        .await;
+    assert_eq!((status, r), (200, json!({"Options":{"k":"v"}})));
+    // Unknown calls: 404 with an error body, so Docker treats them as unimplemented.
+    let (status, r) = env.raw("/NetworkDriver.GwAllocCheck", "{}").await;
+    assert_eq!(status, 404);
+    assert!(r["Err"].as_str().unwrap().contains("GwAllocCheck"));
+    // Undecodable bodies: one clear error.
+    let (status, r) = env.raw("/IpamDriver.RequestPool", "{not json").await;
+    assert_eq!(status, 500);
+    assert!(r["Err"]
+        .as_str()
+        .unwrap()
+        .starts_with("invalid JSON in the request to /IpamDriver.RequestPool"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn container_lifecycle_as_docker_drives_it() {
+    let env = env().await;
+    env.add_pool("office", "10.50.0.0/24", 26).await;
+
+    // docker network create -d brindle --ipam-driver brindle --subnet 10.50.0.0/24 n
+    let r = env
+        .ok(
+            "/IpamDriver.RequestPool",
+            json!({"AddressSpace":"brindle-local","Pool":"10.50.0.0/24","SubPool":"","Options":{},"V6":false}),
+        )
+        .await;
+    assert_eq!(r["PoolID"], "brindle:office:10.50.0.0/24");
+    assert_eq!(r["Pool"], "10.50.0.0/24");
+    // The gateway comes with the pool, so Docker does not burn an address on it.
+    assert_eq!(r["Data"]["com.docker.network.gateway"], "169.254.1.1/32");
+    let pool_id = r["PoolID"].as_str().unwrap().to_string();
+    // Should Docker still ask for a gateway, it gets the next hop, not a pool address.
+    let r = env
+        .ok(
+            "/IpamDriver.RequestAddress",
+            json!({"PoolID":pool_id,"Address":"","Options":{"RequestAddressType":"com.docker.network.gateway"}}),
+        )
+        .await;
+    assert_eq!(r["Address"], "169.254.1.1/32");
+    env.network(NET, "10.50.0.0/24", json!({})).await;
+    let net: NetworkRecord = records::get(&env.store, records::network_key(env.driver.keys(), NET))
+        .await
+        .unwrap()
+        .expect("network persisted before the reply");
+    assert_eq!(net.node, NODE);
+
+    // docker run --net n --ip 10.50.0.7
+    assert_eq!(env.address(&pool_id, "10.50.0.7").await, "10.50.0.7/32");
+    let handle = env.holder("10.50.0.7").await.expect("allocated");
+    assert!(handle.starts_with("docker-"), "{handle}");
+    let r = env.endpoint(NET, EP1, "10.50.0.7/32").await;
+    let mac = FakeDataplane::mac_for("10.50.0.7".parse().unwrap()).to_string();
+    assert_eq!(r, json!({"Interface":{"MacAddress":mac}}));
+    let spec = &env.dp.endpoints()[0];
+    assert_eq!(spec.host_ifname, "brld7f55ee7720");
+    assert_eq!(spec.container_ifname, "tmpd7f55ee7720");
+    assert_eq!(spec.ip, Ipv4Addr::new(10, 50, 0, 7));
+    let rec = env.endpoint_record(EP1).await.expect("endpoint persisted");
+    assert_eq!(rec.base.handle, handle);
+    assert_eq!(rec.base.orchestrator, "docker");
+
+    env.containers
+        .lock()
+        .unwrap()
+        .insert(EP1.into(), CONTAINER.into());
+    let r = env.join(NET, EP1, SANDBOX).await;
+    assert_eq!(
+        r,
+        json!({"InterfaceName":{"SrcName":"tmpd7f55ee7720","DstPrefix":"eth"},"Gateway":"169.254.1.1",
+               "StaticRoutes":[{"Destination":"169.254.1.1/32","RouteType":1,"NextHop":""}],
+               "DisableGatewayService":true})
+    );
+    // The container id comes from dockerd's API, in the background.
+    let mut listed = Vec::new();
+    for _ in 0..100 {
+        listed = list_endpoints(&env.store, env.driver.keys(), Some(NODE))
+            .await
+            .unwrap();
+        if listed[0].container_id.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].container_id.as_deref(), Some(CONTAINER));
+    let r = env
+        .ok(
+            "/NetworkDriver.EndpointOperInfo",
+            json!({"NetworkID":NET,"EndpointID":EP1}),
+        )
+        .await;
+    assert_eq!(r["Value"]["brindle.host_interface"], "brld7f55ee7720");
+
+    // docker rm -f
+    let ids = json!({"NetworkID":NET,"EndpointID":EP1});
+    env.ok("/NetworkDriver.RevokeExternalConnectivity", ids.clone())
+        .await;
+    env.ok("/NetworkDriver.Leave", ids.clone()).await;
+    env.ok("/NetworkDriver.DeleteEndpoint", ids.clone()).await;
+    // Unrouted at once; the veth itself goes in the background.
+    assert!(env.dp.host_routes().is_empty());
+    settle(&env.dp).await;
+    assert!(env.dp.endpoints().is_empty());
+    assert!(env.endpoint_record(EP1).await.is_none());
+    // The address stays until Docker releases it (never earlier: a late release
+    // could otherwise free a new owner's address).
+    assert!(env.holder("10.50.0.7").await.is_some());
+    env.ok(
+        "/IpamDriver.ReleaseAddress",
+        json!({"PoolID":pool_id,"Address":"10.50.0.7"}),
+    )
+    .await;
+    assert!(env.holder("10.50.0.7").await.is_none());
+    // Repeats are harmless.
+    env.ok("/NetworkDriver.DeleteEndpoint", ids).await;
+    env.ok(
+        "/IpamDriver.ReleaseAddress",
+        json!({"PoolID":pool_id,"Address":"10.50.0.7"}),
+    )
+    .await;
+
+    // docker network rm: releases first, then DeleteNetwork.
+    env.ok(
+        "/IpamDriver.ReleaseAddress",
+        json!({"PoolID":pool_id,"Address":"169.254.1.1"}),
+    )
+    .await;
+    env.ok("/IpamDriver.ReleasePool", json!({"PoolID":pool_id}))
+        .await;
+    env.ok("/NetworkDriver.DeleteNetwork", json!({"NetworkID":NET}))
+        .await;
+    env.ok("/NetworkDriver.DeleteNetwork", json!({"NetworkID":NET}))
+        .await;
+    assert!(records::get::<_, NetworkRecord>(
+        &env.store,
+        records::network_key(env.driver.keys(), NET)
+    )
+    .await
+    .unwrap()
+    .is_none());
+    // A pool the admin created is never removed by the driver.
+    assert_eq!(env.driver.ipam().list_pools().await.unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pools_for_subnets_options_and_defaults() {
+    let env = env().await;
+    env.add_pool("big", "10.60.0.0/16", 26).await;
+
+    // Inside an existing pool.
+    assert_eq!(
+        env.pool("10.60.5.0/24", "", json!({})).await,
+        "brindle:big:10.60.5.0/24"
+    );
+    // Overlapping none: a new pool, removed again when the network goes.
+    let id = env.pool("10.61.0.0/24", "10.61.0.128/25", json!({})).await;
+    assert_eq!(
+        id,
+        "brindle:docker-10.61.0.0-24:10.61.0.0/24:10.61.0.128/25"
+    );
+    let pools = env.driver.ipam().list_pools().await.unwrap();
+    let created = pools
+        .iter()
+        .find(|p| p.name == "docker-10.61.0.0-24")
+        .unwrap();
+    assert_eq!(created.cidr.to_string(), "10.61.0.0/24");
+    // The same request again: the same id, the same pool.
+    assert_eq!(
+        env.pool("10.61.0.0/24", "10.61.0.128/25", json!({})).await,
+        id
+    );
+    env.ok("/IpamDriver.ReleasePool", json!({"PoolID":id}))
+        .await;
+    assert!(!env
+        .driver
+        .ipam()
+        .list_pools()
+        .await
+        .unwrap()
+        .iter()
+        .any(|p| p.name == "docker-10.61.0.0-24"));
+
+    // Partly overlapping: refused, naming both.
+    let e = env
+        .err(
+            "/IpamDriver.RequestPool",
+            json!({"AddressSpace":"brindle-local","Pool":"10.60.0.0/15","SubPool":"","Options":{},"V6":false}),
+        )
+        .await;
+    assert!(
+        e.contains("10.60.0.0/15 partly overlaps pool big (10.60.0.0/16)"),
+        "{e}"
+    );
+
+    // No subnet: the pool named default, else the only pool; reported as 0.0.0.0/0.
+    let r = env
+        .ok(
+            "/IpamDriver.RequestPool",
+            json!({"AddressSpace":"brindle-local","Pool":"","SubPool":"","Options":{},"V6":false}),
+        )
+        .await;
+    assert_eq!(r["PoolID"], "brindle:big");
+    assert_eq!(r["Pool"], "0.0.0.0/0");
+    env.add_pool("default", "10.62.0.0/24", 26).await;
+    assert_eq!(env.pool("", "", json!({})).await, "brindle:default");
+    assert_eq!(env.pool("", "", json!({"pool":"big"})).await, "brindle:big");
+
+    for (body, needle) in [
+        (
+            json!({"Pool":"","Options":{"color":"blue"}}),
+            "unsupported IPAM option color=blue: brindle supports only --ipam-opt pool=NAME",
+        ),
+        (
+            json!({"Pool":"","Options":{"pool":"nope"}}),
+            "pool=nope: no such pool",
+        ),
+        (json!({"Pool":"fd00::/64","V6":true}), "IPv4 only"),
+        (
+            json!({"Pool":"10.63.0.5/24"}),
+            "invalid --subnet 10.63.0.5/24: host bits are set",
+        ),
+        (
+            json!({"Pool":"10.60.5.0/24","Options":{"pool":"default"}}),
+            "--subnet 10.60.5.0/24 is not inside pool default (10.62.0.0/24)",
+        ),
+    ] {
+        let e = env.err("/IpamDriver.RequestPool", body.clone()).await;
+        assert!(e.contains(needle), "{body}: {e}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn addresses_fixed_dynamic_ranges_and_their_errors() {
+    let env = env().await;
+    env.add_pool("p", "10.70.0.0/24", 26).await;
+    let whole = env.pool("10.70.0.0/24", "", json!({})).await;
+    // Dynamic, from this node's block.
+    let a = env.address(&whole, "").await;
+    assert!(a.starts_with("10.70.0.") && a.ends_with("/32"), "{a}");
+
+    // --ip-range: dynamic addresses only there, fixed ones anywhere in the subnet.
+    let ranged = env.pool("10.70.0.0/24", "10.70.0.200/30", json!({})).await;
+    let mut got = Vec::new();
+    for _ in 0..4 {
+        got.push(env.address(&ranged, "").await);
+    }
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            "10.70.0.200/32",
+            "10.70.0.201/32",
+            "10.70.0.202/32",
+            "10.70.0.203/32"
+        ]
+    );
+    let e = env
+        .err(
+            "/IpamDriver.RequestAddress",
+            json!({"PoolID":ranged,"Address":"","Options":null}),
+        )
+        .await;
+    assert!(e.contains("no free address left in 10.70.0.200/30"), "{e}");
+    assert_eq!(env.address(&ranged, "10.70.0.9").await, "10.70.0.9/32");
+
+    // --gateway G is reserved and returned with the subnet's prefix.
+    let r = env
+        .ok(
+            "/IpamDriver.RequestAddress",
+            json!({"PoolID":whole,"Address":"10.70.0.254","Options":{"RequestAddressType":"com.docker.network.gateway"}}),
+        )
+        .await;
+    assert_eq!(r["Address"], "10.70.0.254/24");
+
+    // Taken by a running container: the error names the address and the container.
+    env.network(NET, "10.70.0.0/24", json!({})).await;
+    env.address(&whole, "10.70.0.7").await;
+    env.endpoint(NET, EP1, "10.70.0.7/32").await;
+    env.containers
+        .lock()
+        .unwrap()
+        .insert(EP1.into(), CONTAINER.into());
+    env.join(NET, EP1, SANDBOX).await;
+    for _ in 0..100 {
+        if env
+            .endpoint_record(EP1)
+            .await
+            .unwrap()
+            .base
+            .container_id
+            .is_some()
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let e = env
+        .err(
+            "/IpamDriver.RequestAddress",
+            json!({"PoolID":whole,"Address":"10.70.0.7","Options":null}),
+        )
+        .await;
+    assert!(
+        e.starts_with("address 10.70.0.7 is already in use by container 3fc0f555de1e"),
+        "{e}"
+    );
+    // Outside the subnet; the network address of the pool; not an address.
+    for (ip, needle) in [
+        (
+            "10.71.0.7",
+            "address 10.71.0.7 is outside subnet 10.70.0.0/24",
+        ),
+        (
+            "10.70.0.0",
+            "address 10.70.0.0 is the network address of pool p",
+        ),
+        ("nope", "invalid address \"nope\""),
+    ] {
+        let e = env
+            .err(
+                "/IpamDriver.RequestAddress",
+                json!({"PoolID":whole,"Address":ip,"Options":null}),
+            )
+            .await;
+        assert!(e.contains(needle), "{ip}: {e}");
+    }
+    // A pool id brindle never issued.
+    let e = env
+        .err(
+            "/IpamDriver.RequestAddress",
+            json!({"PoolID":"LocalDefault/10.0.0.0/8","Address":"","Options":null}),
+        )
+        .await;
+    assert!(e.starts_with("unknown pool id"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exhausted_pool_is_one_clear_error() {
+    let env = env().await;
+    let id = env.pool("10.72.0.0/30", "", json!({})).await;
+    env.address(&id, "").await;
+    env.address(&id, "").await;
+    let e = env
+        .err(
+            "/IpamDriver.RequestAddress",
+            json!({"PoolID":id,"Address":"","Options":null}),
+        )
+        .await;
+    assert_eq!(
+        e,
+        "pool docker-10.72.0.0-30 (10.72.0.0/30) is exhausted: all 2 usable addresses are allocated"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn network_options_are_checked() {
+    let env = env().await;
+    env.network(
+        NET,
+        "10.73.0.0/24",
+        json!({"com.docker.network.driver.mtu":"1400"}),
+    )
+    .await;
+    let id = env.pool("10.73.0.0/24", "", json!({})).await;
+    env.address(&id, "10.73.0.5").await;
+    env.endpoint(NET, EP1, "10.73.0.5/32").await;
+    assert_eq!(env.dp.endpoints()[0].mtu, Some(1400));
+
+    let bad = |generic: Value, extra: Value, space: &str| {
+        let mut options =
+            json!({"com.docker.network.enable_ipv6":false,"com.docker.network.generic":generic});
+        for (k, v) in extra.as_object().unwrap() {
+            options[k] = v.clone();
+        }
+        json!({"NetworkID":"n2","Options":options,
+               "IPv4Data":[{"AddressSpace":space,"Gateway":"172.18.0.1/16","Pool":"172.18.0.0/16"}],"IPv6Data":[]})
+    };
+    for (body, needle) in [
+        (
+            bad(json!({"color":"blue"}), json!({}), "brindle-local"),
+            "unsupported driver option color=blue: brindle supports only -o com.docker.network.driver.mtu=N",
+        ),
+        (
+            bad(json!({"com.docker.network.driver.mtu":"12"}), json!({}), "brindle-local"),
+            "expected a number from 68 to 65535",
+        ),
+        (
+            bad(json!({}), json!({"com.docker.network.internal":true}), "brindle-local"),
+            "does not support --internal",
+        ),
+        (
+            bad(json!({}), json!({}), "LocalDefault"),
+            "needs the brindle IPAM driver",
+        ),
+    ] {
+        let e = env.err("/NetworkDriver.CreateNetwork", body.clone()).await;
+        assert!(e.contains(needle), "{body}: {e}");
+    }
+    // Nothing was persisted for the refused network.
+    assert!(records::get::<_, NetworkRecord>(
+        &env.store,
+        records::network_key(env.driver.keys(), "n2")
+    )
+    .await
+    .unwrap()
+    .is_none());
+    // --driver-opt on docker network connect.
+    let e = env
+        .err(
+            "/NetworkDriver.CreateEndpoint",
+            json!({"NetworkID":NET,"EndpointID":EP2,"Interface":{"Address":"10.73.0.6/32"},
+                   "Options":{"com.docker.network.endpoint.exposedports":[],"dk":"dv"}}),
+        )
+        .await;
+    assert_eq!(
+        e,
+        "unsupported endpoint option dk=dv: brindle takes no --driver-opt"
+    );
+    // An endpoint of a network brindle does not know.
+    let e = env
+        .err(
+            "/NetworkDriver.CreateEndpoint",
+            json!({"NetworkID":"feedbeef0000","EndpointID":EP2,"Interface":{"Address":"10.73.0.6/32"}}),
+        )
+        .await;
+    assert!(
+        e.starts_with("network feedbeef0000 is not known to brindle"),
+        "{e}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_networks_in_one_container_get_distinct_next_hops() {
+    let env = env().await;
+    let id = env.pool("10.74.0.0/24", "", json!({})).await;
+    env.network(NET, "10.74.0.0/24", json!({})).await;
+    env.network("net2", "10.74.0.0/24", json!({})).await;
+    env.address(&id, "10.74.0.1").await;
+    env.address(&id, "10.74.0.2").await;
+    env.endpoint(NET, EP1, "10.74.0.1/32").await;
+    env.endpoint("net2", EP2, "10.74.0.2/32").await;
+    let r1 = env.join(NET, EP1, SANDBOX).await;
+    let r2 = env.join("net2", EP2, SANDBOX).await;
+    assert_eq!(r1["Gateway"], "169.254.1.1");
+    assert_eq!(r2["Gateway"], "169.254.1.2");
+    assert_eq!(r2["StaticRoutes"][0]["Destination"], "169.254.1.2/32");
+    // Joining again (a retry) keeps the choice; leaving frees it.
+    assert_eq!(
+        env.join("net2", EP2, SANDBOX).await["Gateway"],
+        "169.254.1.2"
+    );
+    env.ok(
+        "/NetworkDriver.Leave",
+        json!({"NetworkID":NET,"EndpointID":EP1}),
+    )
+    .await;
+    env.ok(
+        "/NetworkDriver.DeleteEndpoint",
+        json!({"NetworkID":NET,"EndpointID":EP1}),
+    )
+    .await;
+    // Another container's first network starts at .1 again.
+    let other = "/var/run/docker/netns/aaaaaaaaaaaa";
+    env.address(&id, "10.74.0.3").await;
+    env.endpoint(NET, "e3", "10.74.0.3/32").await;
+    assert_eq!(env.join(NET, "e3", other).await["Gateway"], "169.254.1.1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_leave_nothing_behind() {
+    let env = env().await;
+    let id = env.pool("10.75.0.0/24", "", json!({})).await;
+    env.network(NET, "10.75.0.0/24", json!({})).await;
+    env.address(&id, "10.75.0.5").await;
+    env.dp.fail_once(FakeOp::CreateVethOnHost, libc::EEXIST);
+    let e = env
+        .err(
+            "/NetworkDriver.CreateEndpoint",
+            json!({"NetworkID":NET,"EndpointID":EP1,"Interface":{"Address":"10.75.0.5/32"}}),
+        )
+        .await;
+    assert!(e.contains("file exists"), "{e}");
+    assert!(env.endpoint_record(EP1).await.is_none());
+    assert!(env.dp.endpoints().is_empty());
+    // Docker then releases the address (T7 in protocols.md): all gone.
+    env.ok(
+        "/IpamDriver.ReleaseAddress",
+        json!({"PoolID":id,"Address":"10.75.0.5"}),
+    )
+    .await;
+    assert!(env.holder("10.75.0.5").await.is_none());
+    // An address brindle did not hand out cannot become an endpoint.
+    let e = env
+        .err(
+            "/NetworkDriver.CreateEndpoint",
+            json!({"NetworkID":NET,"EndpointID":EP1,"Interface":{"Address":"10.75.0.6/32"}}),
+        )
+        .await;
+    assert!(e.starts_with("address 10.75.0.6 is not allocated"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_survives_a_restart_of_brindled() {
+    let env = env().await;
+    let id = env.pool("10.76.0.0/24", "", json!({})).await;
+    env.network(NET, "10.76.0.0/24", json!({})).await;
+    env.address(&id, "10.76.0.5").await;
+    env.endpoint(NET, EP1, "10.76.0.5/32").await;
+    env.join(NET, EP1, SANDBOX).await;
+
+    // A fresh driver over the same store and kernel: nothing cached.
+    let fresh = driver(&env.store, &env.dp, None);
+    let address = fresh
+        .request_address(
+            RequestAddressRequest {
+                pool_id: id.clone(),
+                address: String::new(),
+                options: None,
+            },
+            &me(),
+        )
+        .await
+        .unwrap()
+        .address;
+    let ep2 = fresh
+        .create_endpoint(
+            CreateEndpointRequest {
+                network_id: NET.into(),
+                endpoint_id: EP2.into(),
+                interface: Some(EndpointInterface {
+                    address,
+                    ..Default::default()
+                }),
+                options: None,
+            },
+            &me(),
+        )
+        .await
+        .unwrap();
+    assert!(ep2.interface.is_some());
+    // The second network of the same container still gets a next hop of its own.
+    let j = fresh
+        .join(JoinRequest {
+            network_id: NET.into(),
+            endpoint_id: EP2.into(),
+            sandbox_key: SANDBOX.into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(j.gateway, "169.254.1.2");
+    // And the old endpoint is torn down and released as usual.
+    fresh
+        .delete_endpoint(EndpointRequest {
+            network_id: NET.into(),
+            endpoint_id: EP1.into(),
+        })
+        .await
+        .unwrap();
+    fresh
+        .release_address(ReleaseAddressRequest {
+            pool_id: id,
+            address: "10.76.0.5".into(),
+        })
+        .await
+        .unwrap();
+    assert!(env.holder("10.76.0.5").await.is_none());
+    settle(&env.dp).await;
+    assert!(!env.dp.has_endpoint("brld7f55ee7720"));
+}
+
+/// calico#746: dockerd restarted while brindled was unreachable, so the container's
+/// address was never released; the container comes back asking for the same `--ip`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fixed_address_comes_back_after_a_dockerd_restart_that_skipped_the_release() {
+    let env = env().await;
+    let id = env.pool("10.77.0.0/24", "", json!({})).await;
+    env.network(NET, "10.77.0.0/24", json!({})).await;
+    let request = |ip: &str| RequestAddressRequest {
+        pool_id: id.clone(),
+        address: ip.into(),
+        options: None,
+    };
+    let old = Caller(Some(DEAD.into()));
+    env.driver
+        .request_address(request("10.77.0.5"), &old)
+        .await
+        .unwrap();
+    env.driver
+        .create_endpoint(
+            CreateEndpointRequest {
+                network_id: NET.into(),
+                endpoint_id: EP1.into(),
+                interface: Some(EndpointInterface {
+                    address: "10.77.0.5/32".into(),
+                    ..Default::default()
+                }),
+                options: None,
+            },
+            &old,
+        )
+        .await
+        .unwrap();
+    // The same daemon asking again: another container wants a live one's address.
+    let e = env
+        .driver
+        .request_address(request("10.77.0.5"), &old)
+        .await
+        .unwrap_err();
+    assert!(
+        e.message
+            .starts_with("address 10.77.0.5 is already in use by endpoint d7f55ee7720b"),
+        "{e}"
+    );
+    // A new daemon while the old container still runs (its veth routes the address,
+    // as with --live-restore): still refused.
+    let e = env
+        .driver
+        .request_address(request("10.77.0.5"), &me())
+        .await
+        .unwrap_err();
+    assert!(e.message.contains("already in use"), "{e}");
+
+    // The container dies with the daemon; no Leave, DeleteEndpoint or ReleaseAddress.
+    env.dp.delete_endpoint("brld7f55ee7720").await.unwrap();
+    // A caller whose identity is unknown never takes anything over.
+    assert!(env
+        .driver
+        .request_address(request("10.77.0.5"), &Caller(None))
+        .await
+        .is_err());
+    // The restarted daemon gets the address back.
+    let r = env
+        .driver
+        .request_address(request("10.77.0.5"), &me())
+        .await
+        .unwrap();
+    assert_eq!(r.address, "10.77.0.5/32");
+    let handle = env.holder("10.77.0.5").await.unwrap();
+    let report = env
+        .driver
+        .ipam()
+        .address("10.77.0.5".parse().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(report.attributes["dockerd"], me().0.unwrap());
+    assert!(handle.starts_with("docker-"));
+    // The stale endpoint record went with it.
+    assert!(env.endpoint_record(EP1).await.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sweep_frees_what_dead_daemons_left_but_keeps_reservations() {
+    let env = env().await;
+    let id = env.pool("10.78.0.0/24", "", json!({})).await;
+    let old = Caller(Some(DEAD.into()));
+    let ask = |ip: &str, gateway: bool| RequestAddressRequest {
+        pool_id: id.clone(),
+        address: ip.into(),
+        options: gateway.then(|| {
+            [(
+                "RequestAddressType".to_string(),
+                "com.docker.network.gateway".to_string(),
+            )]
+            .into()
+        }),
+    };
+    // An --aux-address and a --gateway of a network that still exists, a dynamic
+    // container address, a pending one, and a live container (--live-restore).
+    env.driver
+        .request_address(ask("10.78.0.10", false), &old)
+        .await
+        .unwrap();
+    env.driver
+        .request_address(ask("10.78.0.254", true), &old)
+        .await
+        .unwrap();
+    env.ok(
+        "/NetworkDriver.CreateNetwork",
+        json!({"NetworkID":NET,"Options":{},"IPv4Data":[{"AddressSpace":"brindle-local","Pool":"10.78.0.0/24",
+               "Gateway":"10.78.0.254/24","AuxAddresses":{"router":"10.78.0.10/32"}}]}),
+    )
+    .await;
+    let dynamic = env
+        .driver
+        .request_address(ask("", false), &old)
+        .await
+        .unwrap();
+    env.driver
+        .request_address(ask("10.78.0.20", false), &old)
+        .await
+        .unwrap();
+    env.driver
+        .request_address(ask("10.78.0.30", false), &old)
+        .await
+        .unwrap();
+    env.driver
+        .create_endpoint(
+            CreateEndpointRequest {
+                network_id: NET.into(),
+                endpoint_id: EP1.into(),
+                interface: Some(EndpointInterface {
+                    address: "10.78.0.30/32".into(),
+                    ..Default::default()
+                }),
+                options: None,
+            },
+            &old,
+        )
+        .await
+        .unwrap();
+    // One from the current daemon: never touched.
+    env.driver
+        .request_address(ask("10.78.0.40", false), &me())
+        .await
+        .unwrap();
+
+    let (addresses, endpoints) = env.driver.sweep_orphans(&me().0.unwrap()).await.unwrap();
+    assert_eq!((addresses, endpoints), (2, 0));
+    let dynamic_ip = dynamic.address.trim_end_matches("/32");
+    assert!(env.holder(dynamic_ip).await.is_none());
+    assert!(env.holder("10.78.0.20").await.is_none());
+    for kept in ["10.78.0.10", "10.78.0.254", "10.78.0.30", "10.78.0.40"] {
+        assert!(env.holder(kept).await.is_some(), "{kept} must stay");
+    }
+    assert!(env.endpoint_record(EP1).await.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fixed_address_is_reused_right_after_its_container_goes() {
+    // `docker rm -f c && docker run --ip SAME`: the old veth may still be on its way
+    // out in the background when the new endpoint is created.
+    let env = env().await;
+    let id = env.pool("10.79.0.0/24", "", json!({})).await;
+    env.network(NET, "10.79.0.0/24", json!({})).await;
+    for (i, ep) in [EP1, EP2, "e3", "e4"].iter().enumerate() {
+        env.address(&id, "10.79.0.5").await;
+        env.endpoint(NET, ep, "10.79.0.5/32").await;
+        env.join(NET, ep, &format!("/var/run/docker/netns/s{i}"))
+            .await;
+        let ids = json!({"NetworkID":NET,"EndpointID":ep});
+        env.ok("/NetworkDriver.Leave", ids.clone()).await;
+        env.ok("/NetworkDriver.DeleteEndpoint", ids).await;
+        env.ok(
+            "/IpamDriver.ReleaseAddress",
+            json!({"PoolID":id,"Address":"10.79.0.5"}),
+        )
+        .await;
+    }
+    settle(&env.dp).await;
+    assert!(env.dp.endpoints().is_empty());
+    assert!(env.dp.host_routes().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_created_pool_goes_with_the_last_network_using_it() {
+    let env = env().await;
+    let wide = env.pool("10.80.0.0/16", "", json!({})).await;
+    env.network("wide", "10.80.0.0/16", json!({})).await;
+    let narrow = env.pool("10.80.1.0/24", "", json!({})).await;
+    assert_eq!(narrow, "brindle:docker-10.80.0.0-16:10.80.1.0/24");
+    env.network("narrow", "10.80.1.0/24", json!({})).await;
+    let exists = || async {
+        env.driver
+            .ipam()
+            .list_pools()
+            .await
+            .unwrap()
+            .iter()
+            .any(|p| p.name == "docker-10.80.0.0-16")
+    };
+    // docker network rm: ReleasePool, then DeleteNetwork.
+    for (id, net) in [(&wide, "wide"), (&narrow, "narrow")] {
+        assert!(exists().await, "still used before removing {net}");
+        env.ok("/IpamDriver.ReleasePool", json!({"PoolID":id}))
+            .await;
+        env.ok("/NetworkDriver.DeleteNetwork", json!({"NetworkID":net}))
+            .await;
+    }
+    assert!(!exists().await, "removed with the last network");
+}

@@ -1,0 +1,892 @@
+//! Multi-host topologies made of network namespaces, for the BGP suites and the
+//! dataplane benchmark:
+//!
+//! ```text
+//!   root ns: etcd on 127.0.0.1 and on F.254 (its veth into the fabric)
+//!                                   |
+//!   router ns "bgr-*":  bridge fab0 F.1/24 ---+--- host h1 "bgh-*" eth0 F.11 -- containers
+//!   (optionally BIRD, or static routes)       +--- host h2 "bgh-*" eth0 F.12 -- containers
+//! ```
+//!
+//! `F` is a free /24 of 198.18.0.0/15 (RFC 2544 test addresses); each topology gets
+//! its own test pool `10.X.0.0/16`, covered by an `unreachable` route in the root
+//! namespace, so a stray packet never leaves the machine. Each host runs its own
+//! `brindled` (per-host sockets and BIRD paths in a temp dir) and, when asked, BIRD.
+//! Containers are namespaces wired the way brindle wires them (host veth `brl...` with
+//! MAC ee:ee:ee:ee:ee:ee and proxy_arp, `/32` inside, default via 169.254.1.1), with
+//! their address from IPAM and an endpoint record in etcd; the agent keeps their /32
+//! route. Everything is killed by PID and deleted on drop, also when a test fails,
+//! and a failing test prints every log and routing table first.
+
+use std::collections::HashSet;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::bins::bin;
+use crate::bird::{bird_bin, birdc_bin, Bird};
+use crate::etcd::Etcd;
+use crate::netns::{sh, Netns, UnreachableRoute};
+
+/// Fabric /24s in use by this process (parallel tests).
+static TAKEN: Mutex<Option<HashSet<u8>>> = Mutex::new(None);
+static IFCOUNT: AtomicU32 = AtomicU32::new(0);
+
+/// Block size of every test pool.
+pub const BLOCK_SIZE: u8 = 26;
+
+/// A child process killed (and reaped) on drop.
+pub struct Proc {
+    child: Option<Child>,
+    /// What it is, for messages.
+    pub name: String,
+    /// Its stdout/stderr.
+    pub log: PathBuf,
+}
+
+impl Proc {
+    /// Spawns `cmd` with stdout/stderr into `log`.
+    pub fn spawn(name: &str, mut cmd: Command, log: &Path) -> Self {
+        let out = std::fs::File::create(log).expect("log file");
+        let err = out.try_clone().expect("log file");
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {name}: {e}"));
+        Proc {
+            child: Some(child),
+            name: name.to_string(),
+            log: log.to_path_buf(),
+        }
+    }
+
+    /// Its PID.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Whether it is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    /// Kills it now.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// The log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// One simulated host.
+pub struct Host {
+    /// Node name (`h1`, `h2`, ...).
+    pub name: String,
+    /// Its fabric address (node IP).
+    pub ip: Ipv4Addr,
+    /// Its private directory (BIRD config and socket, brindled sockets, logs).
+    pub dir: PathBuf,
+    /// brindled, once started.
+    pub brindled: Option<Proc>,
+    /// BIRD, once started.
+    pub bird: Option<Bird>,
+    /// The host namespace (dropped last).
+    pub ns: Netns,
+}
+
+impl Host {
+    /// `--bird-config` of this host.
+    pub fn bird_config(&self) -> PathBuf {
+        self.dir.join("bird.conf")
+    }
+
+    /// `--birdc-socket` of this host.
+    pub fn bird_ctl(&self) -> PathBuf {
+        self.dir.join("bird.ctl")
+    }
+}
+
+/// One simulated container.
+pub struct Container {
+    /// Endpoint id and IPAM handle.
+    pub id: String,
+    /// Index of its host in [`Topology::hosts`].
+    pub host: usize,
+    /// Its address.
+    pub ip: Ipv4Addr,
+    /// Host-side veth.
+    pub host_ifname: String,
+    /// Placed with `brindle-cni` (removed with CNI DEL) rather than by the harness.
+    pub cni: bool,
+    /// Its namespace.
+    pub ns: Netns,
+}
+
+/// The router namespace: fabric bridge, optional BIRD.
+pub struct Router {
+    /// Its fabric address (`F.1`).
+    pub ip: Ipv4Addr,
+    /// BIRD, when the test starts one.
+    pub bird: Option<Bird>,
+    /// The namespace.
+    pub ns: Netns,
+}
+
+/// Removes the root namespace's fabric veth on drop.
+struct RootLink(String);
+
+impl Drop for RootLink {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.0])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// Releases the fabric /24 on drop.
+struct FabricSlot(u8);
+
+impl Drop for FabricSlot {
+    fn drop(&mut self) {
+        if let Ok(mut t) = TAKEN.lock() {
+            if let Some(set) = t.as_mut() {
+                set.remove(&self.0);
+            }
+        }
+    }
+}
+
+/// How to build a topology.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Number of hosts.
+    pub hosts: usize,
+    /// Fast BGP timers (connect delay 1 s etc.), set before any agent starts.
+    pub fast_timers: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            hosts: 2,
+            fast_timers: true,
+        }
+    }
+}
+
+/// A whole test network. Fields drop in order: containers, hosts, router, the root
+/// veth, etcd, the unreachable guard, the temp dir.
+pub struct Topology {
+    /// Containers.
+    pub containers: Vec<Container>,
+    /// Hosts.
+    pub hosts: Vec<Host>,
+    /// The router.
+    pub router: Router,
+    _root_link: RootLink,
+    /// etcd (root namespace).
+    pub etcd: Etcd,
+    _unreachable: UnreachableRoute,
+    _slot: FabricSlot,
+    /// The fabric prefix's first three octets.
+    pub fabric: [u8; 3],
+    /// The test pool (CIDR), named `pool`.
+    pub pool: String,
+    /// Scratch directory.
+    pub dir: tempfile::TempDir,
+}
+
+fn pick_fabric() -> u8 {
+    let mut taken = TAKEN.lock().unwrap_or_else(|e| e.into_inner());
+    let set = taken.get_or_insert_with(HashSet::new);
+    let start = (std::process::id() % 64) as u8 * 3;
+    for k in 0..=255u16 {
+        let i = start.wrapping_add(k as u8);
+        if set.contains(&i) {
+            continue;
+        }
+        let used = sh("ip", &["-4", "route", "show", "table", "all"]);
+        let addrs = sh("ip", &["-4", "-o", "addr"]);
+        let needle = format!("198.18.{i}.");
+        if used.contains(&needle) || addrs.contains(&needle) {
+            continue;
+        }
+        let pool_needle = format!("10.{}.", 100 + u16::from(i) % 150);
+        if used.contains(&pool_needle) {
+            continue;
+        }
+        set.insert(i);
+        return i;
+    }
+    panic!("no free 198.18.X.0/24 for a test fabric");
+}
+
+impl Topology {
+    /// Builds the fabric, etcd, the router namespace and `opts.hosts` hosts (no
+    /// agents yet), and adds pool `pool` (blocks of /26).
+    pub fn new(opts: Options) -> Self {
+        let slot = FabricSlot(pick_fabric());
+        let i = slot.0;
+        let fabric = [198, 18, i];
+        let pool = format!("10.{}.0.0/16", 100 + u16::from(i) % 150);
+        let unreachable = UnreachableRoute::add(&pool);
+        let dir = tempfile::Builder::new()
+            .prefix("brindle-topo-")
+            .tempdir()
+            .expect("temp dir");
+        let f = |last: u8| Ipv4Addr::new(fabric[0], fabric[1], fabric[2], last);
+
+        let router_ns = Netns::new("bgr");
+        router_ns.ok(&["ip", "link", "add", "fab0", "type", "bridge"]);
+        router_ns.ok(&["ip", "addr", "add", &format!("{}/24", f(1)), "dev", "fab0"]);
+        router_ns.ok(&["ip", "link", "set", "fab0", "up"]);
+        let router = Router {
+            ip: f(1),
+            bird: None,
+            ns: router_ns,
+        };
+
+        // The root namespace's foot on the fabric, only so that brindled in the host
+        // namespaces reaches etcd.
+        let n = IFCOUNT.fetch_add(1, Ordering::SeqCst);
+        let root_if = format!("bgf{}x{n}", std::process::id() % 100_000);
+        sh(
+            "ip",
+            &[
+                "link",
+                "add",
+                &root_if,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "root",
+                "netns",
+                &router.ns.name,
+            ],
+        );
+        let root_link = RootLink(root_if.clone());
+        sh(
+            "ip",
+            &["addr", "add", &format!("{}/24", f(254)), "dev", &root_if],
+        );
+        sh("ip", &["link", "set", &root_if, "up"]);
+        router
+            .ns
+            .ok(&["ip", "link", "set", "root", "master", "fab0", "up"]);
+        let etcd = Etcd::start_also_on(f(254));
+
+        let mut hosts = Vec::new();
+        for h in 0..opts.hosts {
+            let name = format!("h{}", h + 1);
+            let ip = f(11 + h as u8);
+            let ns = Netns::new("bgh");
+            let port = format!("p{}", h + 1);
+            sh(
+                "ip",
+                &[
+                    "link",
+                    "add",
+                    "eth0",
+                    "netns",
+                    &ns.name,
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    &port,
+                    "netns",
+                    &router.ns.name,
+                ],
+            );
+            router
+                .ns
+                .ok(&["ip", "link", "set", &port, "master", "fab0", "up"]);
+            ns.ok(&["ip", "addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
+            ns.ok(&["ip", "link", "set", "eth0", "up"]);
+            // Needed for proxy ARP of 169.254.1.1 (a route to it must exist), as on
+            // real hosts; the router forwards nothing unless a test says so.
+            ns.ok(&["ip", "route", "add", "default", "via", &f(1).to_string()]);
+            let hdir = dir.path().join(&name);
+            std::fs::create_dir_all(&hdir).expect("host dir");
+            hosts.push(Host {
+                name,
+                ip,
+                dir: hdir,
+                brindled: None,
+                bird: None,
+                ns,
+            });
+        }
+        let topo = Topology {
+            containers: Vec::new(),
+            hosts,
+            router,
+            _root_link: root_link,
+            etcd,
+            _unreachable: unreachable,
+            _slot: slot,
+            fabric,
+            pool,
+            dir,
+        };
+        topo.cli_ok(
+            "h1",
+            &[
+                "pool",
+                "add",
+                "pool",
+                "--cidr",
+                &topo.pool,
+                "--block-size",
+                &BLOCK_SIZE.to_string(),
+            ],
+        );
+        if opts.fast_timers {
+            topo.cli_ok(
+                "h1",
+                &[
+                    "bgp",
+                    "set",
+                    "--connect-delay",
+                    "1",
+                    "--connect-retry",
+                    "1",
+                    "--error-wait",
+                    "1,5",
+                    "--hold",
+                    "9",
+                ],
+            );
+        }
+        topo
+    }
+
+    /// An address of the fabric.
+    pub fn fabric_ip(&self, last: u8) -> Ipv4Addr {
+        Ipv4Addr::new(self.fabric[0], self.fabric[1], self.fabric[2], last)
+    }
+
+    /// The etcd endpoint hosts use.
+    pub fn etcd_for_hosts(&self) -> String {
+        self.etcd
+            .extra_endpoint
+            .clone()
+            .expect("etcd listens on the fabric")
+    }
+
+    /// A `brindle` command as node `node` (from the root namespace).
+    pub fn cli(&self, node: &str, args: &[&str]) -> Output {
+        crate::bins::brindle(&self.etcd.endpoint, node)
+            .args(args)
+            .output()
+            .expect("run brindle")
+    }
+
+    /// Runs `brindle` and expects success; returns stdout.
+    pub fn cli_ok(&self, node: &str, args: &[&str]) -> String {
+        let out = self.cli(node, args);
+        assert!(
+            out.status.success(),
+            "brindle {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Starts brindled on host `h`; with `bird`, it manages a BIRD config, and BIRD
+    /// is started once brindled wrote the first one.
+    pub fn start_agent(&mut self, h: usize, bird: bool) {
+        self.start_agent_with(h, bird, bird, &[]);
+    }
+
+    /// Starts brindled on host `h` with `extra` flags; with `bird_config` it manages a
+    /// BIRD config, and with `start_bird` BIRD starts once the first one is written.
+    pub fn start_agent_with(
+        &mut self,
+        h: usize,
+        bird_config: bool,
+        start_bird: bool,
+        extra: &[&str],
+    ) {
+        let bird = bird_config;
+        let endpoint = self.etcd_for_hosts();
+        let host = &mut self.hosts[h];
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &host.ns.name])
+            .arg(bin("brindled"))
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env(
+                "BRINDLE_LOG",
+                std::env::var("BRINDLE_TEST_LOG")
+                    .unwrap_or_else(|_| "info,brindle_plugin=debug".into()),
+            )
+            .args(["--node", &host.name])
+            .args(["--node-ip", &host.ip.to_string()])
+            .args(["--etcd-endpoints", &endpoint])
+            .arg("--docker-plugin-dir")
+            .arg(host.dir.join("plugins"))
+            .arg("--api-socket")
+            .arg(host.dir.join("brindled.sock"));
+        if bird {
+            cmd.arg("--bird-config")
+                .arg(host.bird_config())
+                .arg("--birdc-socket")
+                .arg(host.bird_ctl())
+                .arg("--bird-bin")
+                .arg(bird_bin())
+                .arg("--birdc-bin")
+                .arg(birdc_bin());
+        }
+        cmd.args(extra);
+        let log = host.dir.join("brindled.log");
+        host.brindled = Some(Proc::spawn(&format!("brindled {}", host.name), cmd, &log));
+        if !start_bird {
+            return;
+        }
+        let conf = host.bird_config();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !conf.exists() {
+            let running = host.brindled.as_mut().is_some_and(Proc::running);
+            assert!(
+                running && Instant::now() < deadline,
+                "brindled on {} wrote no BIRD config (running: {running}):\n{}",
+                host.name,
+                host.brindled
+                    .as_ref()
+                    .map(Proc::log_text)
+                    .unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        host.bird = Some(Bird::start(&host.ns, &conf, &host.dir));
+    }
+
+    /// Starts brindled (and BIRD) on every host and waits until every BGP mesh
+    /// session is up (when the mesh is on).
+    pub fn start_agents(&mut self, bird: bool) {
+        for h in 0..self.hosts.len() {
+            self.start_agent(h, bird);
+        }
+    }
+
+    /// Waits until host `h`'s BIRD has session `proto` established.
+    pub fn wait_session(&self, h: usize, proto: &str) -> Duration {
+        let bird = self.hosts[h].bird.as_ref().expect("BIRD runs on the host");
+        match bird.wait_established(proto, Duration::from_secs(30)) {
+            Ok(d) => d,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// Waits for the full mesh between all hosts.
+    pub fn wait_mesh(&self) {
+        for a in 0..self.hosts.len() {
+            for b in 0..self.hosts.len() {
+                if a != b {
+                    let proto = format!("Mesh_{}", self.hosts[b].ip.to_string().replace('.', "_"));
+                    self.wait_session(a, &proto);
+                }
+            }
+        }
+    }
+
+    /// A container on host `h` with a dynamic address from the node's blocks, or
+    /// `fixed`. Returns its index in [`Topology::containers`].
+    pub fn add_container(&mut self, h: usize, fixed: Option<Ipv4Addr>) -> usize {
+        let n = IFCOUNT.fetch_add(1, Ordering::SeqCst);
+        let id = format!("ctr{}x{n}", std::process::id());
+        let node = self.hosts[h].name.clone();
+        let mut args = vec![
+            "ipam".to_string(),
+            "alloc".into(),
+            "--handle".into(),
+            id.clone(),
+            "--attr".into(),
+            format!("endpoint={id}"),
+            "-o".into(),
+            "json".into(),
+        ];
+        if let Some(ip) = fixed {
+            args.push("--ip".into());
+            args.push(ip.to_string());
+        }
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out: Value = serde_json::from_str(&self.cli_ok(&node, &argv)).expect("alloc json");
+        let ip: Ipv4Addr = out["ip"]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .expect("allocated ip");
+
+        let host_ifname = format!(
+            "brl{:011x}",
+            (u64::from(std::process::id()) << 16) | u64::from(n)
+        );
+        let host_ifname = host_ifname[..14.min(host_ifname.len())].to_string();
+        let ns = Netns::new("bgc");
+        let hns = &self.hosts[h].ns;
+        sh(
+            "ip",
+            &[
+                "link",
+                "add",
+                &host_ifname,
+                "netns",
+                &hns.name,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                &ns.name,
+            ],
+        );
+        hns.ok(&[
+            "ip",
+            "link",
+            "set",
+            &host_ifname,
+            "address",
+            "ee:ee:ee:ee:ee:ee",
+        ]);
+        hns.ok(&["ip", "link", "set", &host_ifname, "up"]);
+        hns.ok(&[
+            "sysctl",
+            "-qw",
+            &format!("net.ipv4.conf.{host_ifname}.proxy_arp=1"),
+            &format!("net.ipv4.neigh.{host_ifname}.proxy_delay=0"),
+        ]);
+        ns.ok(&["ip", "addr", "add", &format!("{ip}/32"), "dev", "eth0"]);
+        ns.ok(&["ip", "link", "set", "eth0", "up"]);
+        ns.ok(&[
+            "ip",
+            "route",
+            "add",
+            "169.254.1.1",
+            "dev",
+            "eth0",
+            "scope",
+            "link",
+        ]);
+        ns.ok(&[
+            "ip",
+            "route",
+            "add",
+            "default",
+            "via",
+            "169.254.1.1",
+            "dev",
+            "eth0",
+        ]);
+
+        // The endpoint record: brindled keeps the /32 route from it.
+        let record = serde_json::json!({
+            "id": id, "node": node, "orchestrator": "test", "container_id": id,
+            "network": "test", "ip": ip, "mac": null, "host_ifname": host_ifname,
+            "handle": id,
+        });
+        self.etcd.etcdctl(&[
+            "put",
+            &format!("/brindle/v1/endpoints/{node}/{id}"),
+            &record.to_string(),
+        ]);
+        self.containers.push(Container {
+            id,
+            host: h,
+            ip,
+            host_ifname,
+            cni: false,
+            ns,
+        });
+        self.containers.len() - 1
+    }
+
+    /// The CNI network configuration hosts use (`type: brindle`, IPAM
+    /// `brindle-ipam`, brindled's fast path on host `h`).
+    pub fn cni_conf(&self, h: usize) -> Value {
+        let host = &self.hosts[h];
+        serde_json::json!({
+            "cniVersion": "1.0.0",
+            "name": "bgp-test",
+            "type": "brindle",
+            "etcd_endpoints": self.etcd_for_hosts(),
+            "node": host.name,
+            "api_socket": host.dir.join("brindled.sock"),
+            "ipam": {"type": "brindle-ipam", "pool": "pool"},
+        })
+    }
+
+    /// Runs `brindle-cni` inside host `h`'s namespace, as a runtime there would.
+    fn cni(&self, h: usize, command: &str, id: &str, ns: &Netns, ip: Option<Ipv4Addr>) -> Value {
+        let dir = self.dir.path().join("cni-bin");
+        if !dir.exists() {
+            std::fs::create_dir_all(&dir).expect("cni bin dir");
+            for name in ["brindle", "brindle-ipam"] {
+                std::os::unix::fs::symlink(bin("brindle-cni"), dir.join(name))
+                    .expect("symlink brindle-cni");
+            }
+        }
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.hosts[h].ns.name])
+            .arg(dir.join("brindle"))
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("CNI_COMMAND", command)
+            .env("CNI_CONTAINERID", id)
+            .env("CNI_NETNS", ns.path())
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_PATH", &dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if let Some(ip) = ip {
+            cmd.env("CNI_ARGS", format!("IP={ip}"));
+        }
+        let mut child = cmd.spawn().expect("run brindle-cni");
+        {
+            use std::io::Write as _;
+            let mut stdin = child.stdin.take().expect("stdin");
+            stdin
+                .write_all(self.cni_conf(h).to_string().as_bytes())
+                .expect("write netconf");
+        }
+        let out = child.wait_with_output().expect("brindle-cni");
+        assert!(
+            out.status.success(),
+            "brindle-cni {command} on {} failed: {}{}",
+            self.hosts[h].name,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+    }
+
+    /// A container on host `h` placed by `brindle-cni` ADD (dynamic address, or
+    /// `fixed` through `CNI_ARGS=IP=`). Returns its index.
+    pub fn add_container_cni(&mut self, h: usize, fixed: Option<Ipv4Addr>) -> usize {
+        let n = IFCOUNT.fetch_add(1, Ordering::SeqCst);
+        let id = format!("ctr{}x{n}", std::process::id());
+        let ns = Netns::new("bgc");
+        let result = self.cni(h, "ADD", &id, &ns, fixed);
+        let ip: Ipv4Addr = result["ips"][0]["address"]
+            .as_str()
+            .and_then(|a| a.split('/').next())
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no address in the CNI result {result}"));
+        let host_ifname = result["interfaces"]
+            .as_array()
+            .and_then(|l| l.iter().find(|i| i.get("sandbox").is_none()))
+            .and_then(|i| i["name"].as_str())
+            .unwrap_or_else(|| panic!("no host interface in the CNI result {result}"))
+            .to_string();
+        self.containers.push(Container {
+            id,
+            host: h,
+            ip,
+            host_ifname,
+            cni: true,
+            ns,
+        });
+        self.containers.len() - 1
+    }
+
+    /// Deletes container `c`: veth, endpoint record, address (the namespace goes
+    /// when the topology drops).
+    pub fn remove_container(&mut self, c: usize) {
+        let ctr = &self.containers[c];
+        if ctr.cni {
+            self.cni(ctr.host, "DEL", &ctr.id, &ctr.ns, None);
+            return;
+        }
+        let host = &self.hosts[ctr.host];
+        let _ = host.ns.exec(&["ip", "link", "del", &ctr.host_ifname]);
+        self.etcd.etcdctl(&[
+            "del",
+            &format!("/brindle/v1/endpoints/{}/{}", host.name, ctr.id),
+        ]);
+        self.cli_ok(&host.name, &["ipam", "release", "--handle", &ctr.id]);
+    }
+
+    /// The block (CIDR) holding `ip`.
+    pub fn block_of(ip: Ipv4Addr) -> String {
+        let mask = u32::MAX << (32 - BLOCK_SIZE);
+        format!("{}/{BLOCK_SIZE}", Ipv4Addr::from(u32::from(ip) & mask))
+    }
+
+    /// `ip -j route show` in a namespace, as JSON objects.
+    pub fn routes(ns: &Netns) -> Vec<Value> {
+        let out = ns.ok(&["ip", "-j", "-4", "route", "show"]);
+        serde_json::from_str::<Vec<Value>>(&out).unwrap_or_default()
+    }
+
+    /// The route for exactly `dst` (`10.0.0.0/26`, or `10.0.0.5` for a /32).
+    pub fn route(ns: &Netns, dst: &str) -> Option<Value> {
+        let want = dst.strip_suffix("/32").unwrap_or(dst);
+        Self::routes(ns)
+            .into_iter()
+            .find(|r| r["dst"].as_str() == Some(want))
+    }
+
+    /// Waits until `ns` has a route for `dst` via `gateway` (any gateway: `None`).
+    pub fn wait_route(
+        ns: &Netns,
+        dst: &str,
+        gateway: Option<Ipv4Addr>,
+        timeout: Duration,
+    ) -> Result<Duration, String> {
+        let start = Instant::now();
+        loop {
+            if let Some(r) = Self::route(ns, dst) {
+                let gw = r["gateway"].as_str();
+                if gateway.is_none_or(|g| gw == Some(g.to_string().as_str())) {
+                    return Ok(start.elapsed());
+                }
+            }
+            if start.elapsed() > timeout {
+                return Err(format!(
+                    "{} has no route {dst} via {gateway:?} after {timeout:?}; routes: {}",
+                    ns.name,
+                    ns.ok(&["ip", "-4", "route", "show"])
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits until `ns` has no route for `dst`.
+    pub fn wait_no_route(ns: &Netns, dst: &str, timeout: Duration) -> Result<Duration, String> {
+        let start = Instant::now();
+        loop {
+            if Self::route(ns, dst).is_none() {
+                return Ok(start.elapsed());
+            }
+            if start.elapsed() > timeout {
+                return Err(format!(
+                    "{} still routes {dst} after {timeout:?}: {}",
+                    ns.name,
+                    ns.ok(&["ip", "-4", "route", "show"])
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `ping` from container `from` to `to`: how many of `count` came back.
+    pub fn ping(&self, from: usize, to: Ipv4Addr, count: u32) -> u32 {
+        ping_from(&self.containers[from].ns, to, count)
+    }
+
+    /// Everything useful when a test fails: logs, routes, BIRD sessions.
+    pub fn diagnostics(&self) -> String {
+        let mut s = String::new();
+        for h in &self.hosts {
+            s.push_str(&format!("==== host {} ({}) {}\n", h.name, h.ip, h.ns.name));
+            s.push_str(&String::from_utf8_lossy(
+                &h.ns.exec(&["ip", "-4", "route", "show"]).stdout,
+            ));
+            if let Some(b) = &h.bird {
+                s.push_str(&format!("-- birdc show protocols\n{}\n", b.protocols()));
+                s.push_str(&format!("-- bird log\n{}\n", b.log_text()));
+            }
+            if let Some(p) = &h.brindled {
+                let log = p.log_text();
+                let tail: Vec<&str> = log.lines().rev().take(80).collect();
+                s.push_str("-- brindled log (last 80 lines)\n");
+                for l in tail.into_iter().rev() {
+                    s.push_str(l);
+                    s.push('\n');
+                }
+            }
+        }
+        s.push_str(&format!("==== router {}\n", self.router.ns.name));
+        s.push_str(&String::from_utf8_lossy(
+            &self.router.ns.exec(&["ip", "-4", "route", "show"]).stdout,
+        ));
+        if let Some(b) = &self.router.bird {
+            s.push_str(&format!("-- birdc show protocols\n{}\n", b.protocols()));
+        }
+        s
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("{}", self.diagnostics());
+        }
+        // Processes first (explicitly, before any namespace goes away).
+        for h in &mut self.hosts {
+            if let Some(p) = h.brindled.as_mut() {
+                p.stop();
+            }
+            h.bird = None;
+        }
+        self.router.bird = None;
+        // The fields then drop in order: containers, hosts, router (namespaces and
+        // veths), the root veth, etcd, the unreachable route, the temp dir.
+    }
+}
+
+/// `busybox ping` from inside `ns`: replies received out of `count`.
+pub fn ping_from(ns: &Netns, to: Ipv4Addr, count: u32) -> u32 {
+    let out = ns.exec(&[
+        "busybox",
+        "ping",
+        "-c",
+        &count.to_string(),
+        "-i",
+        "0.2",
+        "-W",
+        "2",
+        "-w",
+        "8",
+        &to.to_string(),
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| {
+            let (_, rest) = l.split_once(" packets transmitted, ")?;
+            rest.split_whitespace().next()?.parse().ok()
+        })
+        .unwrap_or(0)
+}
+
+/// Kinds of interfaces in `ns` (`ip -d -j link`), e.g. `veth`, `bridge`, `ipip`.
+pub fn link_kinds(ns: &Netns) -> Vec<(String, String)> {
+    let out = ns.ok(&["ip", "-d", "-j", "link", "show"]);
+    let links: Vec<Value> = serde_json::from_str(&out).unwrap_or_default();
+    links
+        .iter()
+        .map(|l| {
+            (
+                l["ifname"].as_str().unwrap_or("?").to_string(),
+                l["linkinfo"]["info_kind"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string(),
+            )
+        })
+        .collect()
+}

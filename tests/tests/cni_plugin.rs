@@ -1,0 +1,732 @@
+//! brindle-cni invoked directly, as libcni would, against a real etcd, wiring network
+//! namespaces the tests create: every verb, both paths (brindled's socket and etcd
+//! directly), the error paths, and brindle-ipam under the stock ptp plugin.
+//!
+//! Root only (each test says so and returns otherwise). Every pool lies under an
+//! `unreachable` route; traffic goes only to the namespaces made here.
+
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use brindle_tests::bins::brindle;
+use brindle_tests::cni::{
+    addresses, eventually, host_ifname, host_link_exists, ip_json, Brindle, Brindled, Call,
+    PluginDir,
+};
+use brindle_tests::etcd::Etcd;
+use brindle_tests::netns::{is_root, Netns, UnreachableRoute};
+use serde_json::{json, Value};
+
+fn root_or_skip(test: &str) -> bool {
+    if !is_root() {
+        eprintln!("skipping {test}: needs root (network namespaces, veths, routes)");
+        return false;
+    }
+    true
+}
+
+/// A test's world: etcd, a pool under an unreachable route, the plugin dir.
+struct World {
+    etcd: Etcd,
+    _guard: UnreachableRoute,
+    plugins: PluginDir,
+    cidr: String,
+}
+
+impl World {
+    fn new(cidr: &str, block_size: &str) -> Self {
+        let guard = UnreachableRoute::add(cidr);
+        let etcd = Etcd::start();
+        let out = brindle(&etcd.endpoint, "n1")
+            .args([
+                "pool",
+                "add",
+                "p",
+                "--cidr",
+                cidr,
+                "--block-size",
+                block_size,
+            ])
+            .output()
+            .expect("brindle pool add");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        World {
+            etcd,
+            _guard: guard,
+            plugins: PluginDir::new(),
+            cidr: cidr.to_string(),
+        }
+    }
+
+    fn direct(&self) -> Brindle {
+        Brindle {
+            etcd: self.etcd.endpoint.clone(),
+            node: "n1".into(),
+            api_socket: "none".into(),
+            pool: Some("p".into()),
+        }
+    }
+
+    fn brindle(&self) -> std::path::PathBuf {
+        self.plugins.plugin("brindle")
+    }
+
+    fn handles(&self) -> Vec<String> {
+        self.etcd
+            .keys("/brindle/v1/ipam/handles/")
+            .into_iter()
+            .map(|k| {
+                k.trim_start_matches("/brindle/v1/ipam/handles/")
+                    .to_string()
+            })
+            .collect()
+    }
+
+    fn endpoint_ids(&self) -> Vec<String> {
+        self.etcd
+            .keys("/brindle/v1/endpoints/n1/")
+            .into_iter()
+            .map(|k| {
+                k.trim_start_matches("/brindle/v1/endpoints/n1/")
+                    .to_string()
+            })
+            .collect()
+    }
+
+    fn in_pool(&self, ip: Ipv4Addr) -> bool {
+        let (net, len) = self.cidr.split_once('/').expect("cidr");
+        let net: Ipv4Addr = net.parse().expect("net");
+        let len: u32 = len.parse().expect("len");
+        let mask = u32::MAX << (32 - len);
+        u32::from(ip) & mask == u32::from(net) & mask
+    }
+}
+
+/// The container address of an ADD result (`a.b.c.d/len` → address).
+fn result_ip(result: &Value) -> Ipv4Addr {
+    let a = result["ips"][0]["address"]
+        .as_str()
+        .expect("ips[0].address");
+    a.split('/').next().unwrap().parse().expect("ipv4")
+}
+
+fn routes(ns: &str) -> Vec<Value> {
+    ip_json(Some(ns), &["-4", "route", "show"])
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn ping(from: Option<&Netns>, ip: Ipv4Addr) -> bool {
+    let ip = ip.to_string();
+    // busybox's ping: Debian's busybox-static is installed for the test images anyway.
+    let args = ["busybox", "ping", "-c1", "-W2", &ip];
+    match from {
+        Some(ns) => ns.exec(&args).status.success(),
+        None => std::process::Command::new(args[0])
+            .args(&args[1..])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false),
+    }
+}
+
+/// The wiring of one main-plugin attachment, checked from outside.
+fn assert_wired(ns: &Netns, cid: &str, ifname: &str, ip: Ipv4Addr) {
+    assert_eq!(addresses(&ns.name, ifname), vec![format!("{ip}/32")]);
+    let r = routes(&ns.name);
+    assert!(
+        r.iter()
+            .any(|r| r["dst"] == "default" && r["gateway"] == "169.254.1.1" && r["dev"] == ifname),
+        "no default via 169.254.1.1: {r:?}"
+    );
+    assert!(
+        r.iter()
+            .any(|r| r["dst"] == "169.254.1.1" && r["scope"] == "link" && r["dev"] == ifname),
+        "no link route to 169.254.1.1: {r:?}"
+    );
+    let host = host_ifname(cid, ifname);
+    let hr = ip_json(None, &["-4", "route", "show", &format!("{ip}/32")]);
+    assert!(
+        hr.as_array()
+            .is_some_and(|a| a.iter().any(|r| r["dev"] == host.as_str())),
+        "no host route {ip} dev {host}: {hr}"
+    );
+    let link = ip_json(None, &["link", "show", "dev", &host]);
+    assert_eq!(link[0]["address"], "ee:ee:ee:ee:ee:ee", "{link}");
+    let proxy = std::fs::read_to_string(format!("/proc/sys/net/ipv4/conf/{host}/proxy_arp"))
+        .expect("proxy_arp");
+    assert_eq!(proxy.trim(), "1");
+}
+
+#[test]
+fn cni_every_verb_direct_path() {
+    if !root_or_skip("cni_every_verb_direct_path") {
+        return;
+    }
+    let w = World::new("10.241.1.0/24", "28");
+    let b = w.direct();
+    let ns = Netns::new("cniverb");
+    let conf = b.main_conf("1.1.0", "verbnet");
+    let plugin = w.brindle();
+
+    // VERSION
+    let v = Call::new("VERSION", "", "", "")
+        .run(&plugin, &json!({"cniVersion": "1.0.0"}))
+        .ok();
+    assert_eq!(v["cniVersion"], "1.0.0");
+    for want in ["1.0.0", "1.1.0"] {
+        assert!(v["supportedVersions"]
+            .as_array()
+            .unwrap()
+            .contains(&json!(want)));
+    }
+
+    // STATUS (1.1.0)
+    Call::new("STATUS", "", "", "").run(&plugin, &conf).ok();
+
+    // ADD, dynamic
+    let add = Call::new("ADD", "ctr1", &ns.path(), "eth0");
+    let result = add.run(&plugin, &conf).ok();
+    assert_eq!(result["cniVersion"], "1.1.0");
+    let ip = result_ip(&result);
+    assert!(w.in_pool(ip), "{ip} outside {}", w.cidr);
+    assert_eq!(result["ips"][0]["address"], format!("{ip}/32"));
+    assert_eq!(result["ips"][0]["gateway"], "169.254.1.1");
+    assert_eq!(result["ips"][0]["interface"], 1);
+    assert_eq!(result["interfaces"][0]["name"], host_ifname("ctr1", "eth0"));
+    assert_eq!(result["interfaces"][0]["mac"], "ee:ee:ee:ee:ee:ee");
+    assert_eq!(result["interfaces"][1]["name"], "eth0");
+    assert_eq!(result["interfaces"][1]["sandbox"], ns.path());
+    assert_eq!(
+        result["routes"],
+        json!([{"dst": "0.0.0.0/0", "gw": "169.254.1.1"}])
+    );
+    assert_wired(&ns, "ctr1", "eth0", ip);
+    assert!(ping(None, ip), "host cannot reach the container at {ip}");
+    assert_eq!(w.handles(), vec!["ctr1+eth0".to_string()]);
+    assert_eq!(w.endpoint_ids(), vec!["ctr1+eth0".to_string()]);
+
+    // A repeated ADD: the interface exists (an error), and the address stays.
+    let again = add.run(&plugin, &conf).err(103);
+    assert!(
+        again["msg"].as_str().unwrap().contains("already exists"),
+        "{again}"
+    );
+    assert_wired(&ns, "ctr1", "eth0", ip);
+
+    // CHECK with the ADD result as prevResult.
+    let mut check_conf = conf.clone();
+    check_conf["prevResult"] = result.clone();
+    Call::new("CHECK", "ctr1", &ns.path(), "eth0")
+        .run(&plugin, &check_conf)
+        .ok();
+    // CHECK notices a prevResult address the attachment does not hold...
+    let mut wrong = check_conf.clone();
+    wrong["prevResult"]["ips"][0]["address"] = json!("10.241.1.250/32");
+    Call::new("CHECK", "ctr1", &ns.path(), "eth0")
+        .run(&plugin, &wrong)
+        .err(104);
+    // ...a missing host route...
+    std::process::Command::new("ip")
+        .args(["route", "del", &format!("{ip}/32")])
+        .status()
+        .expect("ip route del");
+    let e = Call::new("CHECK", "ctr1", &ns.path(), "eth0")
+        .run(&plugin, &check_conf)
+        .err(104);
+    assert!(e["msg"].as_str().unwrap().contains("host route"), "{e}");
+    // ...and a missing container route.
+    let host = host_ifname("ctr1", "eth0");
+    std::process::Command::new("ip")
+        .args([
+            "route",
+            "replace",
+            &format!("{ip}/32"),
+            "dev",
+            &host,
+            "proto",
+            "98",
+            "scope",
+            "link",
+        ])
+        .status()
+        .expect("ip route replace");
+    Call::new("CHECK", "ctr1", &ns.path(), "eth0")
+        .run(&plugin, &check_conf)
+        .ok();
+    ns.ok(&["ip", "route", "del", "default"]);
+    let e = Call::new("CHECK", "ctr1", &ns.path(), "eth0")
+        .run(&plugin, &check_conf)
+        .err(104);
+    assert!(e["msg"].as_str().unwrap().contains("default"), "{e}");
+
+    // DEL, twice; then the veth goes (in the background) and nothing is left.
+    let del = Call::new("DEL", "ctr1", &ns.path(), "eth0");
+    del.run(&plugin, &check_conf).ok();
+    assert!(w.handles().is_empty());
+    assert!(w.endpoint_ids().is_empty());
+    let hr = ip_json(None, &["-4", "route", "show", &format!("{ip}/32")]);
+    assert!(hr.as_array().is_some_and(|a| a.is_empty()), "{hr}");
+    del.run(&plugin, &check_conf).ok();
+    assert!(
+        eventually(Duration::from_secs(5), || !host_link_exists(&host)),
+        "host veth {host} still there after DEL"
+    );
+    assert!(addresses(&ns.name, "eth0").is_empty());
+    // DEL without prevResult and with an empty CNI_NETNS works too.
+    Call::new("DEL", "ctr1", "", "eth0")
+        .run(&plugin, &conf)
+        .ok();
+
+    // ADD again, then the netns disappears: DEL still succeeds and releases.
+    let ns2 = Netns::new("cniverb");
+    let r2 = Call::new("ADD", "ctr2", &ns2.path(), "net1")
+        .run(&plugin, &conf)
+        .ok();
+    let ip2 = result_ip(&r2);
+    assert_wired(&ns2, "ctr2", "net1", ip2);
+    let path2 = ns2.path();
+    drop(ns2);
+    Call::new("DEL", "ctr2", &path2, "net1")
+        .run(&plugin, &conf)
+        .ok();
+    assert!(w.handles().is_empty());
+    assert!(eventually(Duration::from_secs(5), || !host_link_exists(
+        &host_ifname("ctr2", "net1")
+    )));
+
+    // CHECK of an attachment that is gone fails.
+    let mut gone = conf.clone();
+    gone["prevResult"] = r2;
+    Call::new("CHECK", "ctr2", &ns.path(), "net1")
+        .run(&plugin, &gone)
+        .err(104);
+
+    // GC with nothing valid: nothing to release, success.
+    let mut gc = conf.clone();
+    gc["cni.dev/valid-attachments"] = json!([]);
+    Call::new("GC", "", "", "").run(&plugin, &gc).ok();
+}
+
+#[test]
+fn cni_static_addresses_all_channels_and_versions() {
+    if !root_or_skip("cni_static_addresses_all_channels_and_versions") {
+        return;
+    }
+    let w = World::new("10.241.6.0/24", "28");
+    let b = w.direct();
+    let plugin = w.brindle();
+    // One brindle attachment per namespace: each owns the namespace's 169.254.1.1 route.
+    let ns = Netns::new("cnistatic");
+    let ns2 = Netns::new("cnistatic");
+    let ns3 = Netns::new("cnistatic");
+    let ns4 = Netns::new("cnistatic");
+
+    // runtimeConfig.ips (capability ips), with a prefix; 1.0.0 result.
+    let mut conf = b.main_conf("1.0.0", "staticnet");
+    conf["runtimeConfig"] = json!({"ips": ["10.241.6.77/24"]});
+    let r = Call::new("ADD", "s1", &ns.path(), "eth0")
+        .run(&plugin, &conf)
+        .ok();
+    assert_eq!(r["cniVersion"], "1.0.0");
+    assert_eq!(r["ips"][0]["address"], "10.241.6.77/32");
+    assert!(r["ips"][0].get("version").is_none());
+    assert_wired(&ns, "s1", "eth0", "10.241.6.77".parse().unwrap());
+    // The same address for another attachment: taken.
+    let e = Call::new("ADD", "s9", &ns4.path(), "eth9")
+        .run(&plugin, &conf)
+        .err(101);
+    assert!(e["msg"].as_str().unwrap().contains("10.241.6.77"), "{e}");
+    assert!(!host_link_exists(&host_ifname("s9", "eth9")));
+
+    // args.cni.ips; a 0.4.0 result carries ips[].version.
+    let mut conf = b.main_conf("0.4.0", "staticnet");
+    conf["args"] = json!({"cni": {"ips": ["10.241.6.78"]}});
+    let r = Call::new("ADD", "s2", &ns2.path(), "eth1")
+        .run(&plugin, &conf)
+        .ok();
+    assert_eq!(r["ips"][0]["address"], "10.241.6.78/32");
+    assert_eq!(r["ips"][0]["version"], "4");
+
+    // CNI_ARGS IP= with IgnoreUnknown and Kubernetes keys.
+    let conf = b.main_conf("1.1.0", "staticnet");
+    let r = Call::new("ADD", "s3", &ns3.path(), "eth2")
+        .args("IgnoreUnknown=1;IP=10.241.6.79;K8S_POD_NAME=x;FOO=bar")
+        .run(&plugin, &conf)
+        .ok();
+    assert_eq!(r["ips"][0]["address"], "10.241.6.79/32");
+    // Unknown keys without IgnoreUnknown: invalid environment.
+    Call::new("ADD", "s4", &ns4.path(), "eth3")
+        .args("IP=10.241.6.80;FOO=bar")
+        .run(&plugin, &conf)
+        .err(4);
+    // Outside every pool.
+    let e = Call::new("ADD", "s5", &ns4.path(), "eth4")
+        .args("IP=192.0.2.7")
+        .run(&plugin, &conf)
+        .err(101);
+    assert!(
+        e["msg"].as_str().unwrap().contains("not inside any pool"),
+        "{e}"
+    );
+    // Two different addresses at once.
+    let mut two = conf.clone();
+    two["runtimeConfig"] = json!({"ips": ["10.241.6.81"]});
+    Call::new("ADD", "s6", &ns4.path(), "eth5")
+        .args("IP=10.241.6.82")
+        .run(&plugin, &two)
+        .err(7);
+    // IPv6 is refused as unsupported.
+    let mut v6 = conf.clone();
+    v6["runtimeConfig"] = json!({"ips": ["fd00::7/64"]});
+    Call::new("ADD", "s7", &ns4.path(), "eth6")
+        .run(&plugin, &v6)
+        .err(2);
+    assert_eq!(w.handles().len(), 3, "{:?}", w.handles());
+    for (cid, ifn, n) in [
+        ("s1", "eth0", &ns),
+        ("s2", "eth1", &ns2),
+        ("s3", "eth2", &ns3),
+    ] {
+        Call::new("DEL", cid, &n.path(), ifn)
+            .run(&plugin, &conf)
+            .ok();
+    }
+    assert!(w.handles().is_empty());
+}
+
+#[test]
+fn cni_error_paths() {
+    if !root_or_skip("cni_error_paths") {
+        return;
+    }
+    // A /30 pool: two usable addresses.
+    let w = World::new("10.241.2.0/30", "30");
+    let b = w.direct();
+    let plugin = w.brindle();
+    let ns = Netns::new("cnierr");
+    let conf = b.main_conf("1.0.0", "errnet");
+    let add = |cid: &str, ifname: &str| Call::new("ADD", cid, &ns.path(), ifname);
+
+    // Bad JSON: decode error, reply in the newest version.
+    let e = add("e1", "eth0").run_raw(&plugin, b"{not json").err(6);
+    assert_eq!(e["cniVersion"], "1.1.0");
+    // Unknown cniVersion: code 1 naming what we support.
+    let mut bad = conf.clone();
+    bad["cniVersion"] = json!("9.9.9");
+    let e = add("e1", "eth0").run(&plugin, &bad).err(1);
+    assert!(e["details"].as_str().unwrap().contains("1.1.0"), "{e}");
+    // Missing keys: no cniVersion, no name, no type.
+    for key in ["cniVersion", "name", "type"] {
+        let mut c = conf.clone();
+        c.as_object_mut().unwrap().remove(key);
+        let e = add("e1", "eth0").run(&plugin, &c).err(7);
+        assert!(e["cniVersion"].as_str().is_some());
+    }
+    // A key with the wrong type.
+    let mut c = conf.clone();
+    c["mtu"] = json!("big");
+    add("e1", "eth0").run(&plugin, &c).err(7);
+    // An IPAM type the main plugin cannot serve.
+    let mut c = conf.clone();
+    c["ipam"] = json!({"type": "host-local"});
+    add("e1", "eth0").run(&plugin, &c).err(2);
+    // Missing environment, naming the variables.
+    let e = Call::new("ADD", "", "", "eth0").run(&plugin, &conf).err(4);
+    assert_eq!(
+        e["msg"],
+        "required env variables [CNI_CONTAINERID CNI_NETNS] missing"
+    );
+    Call::new("DEL", "e1", "", "").run(&plugin, &conf).err(4);
+    Call::new("ADD", "bad/id", &ns.path(), "eth0")
+        .run(&plugin, &conf)
+        .err(4);
+    Call::new("ADD", "e1", &ns.path(), "averyveryverylongname")
+        .run(&plugin, &conf)
+        .err(4);
+    Call::new("FROB", "e1", &ns.path(), "eth0")
+        .run(&plugin, &conf)
+        .err(4);
+    // A netns that does not exist: container unknown.
+    Call::new("ADD", "e1", "/run/netns/brindle-no-such-ns", "eth0")
+        .run(&plugin, &conf)
+        .err(3);
+    // The plugin's own namespace as CNI_NETNS is refused.
+    Call::new("ADD", "e1", "/proc/self/ns/net", "eth0")
+        .run(&plugin, &conf)
+        .err(4);
+    // STATUS and GC need 1.1.0; CHECK needs 0.4.0.
+    Call::new("STATUS", "", "", "").run(&plugin, &conf).err(1);
+    Call::new("GC", "", "", "").run(&plugin, &conf).err(1);
+    let mut old = conf.clone();
+    old["cniVersion"] = json!("0.3.1");
+    Call::new("CHECK", "e1", &ns.path(), "eth0")
+        .run(&plugin, &old)
+        .err(1);
+    // No CNI_COMMAND at all: the about text on stderr, nothing on stdout, exit 0.
+    let about = Call::new("", "", "", "").run(&plugin, &conf);
+    assert!(about.success && about.stdout.is_empty(), "{about:?}");
+    assert!(about.stderr.contains("CNI protocol versions supported"));
+    // Nothing of the above allocated anything.
+    assert!(w.handles().is_empty(), "{:?}", w.handles());
+
+    // Pool exhausted: two fit, the third gets code 100 and leaves nothing behind.
+    add("x1", "eth0").run(&plugin, &conf).ok();
+    let nsx = Netns::new("cnierr");
+    Call::new("ADD", "x2", &nsx.path(), "eth1")
+        .run(&plugin, &conf)
+        .ok();
+    let e = add("x3", "eth2").run(&plugin, &conf).err(100);
+    assert!(e["msg"].as_str().unwrap().contains("exhausted"), "{e}");
+    assert!(!host_link_exists(&host_ifname("x3", "eth2")));
+    assert_eq!(w.handles().len(), 2);
+
+    // etcd down: ADD and DEL are "try again later" (11), STATUS "not available" (50),
+    // each within the 5 s etcd deadline (plus process overhead).
+    let mut down = b.clone();
+    down.etcd = format!("http://127.0.0.1:{}", brindle_tests::ports::free_port());
+    let down_conf = down.main_conf("1.1.0", "errnet");
+    let t = Instant::now();
+    add("d1", "eth5").run(&plugin, &down_conf).err(11);
+    assert!(t.elapsed() < Duration::from_secs(8), "{:?}", t.elapsed());
+    assert!(!host_link_exists(&host_ifname("d1", "eth5")));
+    Call::new("DEL", "x1", &ns.path(), "eth0")
+        .run(&plugin, &down_conf)
+        .err(11);
+    let t = Instant::now();
+    let e = Call::new("STATUS", "", "", "")
+        .run(&plugin, &down_conf)
+        .err(50);
+    assert!(t.elapsed() < Duration::from_secs(8), "{:?}", t.elapsed());
+    assert!(e["details"].as_str().unwrap().contains("etcd"), "{e}");
+
+    for (cid, ifn, n) in [("x1", "eth0", &ns), ("x2", "eth1", &nsx)] {
+        Call::new("DEL", cid, &n.path(), ifn)
+            .run(&plugin, &conf)
+            .ok();
+    }
+    assert!(w.handles().is_empty());
+}
+
+#[test]
+fn cni_fast_path_through_brindled_and_fallback() {
+    if !root_or_skip("cni_fast_path_through_brindled_and_fallback") {
+        return;
+    }
+    let w = World::new("10.241.3.0/24", "28");
+    let mut d = Brindled::start(&w.etcd.endpoint, "n1");
+    let plugin = w.brindle();
+    let ns = Netns::new("cnifast");
+    // The plugin's own etcd endpoint is unreachable: only brindled can do the work.
+    let fast = Brindle {
+        etcd: format!("http://127.0.0.1:{}", brindle_tests::ports::free_port()),
+        node: "n1".into(),
+        api_socket: d.api_socket.display().to_string(),
+        pool: Some("p".into()),
+    };
+    let conf = fast.main_conf("1.1.0", "fastnet");
+    Call::new("STATUS", "", "", "").run(&plugin, &conf).ok();
+    let r = Call::new("ADD", "f1", &ns.path(), "eth0")
+        .run(&plugin, &conf)
+        .ok();
+    let ip = result_ip(&r);
+    assert_wired(&ns, "f1", "eth0", ip);
+    assert!(ping(None, ip));
+    assert!(
+        d.log().contains("cni add"),
+        "brindled did not serve the ADD"
+    );
+    let mut check = conf.clone();
+    check["prevResult"] = r.clone();
+    Call::new("CHECK", "f1", &ns.path(), "eth0")
+        .run(&plugin, &check)
+        .ok();
+    Call::new("ADD", "f1", &ns.path(), "eth0")
+        .run(&plugin, &conf)
+        .err(103);
+    // IPAM-only through brindled too.
+    let ipam_conf = fast.ptp_conf("1.1.0", "fastnet");
+    let ir = Call::new("ADD", "f2", &ns.path(), "eth1")
+        .run(&w.plugins.plugin("brindle-ipam"), &ipam_conf)
+        .ok();
+    assert!(w.in_pool(result_ip(&ir)));
+    Call::new("DEL", "f2", &ns.path(), "eth1")
+        .run(&w.plugins.plugin("brindle-ipam"), &ipam_conf)
+        .ok();
+    // DEL: off the network at once, the veth follows; a quick re-ADD of the same
+    // attachment waits for it and succeeds.
+    Call::new("DEL", "f1", &ns.path(), "eth0")
+        .run(&plugin, &check)
+        .ok();
+    assert!(w.handles().is_empty());
+    let r = Call::new("ADD", "f1", &ns.path(), "eth0")
+        .run(&plugin, &conf)
+        .ok();
+    assert_wired(&ns, "f1", "eth0", result_ip(&r));
+    // GC through brindled: nothing valid, so f1 goes.
+    let mut gc = conf.clone();
+    gc["cni.dev/valid-attachments"] = json!([]);
+    Call::new("GC", "", "", "").run(&plugin, &gc).ok();
+    assert!(w.handles().is_empty());
+    assert!(eventually(Duration::from_secs(5), || !host_link_exists(
+        &host_ifname("f1", "eth0")
+    )));
+
+    // brindled for another node declines; the plugin falls back to etcd (reachable now).
+    let mut other = fast.clone();
+    other.etcd = w.etcd.endpoint.clone();
+    other.node = "n2".into();
+    let ns3 = Netns::new("cnifast");
+    let r = Call::new("ADD", "f3", &ns3.path(), "eth2")
+        .run(&plugin, &other.main_conf("1.1.0", "fastnet"))
+        .ok();
+    assert_wired(&ns3, "f3", "eth2", result_ip(&r));
+    assert!(
+        !d.log().contains("f3+eth2"),
+        "brindled served another node's ADD"
+    );
+
+    // brindled gone: the same configuration works directly against etcd.
+    d.stop();
+    let mut direct = fast.clone();
+    direct.etcd = w.etcd.endpoint.clone();
+    let conf = direct.main_conf("1.1.0", "fastnet");
+    let ns4 = Netns::new("cnifast");
+    let r = Call::new("ADD", "f4", &ns4.path(), "eth3")
+        .run(&plugin, &conf)
+        .ok();
+    assert_wired(&ns4, "f4", "eth3", result_ip(&r));
+    Call::new("DEL", "f4", &ns4.path(), "eth3")
+        .run(&plugin, &conf)
+        .ok();
+    Call::new("DEL", "f3", &ns3.path(), "eth2")
+        .run(&plugin, &other.main_conf("1.1.0", "fastnet"))
+        .ok();
+    assert!(w.handles().is_empty(), "{:?}", w.handles());
+}
+
+#[test]
+fn cni_gc_releases_only_stale_cni_allocations_of_its_network() {
+    if !root_or_skip("cni_gc_releases_only_stale_cni_allocations_of_its_network") {
+        return;
+    }
+    let w = World::new("10.241.5.0/24", "28");
+    let b = w.direct();
+    let plugin = w.brindle();
+    let ns = Netns::new("cnigc");
+    let ns2 = Netns::new("cnigc");
+    let conf = b.main_conf("1.1.0", "gcnet");
+    for (cid, ifn, n) in [("keep", "eth0", &ns), ("stale", "eth1", &ns2)] {
+        Call::new("ADD", cid, &n.path(), ifn)
+            .run(&plugin, &conf)
+            .ok();
+    }
+    // Another CNI network (IPAM only), a Docker-style allocation, another node's.
+    let ipam = w.plugins.plugin("brindle-ipam");
+    Call::new("ADD", "other", &ns.path(), "eth2")
+        .run(&ipam, &b.ptp_conf("1.1.0", "othernet"))
+        .ok();
+    let docker = brindle(&w.etcd.endpoint, "n1")
+        .args([
+            "ipam",
+            "alloc",
+            "--handle",
+            "dockerendpoint1",
+            "--attr",
+            "orchestrator=docker",
+        ])
+        .output()
+        .unwrap();
+    assert!(docker.status.success());
+    let mut n2 = b.clone();
+    n2.node = "n2".into();
+    Call::new("ADD", "remote", &ns.path(), "eth3")
+        .run(&ipam, &n2.ptp_conf("1.1.0", "gcnet"))
+        .ok();
+
+    let mut gc = conf.clone();
+    // The list under the name of the spec-v1.1.0 tag.
+    gc["cni.dev/attachments"] = json!([{"containerID": "keep", "ifname": "eth0"}]);
+    Call::new("GC", "", "", "").run(&plugin, &gc).ok();
+    let mut h = w.handles();
+    h.sort();
+    assert_eq!(
+        h,
+        vec!["dockerendpoint1", "keep+eth0", "other+eth2", "remote+eth3"],
+        "GC must release stale+eth1 only"
+    );
+    assert_eq!(w.endpoint_ids(), vec!["keep+eth0".to_string()]);
+    assert!(eventually(Duration::from_secs(5), || !host_link_exists(
+        &host_ifname("stale", "eth1")
+    )));
+    assert!(host_link_exists(&host_ifname("keep", "eth0")));
+    // GC again with the newer key and the full list: nothing changes.
+    let mut gc = conf.clone();
+    gc["cni.dev/valid-attachments"] = json!([{"containerID": "keep", "ifname": "eth0"}]);
+    Call::new("GC", "", "", "").run(&plugin, &gc).ok();
+    assert_eq!(w.handles().len(), 4);
+    Call::new("DEL", "keep", &ns.path(), "eth0")
+        .run(&plugin, &conf)
+        .ok();
+}
+
+#[test]
+fn cni_brindle_ipam_under_stock_ptp() {
+    if !root_or_skip("cni_brindle_ipam_under_stock_ptp") {
+        return;
+    }
+    let w = World::new("10.241.4.0/24", "28");
+    let ptp = w.plugins.plugin("ptp");
+    if !ptp.exists() {
+        panic!("ptp missing: apt-get install containernetworking-plugins");
+    }
+    let b = w.direct();
+    let conf = b.ptp_conf("1.0.0", "ptpnet");
+    let a = Netns::new("cniptp");
+    let c = Netns::new("cniptp");
+    let call = |cmd: &str, cid: &str, ns: &Netns| {
+        Call::new(cmd, cid, &ns.path(), "eth0").path(w.plugins.path())
+    };
+    let ra = call("ADD", "pa", &a).run(&ptp, &conf).ok();
+    let rc = call("ADD", "pc", &c).run(&ptp, &conf).ok();
+    let ipa = result_ip(&ra);
+    let ipc = result_ip(&rc);
+    assert!(w.in_pool(ipa) && w.in_pool(ipc) && ipa != ipc);
+    // ptp applied brindle-ipam's answer: pool prefix, gateway 169.254.1.1.
+    assert_eq!(addresses(&a.name, "eth0"), vec![format!("{ipa}/24")]);
+    assert_eq!(ra["ips"][0]["gateway"], "169.254.1.1");
+    // Routed: the host reaches each, and they reach each other through the host.
+    assert!(ping(None, ipa));
+    assert!(ping(Some(&a), ipc), "{ipa} cannot reach {ipc} via the host");
+    // The IPAM call is idempotent per attachment (direct delegate call).
+    let ipam = w.plugins.plugin("brindle-ipam");
+    let again = Call::new("ADD", "pa", &a.path(), "eth0")
+        .run(&ipam, &conf)
+        .ok();
+    assert_eq!(result_ip(&again), ipa);
+    assert_eq!(again["ips"][0]["address"], format!("{ipa}/24"));
+    // CHECK through ptp (ptp 1.1.1 checks its side and delegates to brindle-ipam).
+    let mut check = conf.clone();
+    check["prevResult"] = ra.clone();
+    call("CHECK", "pa", &a).run(&ptp, &check).ok();
+    // DEL through ptp, twice; the allocation is gone.
+    call("DEL", "pa", &a).run(&ptp, &check).ok();
+    call("DEL", "pa", &a).run(&ptp, &check).ok();
+    let h = w.handles();
+    assert_eq!(h, vec!["pc+eth0".to_string()], "{h:?}");
+    // IPAM CHECK of a released attachment fails.
+    Call::new("CHECK", "pa", &a.path(), "eth0")
+        .run(&ipam, &check)
+        .err(104);
+    call("DEL", "pc", &c).run(&ptp, &conf).ok();
+    assert!(w.handles().is_empty());
+    // STATUS of brindle-ipam on its own.
+    Call::new("STATUS", "", "", "")
+        .run(&ipam, &b.ptp_conf("1.1.0", "ptpnet"))
+        .ok();
+}
