@@ -591,6 +591,26 @@ fn cni_fast_path_through_brindled_and_fallback() {
         "brindled served another node's ADD"
     );
 
+    // A brindled whose etcd is down: STATUS says "not available" (50) and ADD "try
+    // again later" (11), through the socket, without a second attempt elsewhere.
+    let down_etcd = format!("http://127.0.0.1:{}", brindle_tests::ports::free_port());
+    let sick = Brindled::start(&down_etcd, "n1");
+    let sick_conf = Brindle {
+        api_socket: sick.api_socket.display().to_string(),
+        ..fast.clone()
+    }
+    .main_conf("1.1.0", "fastnet");
+    let e = Call::new("STATUS", "", "", "")
+        .run(&plugin, &sick_conf)
+        .err(50);
+    assert!(e["details"].as_str().unwrap().contains("etcd"), "{e}");
+    let ns5 = Netns::new("cnifast");
+    Call::new("ADD", "f5", &ns5.path(), "eth0")
+        .run(&plugin, &sick_conf)
+        .err(11);
+    assert!(!host_link_exists(&host_ifname("f5", "eth0")));
+    drop(sick);
+
     // brindled gone: the same configuration works directly against etcd.
     d.stop();
     let mut direct = fast.clone();
@@ -729,4 +749,66 @@ fn cni_brindle_ipam_under_stock_ptp() {
     Call::new("STATUS", "", "", "")
         .run(&ipam, &b.ptp_conf("1.1.0", "ptpnet"))
         .ok();
+}
+
+#[test]
+fn cni_etcd_over_tls_from_keys_and_env() {
+    if !root_or_skip("cni_etcd_over_tls_from_keys_and_env") {
+        return;
+    }
+    let etcd = Etcd::start_tls();
+    let tls = etcd.tls.clone().expect("tls files");
+    let p = |f: &std::path::Path| f.display().to_string();
+    let out = brindle(&etcd.endpoint, "n1")
+        .env("BRINDLE_ETCD_CA_FILE", &tls.ca)
+        .env("BRINDLE_ETCD_CERT_FILE", &tls.client_cert)
+        .env("BRINDLE_ETCD_KEY_FILE", &tls.client_key)
+        .args(["pool", "add", "p", "--cidr", "10.241.10.0/24"])
+        .output()
+        .expect("brindle pool add");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let plugins = PluginDir::new();
+    let ipam = plugins.plugin("brindle-ipam");
+    let b = Brindle {
+        etcd: etcd.endpoint.clone(),
+        node: "n1".into(),
+        api_socket: "none".into(),
+        pool: Some("p".into()),
+    };
+    // The TLS files as ipam keys (Calico's spelling of the CA key is accepted too).
+    let mut conf = b.ptp_conf("1.1.0", "tlsnet");
+    conf["ipam"]["etcd_ca_cert_file"] = json!(p(&tls.ca));
+    conf["ipam"]["etcd_cert_file"] = json!(p(&tls.client_cert));
+    conf["ipam"]["etcd_key_file"] = json!(p(&tls.client_key));
+    Call::new("STATUS", "", "", "").run(&ipam, &conf).ok();
+    let r = Call::new("ADD", "t1", "/run/netns/unused-by-ipam", "eth0")
+        .run(&ipam, &conf)
+        .ok();
+    assert!(r["ips"][0]["address"]
+        .as_str()
+        .unwrap()
+        .starts_with("10.241.10."));
+    // Without them, etcd refuses the client: an error, on stdout, as JSON.
+    let bare = b.ptp_conf("1.1.0", "tlsnet");
+    let e = Call::new("STATUS", "", "", "").run(&ipam, &bare);
+    assert!(!e.success);
+    e.json();
+    // The same files from the BRINDLE_* environment, and everything else too.
+    let minimal = json!({
+        "cniVersion": "1.1.0", "name": "tlsnet", "type": "ptp",
+        "ipam": {"type": "brindle-ipam", "api_socket": "none"},
+    });
+    let del = Call::new("DEL", "t1", "", "eth0")
+        .env("BRINDLE_ETCD_ENDPOINTS", &etcd.endpoint)
+        .env("BRINDLE_NODE", "n1")
+        .env("BRINDLE_POOL", "p")
+        .env("BRINDLE_ETCD_CA_FILE", &p(&tls.ca))
+        .env("BRINDLE_ETCD_CERT_FILE", &p(&tls.client_cert))
+        .env("BRINDLE_ETCD_KEY_FILE", &p(&tls.client_key));
+    del.run(&ipam, &minimal).ok();
+    assert!(etcd.keys("/brindle/v1/ipam/handles/").is_empty());
 }

@@ -839,6 +839,16 @@ mod tests {
     }
 
     #[tokio::test(flavor = "current_thread")]
+    async fn dedicated_reaper_thread_settles() {
+        let reaper = Reaper::dedicated().expect("reaper thread");
+        // A name that does not exist: deleting it is a no-op, but the bookkeeping runs.
+        reaper.schedule("brlnoexist0001".into());
+        reaper.settle("brlnoexist0001").await;
+        assert_eq!(reaper.pending(), 0);
+        reaper.settle("brlneverasked").await;
+    }
+
+    #[tokio::test(flavor = "current_thread")]
     async fn status_needs_a_usable_pool() {
         let ipam = setup("10.9.3.0/24").await;
         let ctx = Ctx {
