@@ -14,7 +14,7 @@ pub mod keys;
 pub mod model;
 pub mod pools;
 pub mod report;
-mod retry;
+pub mod retry;
 pub mod store;
 
 pub use allocator::{AllocRequest, Assigned, Ipam};

@@ -13,12 +13,12 @@
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
-use std::time::Duration;
 
 use brindle_bgp::{
     validate_global, validate_node, validate_nodes, validate_peer, validate_peers, BgpError,
     BgpGlobal, BgpNode, BgpPeer, BorrowedIp, RoutedBlock, RoutedPool, RoutingView,
 };
+use brindle_ipam::retry::backoff;
 use brindle_ipam::store::{Compare, Kv, Op, Store, StoreError, Txn, TxnOutcome};
 use brindle_ipam::{Block, Keys, Pool};
 use serde::de::DeserializeOwned;
@@ -204,16 +204,6 @@ async fn delete_if_unchanged<S: Store>(
         store.txn(txn).await?,
         TxnOutcome::Committed { .. }
     ))
-}
-
-/// Jittered backoff before retry `attempt` (1-based), at most ~50 ms.
-async fn backoff(attempt: u32) {
-    let cap_us = (500u64 << attempt.min(7)).min(50_000);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::from(d.subsec_nanos()))
-        .unwrap_or(0);
-    tokio::time::sleep(Duration::from_micros(nanos % (cap_us + 1))).await;
 }
 
 // ------------------------------------------------------------------ global
