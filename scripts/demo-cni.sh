@@ -25,6 +25,8 @@ cleanup() {
   pm rmi -af >/dev/null 2>&1
   grep -o " $work[^ ]*" /proc/self/mounts | sort -r | xargs -r -n1 umount -l 2>/dev/null
   [ -n "$etcd_pid" ] && kill "$etcd_pid" 2>/dev/null && wait "$etcd_pid" 2>/dev/null
+  # Anything else still running in the namespace (by PID), then the namespace.
+  ip netns pids "$ns" 2>/dev/null | xargs -r kill -9 2>/dev/null
   ip netns del "$ns" 2>/dev/null
   rm -rf "$work"
 }
@@ -39,7 +41,7 @@ inns ip link add uplink type veth peer name uplink-peer
 inns ip link set uplink up
 inns ip link set uplink-peer up
 inns ip route add default dev uplink
-inns etcd --name demo-cni --data-dir "$work/etcd" \
+ip netns exec "$ns" etcd --name demo-cni --data-dir "$work/etcd" \
   --listen-client-urls http://127.0.0.1:2379 --advertise-client-urls http://127.0.0.1:2379 \
   --listen-peer-urls http://127.0.0.1:2380 --initial-advertise-peer-urls http://127.0.0.1:2380 \
   --initial-cluster demo-cni=http://127.0.0.1:2380 >"$work/etcd.log" 2>&1 &
