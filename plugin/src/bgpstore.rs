@@ -206,6 +206,27 @@ async fn delete_if_unchanged<S: Store>(
     ))
 }
 
+/// Delete a record as read (compare and swap, retried); `missing` when it is absent.
+async fn remove<S: Store, T: DeserializeOwned>(
+    store: &S,
+    key: String,
+    missing: impl Fn() -> BgpStoreError,
+) -> Result<T, BgpStoreError> {
+    for attempt in 1..=MAX_ATTEMPTS {
+        let Some(current) = get::<S, T>(store, &key).await? else {
+            return Err(missing());
+        };
+        if delete_if_unchanged(store, &key, current.revision).await? {
+            return Ok(current.value);
+        }
+        backoff(attempt).await;
+    }
+    Err(BgpStoreError::Contention {
+        key,
+        attempts: MAX_ATTEMPTS,
+    })
+}
+
 // ------------------------------------------------------------------ global
 
 /// The global settings (defaults when never set), with the revision read
@@ -353,20 +374,10 @@ pub async fn remove_node<S: Store>(
     name: &str,
 ) -> Result<BgpNode, BgpStoreError> {
     brindle_bgp::validate_node_name(name)?;
-    let key = keys.node(name);
-    for attempt in 1..=MAX_ATTEMPTS {
-        let Some(current) = get::<S, BgpNode>(store, &key).await? else {
-            return Err(BgpStoreError::NoSuchNode(name.to_string()));
-        };
-        if delete_if_unchanged(store, &key, current.revision).await? {
-            return Ok(current.value);
-        }
-        backoff(attempt).await;
-    }
-    Err(BgpStoreError::Contention {
-        key,
-        attempts: MAX_ATTEMPTS,
+    remove(store, keys.node(name), || {
+        BgpStoreError::NoSuchNode(name.to_string())
     })
+    .await
 }
 
 // ------------------------------------------------------------------ peers
@@ -408,20 +419,10 @@ pub async fn remove_peer<S: Store>(
     name: &str,
 ) -> Result<BgpPeer, BgpStoreError> {
     brindle_bgp::validate_peer_name(name)?;
-    let key = keys.peer(name);
-    for attempt in 1..=MAX_ATTEMPTS {
-        let Some(current) = get::<S, BgpPeer>(store, &key).await? else {
-            return Err(BgpStoreError::NoSuchPeer(name.to_string()));
-        };
-        if delete_if_unchanged(store, &key, current.revision).await? {
-            return Ok(current.value);
-        }
-        backoff(attempt).await;
-    }
-    Err(BgpStoreError::Contention {
-        key,
-        attempts: MAX_ATTEMPTS,
+    remove(store, keys.peer(name), || {
+        BgpStoreError::NoSuchPeer(name.to_string())
     })
+    .await
 }
 
 // ------------------------------------------------------------------ routing view

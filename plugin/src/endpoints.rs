@@ -63,7 +63,14 @@ pub async fn get_endpoint<S: Store>(
     node: &str,
     id: &str,
 ) -> Result<Option<EndpointRecord>, IpamError> {
-    let key = endpoint_key(keys, node, id);
+    get_json(store, endpoint_key(keys, node, id)).await
+}
+
+/// Read one JSON record, naming the key when it does not decode.
+pub async fn get_json<S: Store, T: serde::de::DeserializeOwned>(
+    store: &S,
+    key: String,
+) -> Result<Option<T>, IpamError> {
     match store.get(&key).await? {
         Some(kv) => serde_json::from_slice(&kv.value)
             .map(Some)

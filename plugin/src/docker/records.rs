@@ -18,7 +18,6 @@ use std::net::Ipv4Addr;
 use brindle_ipam::store::{Op, Store, Txn};
 use brindle_ipam::{IpamError, Keys};
 use ipnetwork::Ipv4Network;
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::endpoints::{endpoint_key, endpoints_prefix, EndpointRecord};
@@ -159,17 +158,7 @@ pub async fn delete<S: Store>(store: &S, key: String) -> Result<(), IpamError> {
 }
 
 /// Read one record.
-pub async fn get<S: Store, T: DeserializeOwned>(
-    store: &S,
-    key: String,
-) -> Result<Option<T>, IpamError> {
-    match store.get(&key).await? {
-        Some(kv) => serde_json::from_slice(&kv.value)
-            .map(Some)
-            .map_err(|source| IpamError::Corrupt { key, source }),
-        None => Ok(None),
-    }
-}
+pub use crate::endpoints::get_json as get;
 
 /// Every network record (all nodes).
 pub async fn list_networks<S: Store>(
