@@ -10,9 +10,17 @@ work=$(mktemp -d /tmp/brindle-demo-cni.XXXXXX)
 ns="brindle-demo-cni-$$"
 image=localhost/brindle-demo-busybox:latest
 etcd_pid=""
+# podman keeps two things machine-wide whatever its flags: the image blob-info cache
+# (/var/lib/containers/cache) and libcni's result cache (/var/lib/cni); removed at the
+# end when they were not there before.
+had_containers_lib=$([ -e /var/lib/containers ] && echo 1 || echo 0)
+had_cni_lib=$([ -e /var/lib/cni ] && echo 1 || echo 0)
 
+# runc's state under $work too, not in /run/runc (no `run --rm` here: its clean-up
+# process would not get the flag).
 pm() {
   nsenter --net="/run/netns/$ns" -- env CONTAINERS_CONF="$work/containers.conf" podman \
+    --runtime-flag "root=$work/runc" \
     --root "$work/root" --runroot "$work/runroot" --tmpdir "$work/tmp" \
     --network-config-dir "$work/net.d" "$@"
 }
@@ -29,8 +37,14 @@ cleanup() {
   ip netns pids "$ns" 2>/dev/null | xargs -r kill -9 2>/dev/null
   ip netns del "$ns" 2>/dev/null
   rm -rf "$work"
+  if [ "$had_containers_lib" = 0 ]; then
+    rm -f /var/lib/containers/cache/blob-info-cache-v1.boltdb
+    rmdir /var/lib/containers/cache /var/lib/containers 2>/dev/null
+  fi
+  [ "$had_cni_lib" = 0 ] && rmdir /var/lib/cni/results /var/lib/cni 2>/dev/null
 }
 trap cleanup EXIT
+trap 'exit 130' INT TERM
 
 ip netns add "$ns"
 inns ip link set lo up
@@ -54,19 +68,13 @@ done
 mkdir -p "$work/cni-bin" "$work/net.d" "$work/rootfs/bin"
 install -m 0755 "$bin/brindle-cni" "$work/cni-bin/brindle"
 install -m 0755 "$bin/brindle-cni" "$work/cni-bin/brindle-ipam"
-cat >"$work/containers.conf" <<CONF
-[containers]
-default_ulimits = []
-
-[network]
-network_backend = "cni"
-cni_plugin_dirs = ["$work/cni-bin"]
-network_config_dir = "$work/net.d"
-
-[engine]
-cgroup_manager = "cgroupfs"
-events_logger = "file"
-CONF
+# podman's settings: the tests' tests/podman/containers.conf (through CONTAINERS_CONF, so
+# /etc/containers and the user's own config are neither read nor written) plus this run's
+# dirs appended to its last table, [network].
+{
+  cat tests/podman/containers.conf
+  printf 'cni_plugin_dirs = ["%s"]\nnetwork_config_dir = "%s"\n' "$work/cni-bin" "$work/net.d"
+} >"$work/containers.conf"
 cat >"$work/net.d/demo-cni.conflist" <<'JSON'
 {
   "cniVersion": "1.0.0",

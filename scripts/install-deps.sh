@@ -5,12 +5,14 @@ set -euo pipefail
 
 packages=(
   protobuf-compiler      # etcd-client's build.rs runs protoc
+  libprotobuf-dev        # protoc's well-known types (google/protobuf/*.proto), a recommends of protoc
   etcd-server etcd-client # real etcd for integration tests (etcd, etcdctl)
   docker.io              # real dockerd for the Docker driver e2e tests
   bird2                  # real BIRD 2 for the BGP tests
   busybox-static         # the rootfs of the test container images (no registry here)
   podman containernetworking-plugins  # CNI e2e: podman with the CNI backend, stock ptp/host-local
   iperf3                 # dataplane benchmark
+  nftables iptables      # host firewall: nft, iptables-restore, iptables-{nft,legacy}-save
   iproute2 openssl jq
 )
 
@@ -26,12 +28,12 @@ if ((${#missing[@]})); then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-# podman on these machines: the CNI backend, and no default ulimits (the sandbox refuses them).
-if [ -d /etc/containers ] || command -v podman >/dev/null; then
-  mkdir -p /etc/containers
-  conf=/etc/containers/containers.conf
-  if ! grep -q '^network_backend *= *"cni"' "$conf" 2>/dev/null; then
-    cat > "$conf" <<'CONF'
+# podman's settings (CNI backend, no default ulimits, cgroupfs) live in the tests' and the
+# demo's own tests/podman/containers.conf, passed with CONTAINERS_CONF: nothing under
+# /etc/containers is written. Earlier versions of this script overwrote
+# /etc/containers/containers.conf; remove that file only if it is exactly what they wrote.
+old_conf=/etc/containers/containers.conf
+if [ -f "$old_conf" ] && cmp -s "$old_conf" - <<'CONF'
 # written by brindle's scripts/install-deps.sh
 [containers]
 default_ulimits = []
@@ -41,7 +43,9 @@ network_backend = "cni"
 cni_plugin_dirs = ["/opt/cni/bin", "/usr/lib/cni"]
 network_config_dir = "/etc/cni/net.d"
 CONF
-  fi
+then
+  echo "install-deps: removing $old_conf written by an earlier brindle install-deps.sh"
+  rm -f "$old_conf"
 fi
 
 command -v cargo >/dev/null || { echo "install-deps: cargo (Rust toolchain) is required" >&2; exit 1; }

@@ -158,6 +158,7 @@ mod tests {
             disabled: false,
             reserved: Default::default(),
             deleting: false,
+            nat_outgoing: false,
         }
     }
 

@@ -25,6 +25,10 @@ pub struct Pool {
     /// Set while `pool rm` runs: allocations are refused so the removal sees a stable pool.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub deleting: bool,
+    /// Masquerade traffic from this pool to destinations outside every pool (Calico's
+    /// natOutgoing). Off by default: a routed pool needs no NAT.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub nat_outgoing: bool,
 }
 
 /// One allocated address inside a block.

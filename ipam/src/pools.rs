@@ -1,4 +1,4 @@
-//! Pool administration: add, list, remove.
+//! Pool administration: add, list, change, remove.
 //!
 //! Adding and removing a pool bumps one meta key, and both compare it, so two admins
 //! adding overlapping pools at once cannot both succeed.
@@ -26,6 +26,14 @@ pub struct NewPool {
     pub block_size: u8,
     pub disabled: bool,
     pub reserved: BTreeSet<Ipv4Addr>,
+    /// Masquerade traffic leaving every pool (see [`Pool::nat_outgoing`]).
+    pub nat_outgoing: bool,
+}
+
+/// What `pool set` changes; `None` leaves a setting as it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PoolUpdate {
+    pub nat_outgoing: Option<bool>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -52,6 +60,7 @@ impl<S: Store> Ipam<S> {
             disabled: new.disabled,
             reserved: new.reserved,
             deleting: false,
+            nat_outgoing: new.nat_outgoing,
         };
         let new = &pool;
         cas_loop(self.store(), move || async move {
@@ -152,13 +161,44 @@ impl<S: Store> Ipam<S> {
         Ok(count)
     }
 
+    /// Change a pool's settings (compare-and-swap on the pool record, so a concurrent
+    /// `pool rm` or allocation is never undone). Returns the pool as stored.
+    pub async fn update_pool(&self, name: &str, update: &PoolUpdate) -> Result<Pool, IpamError> {
+        let pool = self
+            .modify_pool(name, |pool| {
+                let before = pool.clone();
+                if let Some(nat) = update.nat_outgoing {
+                    pool.nat_outgoing = nat;
+                }
+                *pool != before
+            })
+            .await?;
+        info!(pool = %name, nat_outgoing = pool.value.nat_outgoing, "pool updated");
+        Ok(pool.value)
+    }
+
     /// Set or clear the pool's `deleting` flag (compare-and-swap on the pool).
     async fn mark_deleting(
         &self,
         name: &str,
         deleting: bool,
     ) -> Result<Versioned<Pool>, IpamError> {
+        // Always written: `remove_pool` relies on the pool's revision changing.
+        self.modify_pool(name, |pool| {
+            pool.deleting = deleting;
+            true
+        })
+        .await
+    }
+
+    /// Read-modify-write one pool record. `change` edits the pool and says whether
+    /// there is anything to write; a missing pool is an error naming the existing ones.
+    async fn modify_pool<F>(&self, name: &str, change: F) -> Result<Versioned<Pool>, IpamError>
+    where
+        F: Fn(&mut Pool) -> bool + Sync,
+    {
         let key = &self.keys().pool(name);
+        let change = &change;
         let (mut pool, revision) = cas_loop(self.store(), move || async move {
             let Some(kv) = self.store().get(key).await? else {
                 let existing: Vec<String> = self
@@ -177,7 +217,9 @@ impl<S: Store> Ipam<S> {
                 });
             };
             let mut pool: Versioned<Pool> = decode(&kv)?;
-            pool.value.deleting = deleting;
+            if !change(&mut pool.value) {
+                return Ok(Attempt::Done(pool));
+            }
             let txn = Txn {
                 compares: vec![Compare::unchanged(key, Some(pool.revision))],
                 ops: vec![Op::Put {
@@ -189,7 +231,9 @@ impl<S: Store> Ipam<S> {
             Ok(Attempt::Commit(txn, pool))
         })
         .await?;
-        self.invalidate().await;
+        if revision.is_some() {
+            self.invalidate().await;
+        }
         pool.revision = revision.unwrap_or(pool.revision);
         Ok(pool)
     }

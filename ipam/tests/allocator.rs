@@ -23,6 +23,7 @@ async fn add_pool<S: Store>(ipam: &Ipam<S>, name: &str, cidr: &str, block_size: 
         block_size,
         disabled: false,
         reserved: BTreeSet::new(),
+        nat_outgoing: false,
     })
     .await
     .unwrap();
@@ -201,6 +202,7 @@ async fn pool_rules() {
             block_size: 26,
             disabled: false,
             reserved: BTreeSet::new(),
+            nat_outgoing: false,
         })
         .await
         .unwrap_err()
@@ -216,6 +218,7 @@ async fn pool_rules() {
             block_size: 22,
             disabled: false,
             reserved: BTreeSet::new(),
+            nat_outgoing: false,
         })
         .await
         .unwrap_err()
@@ -249,6 +252,7 @@ async fn disabled_pool_gives_only_fixed_addresses() {
         block_size: 26,
         disabled: true,
         reserved: BTreeSet::from(["10.76.0.9".parse().unwrap()]),
+        nat_outgoing: false,
     })
     .await
     .unwrap();
@@ -497,9 +501,11 @@ fn ipam_futures_are_send() {
         block_size: 26,
         disabled: false,
         reserved: BTreeSet::new(),
+        nat_outgoing: false,
     };
     assert_send(&ipam.add_pool(new_pool));
     assert_send(&ipam.remove_pool("p", true));
+    assert_send(&ipam.update_pool("p", &brindle_ipam::pools::PoolUpdate::default()));
     assert_send(&ipam.allocate(&req("h", "n")));
     assert_send(&ipam.release_handle("h"));
     assert_send(&ipam.release_ip(Ipv4Addr::new(10, 83, 0, 1)));

@@ -699,6 +699,7 @@ mod tests {
             disabled: true,
             reserved: Default::default(),
             deleting: false,
+            nat_outgoing: false,
         }];
         let v = routing_view(&blocks, &pools);
         assert_eq!(v.blocks.len(), 2);

@@ -6,6 +6,7 @@ use std::net::Ipv4Addr;
 
 use brindle_ipam::store::{Compare, Op, Store, Txn, TxnOutcome};
 use brindle_ipam::{IpamError, Keys};
+use ipnetwork::Ipv4Network;
 use serde::{Deserialize, Serialize};
 
 /// One wired container interface.
@@ -25,6 +26,25 @@ pub struct EndpointRecord {
     pub host_ifname: String,
     /// The IPAM handle owning `ip`.
     pub handle: String,
+    /// The network this endpoint belongs to on every host, for isolation between
+    /// networks: `cni:NAME` (the conflist `name`) or `docker:POOLID` (Docker network ids
+    /// are per host; networks created alike on two hosts share brindle's pool id).
+    /// `None` in records written before isolation existed: [`EndpointRecord::segment`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub segment: Option<String>,
+    /// `brindle.allow-from`: the only sources outside every pool that may connect to
+    /// this endpoint; empty allows any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_from: Vec<Ipv4Network>,
+}
+
+impl EndpointRecord {
+    /// The isolation segment: the stored one, else the orchestrator's network.
+    pub fn segment(&self) -> String {
+        self.segment
+            .clone()
+            .unwrap_or_else(|| format!("{}:{}", self.orchestrator, self.network))
+    }
 }
 
 /// `PREFIX/v1/endpoints/`: every endpoint record lives under it.

@@ -2,6 +2,7 @@
 //! routed dataplane they share.
 
 pub mod agent;
+pub mod allow_from;
 pub mod api;
 pub mod bgpstore;
 pub mod cli;

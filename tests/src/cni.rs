@@ -297,6 +297,10 @@ impl Brindled {
             .arg(&api_socket)
             .arg("--docker-plugin-dir")
             .arg(dir.path().join("plugins"))
+            // The root namespace's firewall belongs to the machine running the tests,
+            // not to a host the test made: leave it as found. The firewall is tested on
+            // namespace hosts (firewall_e2e, docker_e2e).
+            .args(["--firewall", "false"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)

@@ -1,10 +1,15 @@
-//! A real etcd (Debian `etcd-server`) on free loopback ports in a temp dir.
+//! A real etcd (Debian `etcd-server`) on free loopback ports in a temp dir: one server
+//! ([`Etcd`]) or a multi-member cluster with fault injection ([`EtcdCluster`]).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::ports::free_port;
+
+mod cluster;
+
+pub use cluster::EtcdCluster;
 
 /// TLS material for an etcd that requires client certificates.
 #[derive(Debug, Clone)]

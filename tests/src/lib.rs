@@ -8,6 +8,7 @@ pub mod cni;
 pub mod docker;
 pub mod etcd;
 pub mod netns;
+pub mod nftbench;
 pub mod podman;
 pub mod ports;
 pub mod topology;

@@ -2,7 +2,7 @@
 //! `unreachable` routes that keep test pools from ever leaving the machine. Everything
 //! is removed on drop, processes inside a namespace killed by PID.
 
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -69,6 +69,27 @@ impl Netns {
             .expect("ip netns exec")
     }
 
+    /// Run a command inside the namespace with `input` on its stdin (for
+    /// `iptables-restore` and `nft -f -`: fixed text, no shell).
+    pub fn exec_input(&self, args: &[&str], input: &str) -> Output {
+        use std::io::Write as _;
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("ip netns exec");
+        // A tool that exits early closes its end; its status says why.
+        let _ = child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input.as_bytes());
+        child.wait_with_output().expect("ip netns exec")
+    }
+
     /// Run inside and expect success; returns stdout.
     pub fn ok(&self, args: &[&str]) -> String {
         let out = self.exec(args);
@@ -128,5 +149,72 @@ impl Drop for UnreachableRoute {
         let _ = Command::new("ip")
             .args(["route", "del", "unreachable", &self.cidr])
             .status();
+    }
+}
+
+/// `net.ipv4.ip_forward=1` in the root namespace while held, and the value found before
+/// put back when the last holder lets go, in this process and in every other test
+/// process on the machine (the suites run side by side). Root-namespace CNI tests need
+/// forwarding: the host veths answer ARP for 169.254.1.1 (proxy_arp) only when the host
+/// forwards, and ptp and brindled turn it on themselves; a real host that routes
+/// containers has it on, a developer's machine usually not.
+///
+/// Holders keep a shared `flock` on [`FORWARD_HOLDERS`]; every change of holders happens
+/// under an exclusive lock of [`FORWARD_MUTEX`]; the first holder writes the value it
+/// found to [`FORWARD_ORIGINAL`], the last one writes it back and removes the file. A
+/// killed run leaves that file, so the next run still restores the value from before.
+pub struct RootIpForward {
+    holder: Option<std::fs::File>,
+}
+
+const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
+pub const FORWARD_MUTEX: &str = "/run/brindle-tests-ip-forward.lock";
+pub const FORWARD_HOLDERS: &str = "/run/brindle-tests-ip-forward.holders";
+pub const FORWARD_ORIGINAL: &str = "/run/brindle-tests-ip-forward.orig";
+
+fn lock_file(path: &str) -> std::fs::File {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap_or_else(|e| panic!("open {path}: {e}"))
+}
+
+impl RootIpForward {
+    /// Turn forwarding on (recording the value found, if first) and hold it on.
+    pub fn hold() -> Self {
+        let mutex = lock_file(FORWARD_MUTEX);
+        mutex.lock().expect("lock ip_forward mutex");
+        let holder = lock_file(FORWARD_HOLDERS);
+        holder.lock_shared().expect("hold ip_forward");
+        if !std::path::Path::new(FORWARD_ORIGINAL).exists() {
+            let now = std::fs::read_to_string(IP_FORWARD).expect("read ip_forward");
+            std::fs::write(FORWARD_ORIGINAL, now.trim()).expect("record ip_forward");
+        }
+        std::fs::write(IP_FORWARD, "1").expect("enable ip_forward");
+        RootIpForward {
+            holder: Some(holder),
+        }
+    }
+}
+
+impl Drop for RootIpForward {
+    fn drop(&mut self) {
+        let mutex = lock_file(FORWARD_MUTEX);
+        if mutex.lock().is_err() {
+            return;
+        }
+        drop(self.holder.take());
+        let probe = lock_file(FORWARD_HOLDERS);
+        if probe.try_lock().is_ok() {
+            // Nobody else holds it: put back what the first holder found.
+            if let Ok(original) = std::fs::read_to_string(FORWARD_ORIGINAL) {
+                if std::fs::write(IP_FORWARD, original.trim()).is_ok() {
+                    let _ = std::fs::remove_file(FORWARD_ORIGINAL);
+                }
+            }
+        }
     }
 }

@@ -1,7 +1,10 @@
 //! podman 4 with the CNI network backend, fully private to one test: its own storage,
-//! run and tmp dirs, containers.conf (`network_backend = "cni"`, `default_ulimits = []`,
-//! cgroupfs) and CNI config dir, and an image imported from Debian's busybox-static (no
-//! registry exists). Containers are removed and the storage unmounted on drop.
+//! run and tmp dirs, CNI config dir, and containers.conf: the repo's
+//! `tests/podman/containers.conf` (`network_backend = "cni"`, `default_ulimits = []`,
+//! cgroupfs) plus this instance's plugin and config dirs, passed with `CONTAINERS_CONF`,
+//! so podman reads neither /etc/containers nor the user's config and writes nothing
+//! under /etc. An image is imported from Debian's busybox-static (no registry exists).
+//! Containers are removed and the storage unmounted on drop.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -38,14 +41,11 @@ impl Podman {
             .expect("temp dir");
         let net_dir = dir.path().join("net.d");
         std::fs::create_dir_all(&net_dir).expect("net.d");
-        let conf = format!(
-            "[containers]\ndefault_ulimits = []\n\n[network]\nnetwork_backend = \"cni\"\n\
-             cni_plugin_dirs = [\"{}\"]\nnetwork_config_dir = \"{}\"\n\n[engine]\n\
-             cgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n",
-            cni_plugin_dir.display(),
-            net_dir.display()
-        );
-        std::fs::write(dir.path().join("containers.conf"), conf).expect("containers.conf");
+        std::fs::write(
+            dir.path().join("containers.conf"),
+            containers_conf(cni_plugin_dir, &net_dir),
+        )
+        .expect("containers.conf");
         let p = Podman {
             dir,
             net_dir,
@@ -130,6 +130,30 @@ impl Podman {
         assert!(st.success(), "tar rootfs");
         self.ok(&["import", &tar.display().to_string(), IMAGE]);
     }
+}
+
+/// The repo's podman settings (tests/podman/containers.conf), shared with the demo.
+pub const CONTAINERS_CONF: &str = include_str!("../podman/containers.conf");
+
+/// [`CONTAINERS_CONF`] with this instance's CNI plugin and config dirs appended to its
+/// last table, `[network]`.
+pub fn containers_conf(cni_plugin_dir: &Path, net_dir: &Path) -> String {
+    let last_table = CONTAINERS_CONF
+        .lines()
+        .map(str::trim)
+        .rfind(|l| l.starts_with('['));
+    assert_eq!(
+        last_table,
+        Some("[network]"),
+        "tests/podman/containers.conf must end with its [network] table"
+    );
+    let quote = |p: &Path| serde_json::to_string(&p.display().to_string()).expect("json");
+    format!(
+        "{}\ncni_plugin_dirs = [{}]\nnetwork_config_dir = {}\n",
+        CONTAINERS_CONF.trim_end(),
+        quote(cni_plugin_dir),
+        quote(net_dir)
+    )
 }
 
 impl Drop for Podman {

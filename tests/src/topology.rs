@@ -17,6 +17,10 @@
 //! their address from IPAM and an endpoint record in etcd; the agent keeps their /32
 //! route. Everything is killed by PID and deleted on drop, also when a test fails,
 //! and a failing test prints every log and routing table first.
+//!
+//! Hosts start with the firewall of a real Docker host (see [`ForwardPolicy`]):
+//! `ip_forward` 0 and FORWARD's policy DROP with Docker's `DOCKER-USER` chain, so the
+//! suites only pass when brindled opens the path for its endpoints itself.
 
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
@@ -99,6 +103,9 @@ impl Drop for Proc {
 
 /// One simulated host.
 pub struct Host {
+    /// `PATH` for its brindled; `None`: the test's own. Set before the agent starts
+    /// (e.g. a directory without the firewall tools).
+    pub path: Option<PathBuf>,
     /// Node name (`h1`, `h2`, ...).
     pub name: String,
     /// Its fabric address (node IP).
@@ -123,6 +130,31 @@ impl Host {
     pub fn bird_ctl(&self) -> PathBuf {
         self.dir.join("bird.ctl")
     }
+
+    /// `--api-socket` of this host's brindled.
+    pub fn api_socket(&self) -> PathBuf {
+        self.dir.join("brindled.sock")
+    }
+
+    /// Replaces the host's `filter` table with `rules` (`iptables-restore`, which
+    /// flushes what was there, as a restarting firewall service does).
+    pub fn restore_filter(&self, rules: &str) {
+        let out = self.ns.exec_input(&["iptables-restore"], rules);
+        assert!(
+            out.status.success(),
+            "iptables-restore in {}: {}",
+            self.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Stops brindled (and BIRD) on this host.
+    pub fn stop_agent(&mut self) {
+        if let Some(p) = self.brindled.as_mut() {
+            p.stop();
+        }
+        self.bird = None;
+    }
 }
 
 /// One simulated container.
@@ -137,8 +169,27 @@ pub struct Container {
     pub host_ifname: String,
     /// Placed with `brindle-cni` (removed with CNI DEL) rather than by the harness.
     pub cni: bool,
+    /// Its network: the segment `test:NAME` for harness-made containers, the conflist
+    /// name (segment `cni:NAME`) for CNI ones.
+    pub network: String,
+    /// `brindle.allow-from` of that network.
+    pub allow_from: Vec<String>,
+    /// Further interfaces on other networks ([`Topology::add_interface`]).
+    pub extra: Vec<Interface>,
     /// Its namespace.
     pub ns: Netns,
+}
+
+/// A container's further interface (`eth1`, ...) on another network.
+pub struct Interface {
+    /// Endpoint id and IPAM handle.
+    pub id: String,
+    /// Its address.
+    pub ip: Ipv4Addr,
+    /// Host-side veth.
+    pub host_ifname: String,
+    /// Its network (segment `test:NAME`).
+    pub network: String,
 }
 
 /// The router namespace: fabric bridge, optional BIRD.
@@ -176,6 +227,35 @@ impl Drop for FabricSlot {
     }
 }
 
+/// FORWARD's policy in the hosts' `filter` table when they start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForwardPolicy {
+    /// What dockerd leaves on a host where forwarding was off when it started (the
+    /// usual case; ufw and firewalld hosts drop too): only brindle's own accept rules
+    /// let endpoint traffic through.
+    Drop,
+    /// A host whose forwarding was already on: nothing drops forwarded traffic, so a
+    /// denial seen there can only come from brindle's isolation, not from the policy.
+    Accept,
+}
+
+impl ForwardPolicy {
+    /// The `iptables-restore` input dockerd's start leaves behind: the policy,
+    /// `DOCKER-USER` (empty but for its `RETURN`) and FORWARD's jump to it. Fixed text.
+    pub fn docker_filter(self) -> &'static str {
+        match self {
+            ForwardPolicy::Drop => {
+                "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD DROP [0:0]\n:OUTPUT ACCEPT [0:0]\n\
+                 :DOCKER-USER - [0:0]\n-A FORWARD -j DOCKER-USER\n-A DOCKER-USER -j RETURN\nCOMMIT\n"
+            }
+            ForwardPolicy::Accept => {
+                "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n\
+                 :DOCKER-USER - [0:0]\n-A FORWARD -j DOCKER-USER\n-A DOCKER-USER -j RETURN\nCOMMIT\n"
+            }
+        }
+    }
+}
+
 /// How to build a topology.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -183,6 +263,9 @@ pub struct Options {
     pub hosts: usize,
     /// Fast BGP timers (connect delay 1 s etc.), set before any agent starts.
     pub fast_timers: bool,
+    /// FORWARD's policy on the hosts: DROP as on real Docker hosts; a run with ACCEPT
+    /// shows isolation does not lean on the policy.
+    pub forward: ForwardPolicy,
 }
 
 impl Default for Options {
@@ -190,6 +273,7 @@ impl Default for Options {
         Self {
             hosts: 2,
             fast_timers: true,
+            forward: ForwardPolicy::Drop,
         }
     }
 }
@@ -327,16 +411,21 @@ impl Topology {
             // Needed for proxy ARP of 169.254.1.1 (a route to it must exist), as on
             // real hosts; the router forwards nothing unless a test says so.
             ns.ok(&["ip", "route", "add", "default", "via", &f(1).to_string()]);
-            let hdir = dir.path().join(&name);
-            std::fs::create_dir_all(&hdir).expect("host dir");
-            hosts.push(Host {
+            // A Docker host as dockerd leaves it; forwarding stays off until brindled
+            // turns it on.
+            ns.ok(&["sysctl", "-qw", "net.ipv4.ip_forward=0"]);
+            let host = Host {
+                path: None,
                 name,
                 ip,
-                dir: hdir,
+                dir: dir.path().join(format!("h{}", h + 1)),
                 brindled: None,
                 bird: None,
                 ns,
-            });
+            };
+            std::fs::create_dir_all(&host.dir).expect("host dir");
+            host.restore_filter(opts.forward.docker_filter());
+            hosts.push(host);
         }
         let topo = Topology {
             containers: Vec::new(),
@@ -395,6 +484,54 @@ impl Topology {
             .expect("etcd listens on the fabric")
     }
 
+    /// A namespace `F.last/24` on the fabric (an "internet" host): no route beyond
+    /// the fabric, so it cannot answer a container address. Dropped by the caller.
+    pub fn fabric_host(&self, last: u8) -> Netns {
+        let ns = Netns::new("bgx");
+        let n = IFCOUNT.fetch_add(1, Ordering::SeqCst);
+        let port = format!("x{n}");
+        sh(
+            "ip",
+            &[
+                "link",
+                "add",
+                "eth0",
+                "netns",
+                &ns.name,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &port,
+                "netns",
+                &self.router.ns.name,
+            ],
+        );
+        self.router
+            .ns
+            .ok(&["ip", "link", "set", &port, "master", "fab0", "up"]);
+        let addr = format!("{}/24", self.fabric_ip(last));
+        ns.ok(&["ip", "addr", "add", &addr, "dev", "eth0"]);
+        ns.ok(&["ip", "link", "set", "eth0", "up"]);
+        ns
+    }
+
+    /// `brindle ARGS` run inside host `h`'s namespace as its node, the way an admin
+    /// runs it on that host (host-local verbs: `node status`, `node cleanup`).
+    pub fn host_cli(&self, h: usize, args: &[&str]) -> Output {
+        let host = &self.hosts[h];
+        Command::new("ip")
+            .args(["netns", "exec", &host.ns.name])
+            .arg(bin("brindle"))
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("BRINDLE_ETCD_ENDPOINTS", self.etcd_for_hosts())
+            .env("BRINDLE_NODE", &host.name)
+            .output()
+            .expect("run brindle")
+    }
+
     /// A `brindle` command as node `node` (from the root namespace).
     pub fn cli(&self, node: &str, args: &[&str]) -> Output {
         crate::bins::brindle(&self.etcd.endpoint, node)
@@ -432,11 +569,16 @@ impl Topology {
         let bird = bird_config;
         let endpoint = self.etcd_for_hosts();
         let host = &mut self.hosts[h];
-        let mut cmd = Command::new("ip");
+        let path = match &host.path {
+            Some(p) => p.clone().into_os_string(),
+            None => std::env::var_os("PATH").unwrap_or_default(),
+        };
+        // `ip` from the test's PATH: with the child's PATH set, Command would look there.
+        let mut cmd = Command::new(program_in_path("ip"));
         cmd.args(["netns", "exec", &host.ns.name])
             .arg(bin("brindled"))
             .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("PATH", path)
             .env(
                 "BRINDLE_LOG",
                 std::env::var("BRINDLE_TEST_LOG")
@@ -448,7 +590,7 @@ impl Topology {
             .arg("--docker-plugin-dir")
             .arg(host.dir.join("plugins"))
             .arg("--api-socket")
-            .arg(host.dir.join("brindled.sock"));
+            .arg(host.api_socket());
         if bird {
             cmd.arg("--bird-config")
                 .arg(host.bird_config())
@@ -513,16 +655,110 @@ impl Topology {
     }
 
     /// A container on host `h` with a dynamic address from the node's blocks, or
-    /// `fixed`. Returns its index in [`Topology::containers`].
+    /// `fixed`, on network `test`. Returns its index in [`Topology::containers`].
     pub fn add_container(&mut self, h: usize, fixed: Option<Ipv4Addr>) -> usize {
+        self.add_container_on(h, fixed, "test", &[])
+    }
+
+    /// A container on host `h` (dynamic address, or `fixed`) on network `network`
+    /// (segment `test:NETWORK`), admitting only `allow_from` from outside every pool
+    /// when not empty. Returns its index in [`Topology::containers`].
+    pub fn add_container_on(
+        &mut self,
+        h: usize,
+        fixed: Option<Ipv4Addr>,
+        network: &str,
+        allow_from: &[&str],
+    ) -> usize {
         let n = IFCOUNT.fetch_add(1, Ordering::SeqCst);
         let id = format!("ctr{}x{n}", std::process::id());
+        let ns = Netns::new("bgc");
+        let (ip, host_ifname) = self.wire(h, &ns, &id, &id, "eth0", fixed, network, allow_from);
+        // Its only interface so far: the default route goes through it.
+        ns.ok(&[
+            "ip",
+            "route",
+            "add",
+            "169.254.1.1",
+            "dev",
+            "eth0",
+            "scope",
+            "link",
+        ]);
+        ns.ok(&[
+            "ip",
+            "route",
+            "add",
+            "default",
+            "via",
+            "169.254.1.1",
+            "dev",
+            "eth0",
+        ]);
+        self.containers.push(Container {
+            id,
+            host: h,
+            ip,
+            host_ifname,
+            cni: false,
+            network: network.to_string(),
+            allow_from: allow_from.iter().map(|s| s.to_string()).collect(),
+            extra: Vec::new(),
+            ns,
+        });
+        self.containers.len() - 1
+    }
+
+    /// Gives harness-made container `c` another interface (`eth1`, ...) on `network`
+    /// with its own address: one container on two networks (its endpoint records share
+    /// the `container_id`). Its default route stays on `eth0`. Returns the address.
+    pub fn add_interface(&mut self, c: usize, network: &str, allow_from: &[&str]) -> Ipv4Addr {
+        let ctr = &self.containers[c];
+        assert!(!ctr.cni, "add_interface is for harness-made containers");
+        let ifname = format!("eth{}", ctr.extra.len() + 1);
+        let id = format!("{}{ifname}", ctr.id);
+        let (h, container_id) = (ctr.host, ctr.id.clone());
+        let (ip, host_ifname) = self.wire(
+            h,
+            &self.containers[c].ns,
+            &id,
+            &container_id,
+            &ifname,
+            None,
+            network,
+            allow_from,
+        );
+        self.containers[c].extra.push(Interface {
+            id,
+            ip,
+            host_ifname,
+            network: network.to_string(),
+        });
+        ip
+    }
+
+    /// Allocates an address (handle `id`) and wires it as brindle does: host veth
+    /// `brl...` (MAC ee:ee:ee:ee:ee:ee, proxy ARP) to `ifname` in `ns` holding the
+    /// /32, then writes the endpoint record. Returns the address and the host veth.
+    #[allow(clippy::too_many_arguments)]
+    fn wire(
+        &self,
+        h: usize,
+        ns: &Netns,
+        id: &str,
+        container_id: &str,
+        ifname: &str,
+        fixed: Option<Ipv4Addr>,
+        network: &str,
+        allow_from: &[&str],
+    ) -> (Ipv4Addr, String) {
+        let n = IFCOUNT.fetch_add(1, Ordering::SeqCst);
         let node = self.hosts[h].name.clone();
         let mut args = vec![
             "ipam".to_string(),
             "alloc".into(),
             "--handle".into(),
-            id.clone(),
+            id.to_string(),
             "--attr".into(),
             format!("endpoint={id}"),
             "-o".into(),
@@ -544,7 +780,6 @@ impl Topology {
             (u64::from(std::process::id()) << 16) | u64::from(n)
         );
         let host_ifname = host_ifname[..14.min(host_ifname.len())].to_string();
-        let ns = Netns::new("bgc");
         let hns = &self.hosts[h].ns;
         sh(
             "ip",
@@ -558,7 +793,7 @@ impl Topology {
                 "veth",
                 "peer",
                 "name",
-                "eth0",
+                ifname,
                 "netns",
                 &ns.name,
             ],
@@ -578,68 +813,58 @@ impl Topology {
             &format!("net.ipv4.conf.{host_ifname}.proxy_arp=1"),
             &format!("net.ipv4.neigh.{host_ifname}.proxy_delay=0"),
         ]);
-        ns.ok(&["ip", "addr", "add", &format!("{ip}/32"), "dev", "eth0"]);
-        ns.ok(&["ip", "link", "set", "eth0", "up"]);
-        ns.ok(&[
-            "ip",
-            "route",
-            "add",
-            "169.254.1.1",
-            "dev",
-            "eth0",
-            "scope",
-            "link",
-        ]);
-        ns.ok(&[
-            "ip",
-            "route",
-            "add",
-            "default",
-            "via",
-            "169.254.1.1",
-            "dev",
-            "eth0",
-        ]);
+        ns.ok(&["ip", "addr", "add", &format!("{ip}/32"), "dev", ifname]);
+        ns.ok(&["ip", "link", "set", ifname, "up"]);
 
-        // The endpoint record: brindled keeps the /32 route from it.
+        // The endpoint record: brindled keeps the /32 route and the firewall from it.
         let record = serde_json::json!({
-            "id": id, "node": node, "orchestrator": "test", "container_id": id,
-            "network": "test", "ip": ip, "mac": null, "host_ifname": host_ifname,
-            "handle": id,
+            "id": id, "node": node, "orchestrator": "test", "container_id": container_id,
+            "network": network, "ip": ip, "mac": null, "host_ifname": host_ifname,
+            "handle": id, "segment": format!("test:{network}"), "allow_from": allow_from,
         });
         self.etcd.etcdctl(&[
             "put",
             &format!("/brindle/v1/endpoints/{node}/{id}"),
             &record.to_string(),
         ]);
-        self.containers.push(Container {
-            id,
-            host: h,
-            ip,
-            host_ifname,
-            cni: false,
-            ns,
-        });
-        self.containers.len() - 1
+        (ip, host_ifname)
     }
 
     /// The CNI network configuration hosts use (`type: brindle`, IPAM
-    /// `brindle-ipam`, brindled's fast path on host `h`).
+    /// `brindle-ipam`, brindled's fast path on host `h`), network `bgp-test`.
     pub fn cni_conf(&self, h: usize) -> Value {
+        self.cni_conf_on(h, "bgp-test", &[])
+    }
+
+    /// The CNI network configuration of network `name` (segment `cni:NAME`) on host
+    /// `h`, with `brindle.allow-from` when `allow_from` is not empty.
+    pub fn cni_conf_on(&self, h: usize, name: &str, allow_from: &[String]) -> Value {
         let host = &self.hosts[h];
-        serde_json::json!({
+        let mut conf = serde_json::json!({
             "cniVersion": "1.0.0",
-            "name": "bgp-test",
+            "name": name,
             "type": "brindle",
             "etcd_endpoints": self.etcd_for_hosts(),
             "node": host.name,
-            "api_socket": host.dir.join("brindled.sock"),
+            "api_socket": host.api_socket(),
             "ipam": {"type": "brindle-ipam", "pool": "pool"},
-        })
+        });
+        if !allow_from.is_empty() {
+            conf["brindle.allow-from"] = serde_json::json!(allow_from);
+        }
+        conf
     }
 
     /// Runs `brindle-cni` inside host `h`'s namespace, as a runtime there would.
-    fn cni(&self, h: usize, command: &str, id: &str, ns: &Netns, ip: Option<Ipv4Addr>) -> Value {
+    fn cni(
+        &self,
+        h: usize,
+        conf: &Value,
+        command: &str,
+        id: &str,
+        ns: &Netns,
+        ip: Option<Ipv4Addr>,
+    ) -> Value {
         let dir = self.dir.path().join("cni-bin");
         if !dir.exists() {
             std::fs::create_dir_all(&dir).expect("cni bin dir");
@@ -669,7 +894,7 @@ impl Topology {
             use std::io::Write as _;
             let mut stdin = child.stdin.take().expect("stdin");
             stdin
-                .write_all(self.cni_conf(h).to_string().as_bytes())
+                .write_all(conf.to_string().as_bytes())
                 .expect("write netconf");
         }
         let out = child.wait_with_output().expect("brindle-cni");
@@ -684,12 +909,26 @@ impl Topology {
     }
 
     /// A container on host `h` placed by `brindle-cni` ADD (dynamic address, or
-    /// `fixed` through `CNI_ARGS=IP=`). Returns its index.
+    /// `fixed` through `CNI_ARGS=IP=`) on network `bgp-test`. Returns its index.
     pub fn add_container_cni(&mut self, h: usize, fixed: Option<Ipv4Addr>) -> usize {
+        self.add_container_cni_on(h, fixed, "bgp-test", &[])
+    }
+
+    /// A container on host `h` placed by `brindle-cni` ADD with the conflist `name`
+    /// (segment `cni:NAME`) and `brindle.allow-from` = `allow_from` when not empty.
+    pub fn add_container_cni_on(
+        &mut self,
+        h: usize,
+        fixed: Option<Ipv4Addr>,
+        name: &str,
+        allow_from: &[&str],
+    ) -> usize {
         let n = IFCOUNT.fetch_add(1, Ordering::SeqCst);
         let id = format!("ctr{}x{n}", std::process::id());
         let ns = Netns::new("bgc");
-        let result = self.cni(h, "ADD", &id, &ns, fixed);
+        let allow_from: Vec<String> = allow_from.iter().map(|s| s.to_string()).collect();
+        let conf = self.cni_conf_on(h, name, &allow_from);
+        let result = self.cni(h, &conf, "ADD", &id, &ns, fixed);
         let ip: Ipv4Addr = result["ips"][0]["address"]
             .as_str()
             .and_then(|a| a.split('/').next())
@@ -707,6 +946,9 @@ impl Topology {
             ip,
             host_ifname,
             cni: true,
+            network: name.to_string(),
+            allow_from,
+            extra: Vec::new(),
             ns,
         });
         self.containers.len() - 1
@@ -717,16 +959,19 @@ impl Topology {
     pub fn remove_container(&mut self, c: usize) {
         let ctr = &self.containers[c];
         if ctr.cni {
-            self.cni(ctr.host, "DEL", &ctr.id, &ctr.ns, None);
+            let conf = self.cni_conf_on(ctr.host, &ctr.network, &ctr.allow_from);
+            self.cni(ctr.host, &conf, "DEL", &ctr.id, &ctr.ns, None);
             return;
         }
         let host = &self.hosts[ctr.host];
-        let _ = host.ns.exec(&["ip", "link", "del", &ctr.host_ifname]);
-        self.etcd.etcdctl(&[
-            "del",
-            &format!("/brindle/v1/endpoints/{}/{}", host.name, ctr.id),
-        ]);
-        self.cli_ok(&host.name, &["ipam", "release", "--handle", &ctr.id]);
+        let ifaces = std::iter::once((&ctr.id, &ctr.host_ifname))
+            .chain(ctr.extra.iter().map(|i| (&i.id, &i.host_ifname)));
+        for (id, host_ifname) in ifaces {
+            let _ = host.ns.exec(&["ip", "link", "del", host_ifname]);
+            self.etcd
+                .etcdctl(&["del", &format!("/brindle/v1/endpoints/{}/{id}", host.name)]);
+            self.cli_ok(&host.name, &["ipam", "release", "--handle", id]);
+        }
     }
 
     /// The block (CIDR) holding `ip`.
@@ -806,6 +1051,14 @@ impl Topology {
             s.push_str(&String::from_utf8_lossy(
                 &h.ns.exec(&["ip", "-4", "route", "show"]).stdout,
             ));
+            s.push_str("-- iptables-save -t filter\n");
+            s.push_str(&String::from_utf8_lossy(
+                &h.ns.exec(&["iptables-save", "-t", "filter"]).stdout,
+            ));
+            s.push_str("-- nft list table ip brindle\n");
+            s.push_str(&String::from_utf8_lossy(
+                &h.ns.exec(&["nft", "list", "table", "ip", "brindle"]).stdout,
+            ));
             if let Some(b) = &h.bird {
                 s.push_str(&format!("-- birdc show protocols\n{}\n", b.protocols()));
                 s.push_str(&format!("-- bird log\n{}\n", b.log_text()));
@@ -847,6 +1100,15 @@ impl Drop for Topology {
         // The fields then drop in order: containers, hosts, router (namespaces and
         // veths), the root veth, etcd, the unreachable route, the temp dir.
     }
+}
+
+/// The first `name` in the test's own PATH (absolute), or `name` itself.
+fn program_in_path(name: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from(name))
 }
 
 /// `busybox ping` from inside `ns`: replies received out of `count`.

@@ -65,6 +65,7 @@ fn bgp_agent_follows_etcd_within_a_second_and_retries_until_bird_is_up() {
     let mut t = Topology::new(Options {
         hosts: 1,
         fast_timers: true,
+        ..Options::default()
     });
     let port = free_port();
     t.start_agent_with(

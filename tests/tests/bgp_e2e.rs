@@ -151,10 +151,20 @@ fn bgp_two_hosts_route_containers_directly_with_borrowed_addresses_and_withdrawa
                 h.name
             );
         }
-        let nft = h.ns.exec(&["nft", "list", "ruleset"]);
+        // brindle's own table is there for isolation; it masquerades nothing unless a
+        // pool asks for outgoing NAT, and no other NAT rule exists.
+        let nft =
+            h.ns.exec(&["nft", "-j", "list", "set", "ip", "brindle", "nat_pools"]);
+        let nat_pools: serde_json::Value = serde_json::from_slice(&nft.stdout).unwrap_or_default();
         assert!(
-            String::from_utf8_lossy(&nft.stdout).trim().is_empty(),
-            "{}: nftables rules present",
+            nat_pools["nftables"][1]["set"].get("elem").is_none(),
+            "{}: a pool has outgoing NAT: {nat_pools}",
+            h.name
+        );
+        let nat = h.ns.exec(&["iptables-save", "-t", "nat"]);
+        assert!(
+            !String::from_utf8_lossy(&nat.stdout).contains("MASQUERADE"),
+            "{}: an iptables NAT rule is present",
             h.name
         );
     }

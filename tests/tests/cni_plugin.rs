@@ -14,7 +14,7 @@ use brindle_tests::cni::{
     PluginDir,
 };
 use brindle_tests::etcd::Etcd;
-use brindle_tests::netns::{is_root, Netns, UnreachableRoute};
+use brindle_tests::netns::{is_root, Netns, RootIpForward, UnreachableRoute};
 use serde_json::{json, Value};
 
 fn root_or_skip(test: &str) -> bool {
@@ -98,12 +98,17 @@ impl World {
     }
 
     fn in_pool(&self, ip: Ipv4Addr) -> bool {
-        let (net, len) = self.cidr.split_once('/').expect("cidr");
-        let net: Ipv4Addr = net.parse().expect("net");
-        let len: u32 = len.parse().expect("len");
-        let mask = u32::MAX << (32 - len);
-        u32::from(ip) & mask == u32::from(net) & mask
+        in_cidr(&self.cidr, ip)
     }
+}
+
+/// Whether `ip` lies in `cidr` (`a.b.c.d/len`).
+fn in_cidr(cidr: &str, ip: Ipv4Addr) -> bool {
+    let (net, len) = cidr.split_once('/').expect("cidr");
+    let net: Ipv4Addr = net.parse().expect("net");
+    let len: u32 = len.parse().expect("len");
+    let mask = u32::MAX.checked_shl(32 - len).unwrap_or(0);
+    u32::from(ip) & mask == u32::from(net) & mask
 }
 
 /// The container address of an ADD result (`a.b.c.d/len` → address).
@@ -168,6 +173,8 @@ fn cni_every_verb_direct_path() {
     if !root_or_skip("cni_every_verb_direct_path") {
         return;
     }
+    // Forwarding on while the test runs (the host pings the container), as found afterwards.
+    let _forwarding = RootIpForward::hold();
     let w = World::new("10.241.1.0/24", "28");
     let b = w.direct();
     let ns = Netns::new("cniverb");
@@ -518,6 +525,8 @@ fn cni_fast_path_through_brindled_and_fallback() {
     if !root_or_skip("cni_fast_path_through_brindled_and_fallback") {
         return;
     }
+    // Forwarding on while the test runs (brindled turns it on; the host pings the container), as found afterwards.
+    let _forwarding = RootIpForward::hold();
     let w = World::new("10.241.3.0/24", "28");
     let mut d = Brindled::start(&w.etcd.endpoint, "n1");
     let plugin = w.brindle();
@@ -695,32 +704,222 @@ fn cni_gc_releases_only_stale_cni_allocations_of_its_network() {
         .ok();
 }
 
+/// `iptables` in the root namespace (the backend the host's `iptables` alternative
+/// points at, as the firewall plugin's go-iptables uses); stdout, or `None` on failure.
+fn iptables(args: &[&str]) -> Option<String> {
+    let out = std::process::Command::new("iptables")
+        .args(["-w"])
+        .args(args)
+        .output()
+        .expect("run iptables (apt-get install iptables)");
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// What the firewall plugin leaves in the root namespace after its DELs, removed on
+/// drop: the `CNI-FORWARD` and `CNI-ADMIN` chains and FORWARD's jump to `CNI-FORWARD`
+/// (its DEL removes only the per-address rules). Chains that existed before, or that
+/// hold rules for addresses outside the test's pool by then, are left alone.
+/// (ptp's `net.ipv4.ip_forward=1` is [`RootIpForward`]'s.)
+struct CniChainsRestore {
+    had_forward_chain: bool,
+    had_admin_chain: bool,
+    /// iptables is the nf_tables backend and had no `ip filter` table yet (the
+    /// plugin's chains make iptables-nft create it, with FORWARD).
+    no_nft_filter_table: bool,
+    /// Whether an address is the test's (rules for it left by a failed run are ours).
+    ours: Box<dyn Fn(Ipv4Addr) -> bool>,
+}
+
+const FORWARD_JUMP: &[&str] = &[
+    "-m",
+    "comment",
+    "--comment",
+    "CNI firewall plugin rules",
+    "-j",
+    "CNI-FORWARD",
+];
+
+impl CniChainsRestore {
+    fn new(ours: impl Fn(Ipv4Addr) -> bool + 'static) -> Self {
+        CniChainsRestore {
+            had_forward_chain: iptables(&["-S", "CNI-FORWARD"]).is_some(),
+            had_admin_chain: iptables(&["-S", "CNI-ADMIN"]).is_some(),
+            no_nft_filter_table: iptables(&["-V"]).is_some_and(|v| v.contains("nf_tables"))
+                && !nft_filter_table_exists(),
+            ours: Box::new(ours),
+        }
+    }
+}
+
+impl Drop for CniChainsRestore {
+    fn drop(&mut self) {
+        if !self.had_forward_chain {
+            // The admin jump the plugin puts first, and rules for the test's addresses
+            // (a failed run's): nobody else uses the chain.
+            let only_ours = iptables(&["-S", "CNI-FORWARD"]).is_some_and(|rules| {
+                rules.lines().all(|l| {
+                    l == "-N CNI-FORWARD"
+                        || l.ends_with("-j CNI-ADMIN")
+                        || rule_address(l).is_some_and(|ip| (self.ours)(ip))
+                })
+            });
+            if only_ours {
+                let mut del = vec!["-D", "FORWARD"];
+                del.extend_from_slice(FORWARD_JUMP);
+                while iptables(&del).is_some() {}
+                let _ = iptables(&["-F", "CNI-FORWARD"]);
+                let _ = iptables(&["-X", "CNI-FORWARD"]);
+            }
+        }
+        if !self.had_admin_chain
+            && iptables(&["-S", "CNI-ADMIN"]).is_some_and(|r| r.trim() == "-N CNI-ADMIN")
+        {
+            let _ = iptables(&["-X", "CNI-ADMIN"]);
+        }
+        // Drop the table iptables-nft made for the plugin if it holds nothing: only
+        // built-in chains, no rules, every policy ACCEPT.
+        if self.no_nft_filter_table {
+            let empty = iptables(&["-S"]).is_some_and(|rules| {
+                rules
+                    .lines()
+                    .all(|l| l.starts_with("-P ") && l.ends_with(" ACCEPT"))
+            });
+            if empty && nft_filter_table_exists() {
+                let _ = std::process::Command::new("nft")
+                    .args(["delete", "table", "ip", "filter"])
+                    .status();
+            }
+        }
+    }
+}
+
+/// Whether nftables has an `ip filter` table (iptables-nft's `filter`).
+fn nft_filter_table_exists() -> bool {
+    std::process::Command::new("nft")
+        .args(["list", "table", "ip", "filter"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// The conflist a real runtime would use for brindle-ipam under ptp: `ptp`, then the
+/// stock `firewall` plugin (iptables backend), as podman's default conflist chains it,
+/// so forwarding through the host works whatever the FORWARD policy. [`Chain`] runs it
+/// the way libcni does.
+struct Chain {
+    ptp: std::path::PathBuf,
+    firewall: std::path::PathBuf,
+    ptp_conf: Value,
+    cni_path: std::path::PathBuf,
+}
+
+impl Chain {
+    /// The firewall plugin's netconf: the list's name and version, the result so far.
+    fn firewall_conf(&self, prev: &Value) -> Value {
+        json!({
+            "cniVersion": self.ptp_conf["cniVersion"],
+            "name": self.ptp_conf["name"],
+            "type": "firewall",
+            "backend": "iptables",
+            "prevResult": prev,
+        })
+    }
+
+    fn call(&self, cmd: &str, cid: &str, ns: &Netns) -> Call {
+        Call::new(cmd, cid, &ns.path(), "eth0").path(&self.cni_path)
+    }
+
+    /// ADD: ptp, then firewall with ptp's result; the list's result.
+    fn add(&self, cid: &str, ns: &Netns) -> Value {
+        let r = self
+            .call("ADD", cid, ns)
+            .run(&self.ptp, &self.ptp_conf)
+            .ok();
+        self.call("ADD", cid, ns)
+            .run(&self.firewall, &self.firewall_conf(&r))
+            .ok()
+    }
+
+    /// CHECK: every plugin in order, each with the list's cached result.
+    fn check(&self, cid: &str, ns: &Netns, result: &Value) {
+        let mut conf = self.ptp_conf.clone();
+        conf["prevResult"] = result.clone();
+        self.call("CHECK", cid, ns).run(&self.ptp, &conf).ok();
+        self.call("CHECK", cid, ns)
+            .run(&self.firewall, &self.firewall_conf(result))
+            .ok();
+    }
+
+    /// DEL: in reverse order, each with the cached result.
+    fn del(&self, cid: &str, ns: &Netns, result: &Value) {
+        self.call("DEL", cid, ns)
+            .run(&self.firewall, &self.firewall_conf(result))
+            .ok();
+        let mut conf = self.ptp_conf.clone();
+        conf["prevResult"] = result.clone();
+        self.call("DEL", cid, ns).run(&self.ptp, &conf).ok();
+    }
+}
+
+/// The address of one of the firewall plugin's per-address rules
+/// (`-A CNI-FORWARD -s A/32 -j ACCEPT`, `-A CNI-FORWARD -d A/32 -m conntrack ...`).
+fn rule_address(rule: &str) -> Option<Ipv4Addr> {
+    let mut words = rule.split_whitespace();
+    words.find(|w| *w == "-s" || *w == "-d")?;
+    words.next()?.strip_suffix("/32")?.parse().ok()
+}
+
+/// The firewall plugin's per-address rules in CNI-FORWARD for `ip`.
+fn cni_forward_rules(ip: Ipv4Addr) -> Vec<String> {
+    iptables(&["-S", "CNI-FORWARD"])
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| rule_address(l) == Some(ip))
+        .map(str::to_string)
+        .collect()
+}
+
 #[test]
 fn cni_brindle_ipam_under_stock_ptp() {
     if !root_or_skip("cni_brindle_ipam_under_stock_ptp") {
         return;
     }
+    // Forwarding on while the test runs (ptp turns it on; the containers reach each other through the host), as found afterwards.
+    let _forwarding = RootIpForward::hold();
     let w = World::new("10.241.4.0/24", "28");
     let ptp = w.plugins.plugin("ptp");
-    if !ptp.exists() {
-        panic!("ptp missing: apt-get install containernetworking-plugins");
+    let firewall = w.plugins.plugin("firewall");
+    if !ptp.exists() || !firewall.exists() {
+        panic!("ptp or firewall missing: apt-get install containernetworking-plugins");
     }
+    let cidr = w.cidr.clone();
+    let _chains = CniChainsRestore::new(move |ip| in_cidr(&cidr, ip));
     let b = w.direct();
     let conf = b.ptp_conf("1.0.0", "ptpnet");
+    let chain = Chain {
+        ptp,
+        firewall,
+        ptp_conf: conf.clone(),
+        cni_path: w.plugins.path().to_path_buf(),
+    };
     let a = Netns::new("cniptp");
     let c = Netns::new("cniptp");
-    let call = |cmd: &str, cid: &str, ns: &Netns| {
-        Call::new(cmd, cid, &ns.path(), "eth0").path(w.plugins.path())
-    };
-    let ra = call("ADD", "pa", &a).run(&ptp, &conf).ok();
-    let rc = call("ADD", "pc", &c).run(&ptp, &conf).ok();
+    let ra = chain.add("pa", &a);
+    let rc = chain.add("pc", &c);
     let ipa = result_ip(&ra);
     let ipc = result_ip(&rc);
     assert!(w.in_pool(ipa) && w.in_pool(ipc) && ipa != ipc);
     // ptp applied brindle-ipam's answer: pool prefix, gateway 169.254.1.1.
     assert_eq!(addresses(&a.name, "eth0"), vec![format!("{ipa}/24")]);
     assert_eq!(ra["ips"][0]["gateway"], "169.254.1.1");
-    // Routed: the host reaches each, and they reach each other through the host.
+    // The firewall plugin accepts forwarding from and (established) to each address.
+    let rules = cni_forward_rules(ipa);
+    assert_eq!(rules.len(), 2, "CNI-FORWARD rules for {ipa}: {rules:?}");
+    // Routed: the host reaches each, and they reach each other through the host, also
+    // where the FORWARD policy is DROP (the firewall plugin's rules let them through).
     assert!(ping(None, ipa));
     assert!(ping(Some(&a), ipc), "{ipa} cannot reach {ipc} via the host");
     // The IPAM call is idempotent per attachment (direct delegate call).
@@ -730,21 +929,25 @@ fn cni_brindle_ipam_under_stock_ptp() {
         .ok();
     assert_eq!(result_ip(&again), ipa);
     assert_eq!(again["ips"][0]["address"], format!("{ipa}/24"));
-    // CHECK through ptp (ptp 1.1.1 checks its side and delegates to brindle-ipam).
-    let mut check = conf.clone();
-    check["prevResult"] = ra.clone();
-    call("CHECK", "pa", &a).run(&ptp, &check).ok();
-    // DEL through ptp, twice; the allocation is gone.
-    call("DEL", "pa", &a).run(&ptp, &check).ok();
-    call("DEL", "pa", &a).run(&ptp, &check).ok();
+    // CHECK through the list (ptp 1.1.1 checks its side and delegates to brindle-ipam).
+    chain.check("pa", &a, &ra);
+    // DEL through the list, twice; the allocation and the firewall rules are gone.
+    chain.del("pa", &a, &ra);
+    chain.del("pa", &a, &ra);
     let h = w.handles();
     assert_eq!(h, vec!["pc+eth0".to_string()], "{h:?}");
+    let left = cni_forward_rules(ipa);
+    assert!(left.is_empty(), "firewall DEL left {left:?}");
     // IPAM CHECK of a released attachment fails.
+    let mut check = conf.clone();
+    check["prevResult"] = ra.clone();
     Call::new("CHECK", "pa", &a.path(), "eth0")
         .run(&ipam, &check)
         .err(104);
-    call("DEL", "pc", &c).run(&ptp, &conf).ok();
+    chain.del("pc", &c, &rc);
     assert!(w.handles().is_empty());
+    let left = cni_forward_rules(ipc);
+    assert!(left.is_empty(), "firewall DEL left {left:?}");
     // STATUS of brindle-ipam on its own.
     Call::new("STATUS", "", "", "")
         .run(&ipam, &b.ptp_conf("1.1.0", "ptpnet"))

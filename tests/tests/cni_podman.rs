@@ -9,9 +9,9 @@ use std::net::Ipv4Addr;
 
 use brindle_tests::bins::brindle;
 use brindle_tests::cni::{Brindle, Brindled, PluginDir};
-use brindle_tests::docker::{shared_host, Scope};
+use brindle_tests::docker::{shared_host, Scope, HOST_IP};
 use brindle_tests::etcd::Etcd;
-use brindle_tests::netns::{is_root, UnreachableRoute};
+use brindle_tests::netns::{is_root, RootIpForward, UnreachableRoute};
 use brindle_tests::podman::{Podman, IMAGE};
 
 const POOL: &str = "10.241.7.0/24";
@@ -45,6 +45,9 @@ fn cni_podman_run_gets_its_address_with_and_without_ip() {
         eprintln!("skipping cni_podman_run_gets_its_address_with_and_without_ip: needs root");
         return;
     }
+    // Forwarding on while the test runs (the host pings the container through its
+    // proxy-ARP veth; brindled turns it on), as found afterwards.
+    let _forwarding = RootIpForward::hold();
     let _guard = UnreachableRoute::add(POOL);
     let etcd = Etcd::start();
     let out = brindle(&etcd.endpoint, "n1")
@@ -190,17 +193,26 @@ fn cni_podman_run_gets_its_address_with_and_without_ip() {
     assert!(handles(&etcd).is_empty(), "{:?}", handles(&etcd));
 }
 
-/// A podman container (CNI, brindle conflist) and a Docker container (brindle's
-/// Docker driver) on the same brindle pool of one host reach each other. Runs in the
-/// Docker suites' namespace-host (etcd, brindled and dockerd inside it; podman
-/// entered into it with nsenter), so the CNI plugin talks to that host's brindled.
+/// podman (CNI) containers on a real Docker host: the Docker suites' namespace-host,
+/// booted as real hosts are (forwarding off when dockerd started, so FORWARD's policy is
+/// DROP), with etcd, brindled and dockerd inside and podman entered into it with
+/// nsenter, so the CNI plugin talks to that host's brindled. Containers of one conflist
+/// reach each other through brindle's own accept path. A Docker network on the same
+/// pool is another brindle network (`docker:...` against `cni:NAME`, docs/firewall.md),
+/// so it and the podman containers cannot reach each other; the host reaches both.
 #[test]
-fn cni_podman_container_reaches_docker_container_on_the_same_pool() {
-    let Some(guard) = shared_host("cni_podman_container_reaches_docker_container_on_the_same_pool")
+fn cni_podman_containers_on_a_docker_host_reach_each_other_not_docker_networks() {
+    let Some(guard) =
+        shared_host("cni_podman_containers_on_a_docker_host_reach_each_other_not_docker_networks")
     else {
         return;
     };
     let host = guard.as_ref().expect("shared host");
+    assert_eq!(
+        host.forward_policy(),
+        "DROP",
+        "podman/CNI containers must be proven on a real Docker host's firewall"
+    );
     let mut t = Scope::new(host, "cnipm");
     let cidr = "10.241.9.0/24";
     t.guard(cidr);
@@ -219,8 +231,38 @@ fn cni_podman_container_reaches_docker_container_on_the_same_pool() {
         pool: Some(pool.into()),
     };
     podman.add_network("mixed", &conf.conflist("1.0.0", "mixed"));
+    let run_d = |ip: &str| {
+        podman
+            .ok(&[
+                "run",
+                "-d",
+                "--network",
+                "mixed",
+                "--ip",
+                ip,
+                IMAGE,
+                "sleep",
+                "300",
+            ])
+            .trim()
+            .to_string()
+    };
+    let p1 = run_d("10.241.9.21");
+    let p2 = run_d("10.241.9.22");
+    // One ping from a podman container (three tries, as `Scope::pings`).
+    let podman_pings = |id: &str, ip: &str| {
+        (0..3).any(|_| {
+            podman
+                .run(&["exec", id, "ping", "-c1", "-W2", ip])
+                .status
+                .success()
+        })
+    };
 
-    // podman → Docker.
+    // Same conflist: reachable both ways, although FORWARD drops by default.
+    assert!(podman_pings(&p1, "10.241.9.22"), "podman -> podman");
+    assert!(podman_pings(&p2, "10.241.9.21"), "podman -> podman, back");
+    // A new container reaches its network as soon as it runs.
     let out = podman.run(&[
         "run",
         "--rm",
@@ -232,33 +274,28 @@ fn cni_podman_container_reaches_docker_container_on_the_same_pool() {
         "ping",
         "-c1",
         "-W2",
-        "10.241.9.10",
+        "10.241.9.21",
     ]);
     assert!(
         out.status.success(),
-        "podman container cannot reach the Docker container: {}{}",
+        "a fresh podman container cannot reach its network: {}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    // Docker → podman, and both are brindle endpoints of this node.
-    let id = podman
-        .ok(&[
-            "run",
-            "-d",
-            "--network",
-            "mixed",
-            "--ip",
-            "10.241.9.21",
-            IMAGE,
-            "sleep",
-            "300",
-        ])
-        .trim()
-        .to_string();
+    // The Docker network is another network: denied both ways.
+    assert!(t.pings(&docker_c, HOST_IP), "the Docker container is up");
     assert!(
-        t.pings(&docker_c, "10.241.9.21"),
-        "the Docker container cannot reach the podman container"
+        !podman_pings(&p1, "10.241.9.10"),
+        "podman -> Docker network must be dropped"
     );
+    assert!(
+        !t.pings(&docker_c, "10.241.9.21"),
+        "Docker network -> podman must be dropped"
+    );
+    // The host, outside every pool, reaches both kinds.
+    assert!(host.host_pings("10.241.9.21") && host.host_pings("10.241.9.10"));
+
+    // Both kinds are brindle endpoints of this node.
     let eps = host.brindle_json(&["endpoints"]);
     let ips: Vec<&str> = eps
         .as_array()
@@ -270,7 +307,7 @@ fn cni_podman_container_reaches_docker_container_on_the_same_pool() {
         ips.contains(&"10.241.9.10") && ips.contains(&"10.241.9.21"),
         "{eps}"
     );
-    podman.ok(&["rm", "-f", "-t", "0", &id]);
+    podman.ok(&["rm", "-f", "-t", "0", &p1, &p2]);
     drop(podman);
     assert_eq!(
         host.brindle_json(&["ipam", "show", "--ip", "10.241.9.21"])["allocated"],

@@ -3,12 +3,17 @@
 //! containers from a `docker import`ed busybox image.
 //!
 //! The tests share one host and take turns (some restart brindled, dockerd or etcd).
+//! The host boots as a real Docker host does, so FORWARD's policy is DROP: every test
+//! that passes traffic between containers also proves brindle's accept path. One test
+//! brings its own host with the policy ACCEPT.
 //! Every pool gets an `unreachable` route; traffic only goes to containers the test
 //! created and to the host itself. They skip with a note when not run as root.
 
+use std::io::Write;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use brindle_tests::docker::{shared_host, Host, Scope, HOST_IP};
+use brindle_tests::docker::{exclusive_turn, shared_host, Host, HostConfig, Scope, HOST_IP};
 use serde_json::Value;
 
 /// Addresses allocated in one pool (`brindle ipam show -o json`).
@@ -50,6 +55,109 @@ fn pool_names(host: &Host) -> Vec<String> {
         .iter()
         .map(|p| p["name"].as_str().unwrap().to_string())
         .collect()
+}
+
+/// `brindle node status -o json` in the host: whether it exited 0, and its report.
+fn node_status(host: &Host) -> (bool, Value) {
+    let out = host
+        .brindle(&["node", "status", "-o", "json"])
+        .output()
+        .expect("run brindle node status");
+    let report = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "brindle node status -o json printed no JSON ({e}): {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.success(), report)
+}
+
+/// Time from `since` until `from` pings `to` (one `ping -W1` after another, for up to
+/// `limit`); `None` when it never answered.
+fn time_until_ping(
+    host: &Host,
+    from: &str,
+    to: &str,
+    since: Instant,
+    limit: Duration,
+) -> Option<Duration> {
+    while since.elapsed() < limit {
+        let ping = host.docker(&["exec", from, "ping", "-c1", "-W1", to]);
+        if ping.status.success() {
+            return Some(since.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    None
+}
+
+/// `iptables -S FORWARD` in the host.
+fn forward_rules(host: &Host) -> String {
+    host.ns.ok(&["iptables", "-S", "FORWARD"])
+}
+
+/// Waits up to 5 s for the endpoint with `ip` to name `container` (brindled learns it
+/// from dockerd after Join), and asserts it: isolation groups a container's addresses
+/// by this id, so a container on two networks reaches both only when it is right.
+fn assert_endpoint_names_container(host: &Host, ip: &str, container: &str) {
+    let cid = host.docker_ok(&["inspect", "-f", "{{.Id}}", container]);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let ep = endpoint_with_ip(host, ip).unwrap_or_else(|| panic!("no endpoint with {ip}"));
+        if ep["container_id"] == cid.as_str() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "endpoint {ip} of {container} records container {} instead of {cid}",
+            ep["container_id"]
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// What decides isolation on the host, for failure messages: brindle's endpoints
+/// and its nftables table.
+fn isolation_state(host: &Host) -> String {
+    let table = host.ns.exec(&["nft", "list", "table", "ip", "brindle"]);
+    format!(
+        "endpoints: {}\n{}{}",
+        host.brindle_ok(&["endpoints", "-o", "json"]),
+        String::from_utf8_lossy(&table.stdout),
+        String::from_utf8_lossy(&table.stderr)
+    )
+}
+
+/// The host's `filter` table as it was, put back on drop: a test that flushes FORWARD
+/// must not leave the shared host without Docker's own jumps.
+struct FilterBackup<'h> {
+    host: &'h Host,
+    saved: String,
+}
+
+impl<'h> FilterBackup<'h> {
+    fn take(host: &'h Host) -> Self {
+        let saved = host.ns.ok(&["iptables-save", "-t", "filter"]);
+        Self { host, saved }
+    }
+}
+
+impl Drop for FilterBackup<'_> {
+    fn drop(&mut self) {
+        let child = self
+            .host
+            .nsenter("iptables-restore")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn();
+        if let Ok(mut child) = child {
+            if let Some(mut stdin) = child.stdin.take() {
+                let _ = stdin.write_all(self.saved.as_bytes());
+            }
+            let _ = child.wait();
+        }
+    }
 }
 
 #[test]
@@ -255,10 +363,32 @@ fn connect_disconnect_and_two_brindle_networks_on_one_container() {
     let routes = t.exec(&c, &["ip", "route"]);
     assert!(routes.contains("169.254.1.1 dev eth0"), "{routes}");
     assert!(routes.contains("169.254.1.2 dev eth1"), "{routes}");
-    assert!(t.pings(&c, "10.201.11.20"));
-    assert!(t.pings(&c, "10.201.12.20"));
-    assert!(t.pings(&peer1, "10.201.12.5"));
-    assert!(t.pings(&peer2, "10.201.11.5"));
+    assert_endpoint_names_container(host, "10.201.11.5", &c);
+    assert_endpoint_names_container(host, "10.201.12.5", &c);
+    // Whichever address it sends from, it reaches both networks.
+    for (to, what) in [
+        ("10.201.11.20", "both -> one"),
+        ("10.201.12.20", "both -> two"),
+    ] {
+        assert!(
+            t.pings(&c, to),
+            "{what}\nroutes in both: {routes}\n{}",
+            isolation_state(host)
+        );
+    }
+    // Each network reaches the container at its address on that network.
+    assert!(t.pings(&peer1, "10.201.11.5"));
+    assert!(t.pings(&peer2, "10.201.12.5"));
+    // As between Docker's bridge networks, its address on the other network is not
+    // reachable from a network it does not share with the sender.
+    assert!(
+        !t.pings(&peer1, "10.201.12.5"),
+        "one -> both's address on two"
+    );
+    assert!(
+        !t.pings(&peer2, "10.201.11.5"),
+        "two -> both's address on one"
+    );
 
     // Disconnect the first network: its endpoint and address go, the rest keeps
     // working through the second network's own next hop.
@@ -268,11 +398,14 @@ fn connect_disconnect_and_two_brindle_networks_on_one_container() {
     let links = t.exec(&c, &["ls", "/sys/class/net"]);
     assert_eq!(links.split_whitespace().collect::<Vec<_>>(), ["eth1", "lo"]);
     assert!(t.pings(&c, "10.201.12.20"));
-    assert!(
-        t.pings(&c, "10.201.11.20"),
-        "routed through the host via eth1"
-    );
     assert!(t.pings(&c, HOST_IP));
+    // Off network one, it is a network-two container like any other: routed to one
+    // through the host via eth1, and dropped there by the isolation between networks.
+    assert!(
+        !t.pings(&c, "10.201.11.20"),
+        "two -> one after the disconnect\n{}",
+        isolation_state(host)
+    );
     // And connect it again, dynamically this time.
     host.docker_ok(&["network", "connect", &one, &c]);
     let again = t.ip_of(&c, &one);
@@ -672,7 +805,11 @@ fn etcd_down_during_docker_run_fails_fast_and_leaves_nothing() {
     let host = t.host;
     for (name, ok, took, stderr) in results {
         assert!(!ok, "{name} should fail while etcd is down");
-        assert!(took < Duration::from_secs(5), "{name}: took {took:?}");
+        assert!(
+            took < Duration::from_secs(5),
+            "{name}: took {took:?}\n{}",
+            host.log_tail("brindled.log", 60)
+        );
         assert!(stderr.contains("cannot reach etcd"), "{name}: {stderr}");
     }
     assert_eq!(links_after, links, "no veth left behind");
@@ -760,4 +897,314 @@ fn parallel_docker_runs_get_distinct_working_addresses() {
     for (n, ip) in names.iter().zip(ips.iter().rev()) {
         assert!(host.pings(n, ip), "{n} -> {ip}");
     }
+}
+
+// --- the host firewall (issue 8) -------------------------------------------------------
+
+#[test]
+fn containers_reach_each_other_on_a_host_whose_forward_policy_is_drop() {
+    let Some(guard) =
+        shared_host("containers_reach_each_other_on_a_host_whose_forward_policy_is_drop")
+    else {
+        return;
+    };
+    let host = guard.as_ref().unwrap();
+    // What dockerd makes of a host booted with forwarding off.
+    assert_eq!(host.forward_policy(), "DROP", "{}", forward_rules(host));
+    let mut t = Scope::new(host, "fwdrop");
+    t.guard("10.201.30.0/24");
+    let net = t.network("net", &["--subnet", "10.201.30.0/24"]);
+    let a = t.run("a", &["--net", &net]);
+    let b = t.run("b", &["--net", &net]);
+    let (a_ip, b_ip) = (t.ip_of(&a, &net), t.ip_of(&b, &net));
+    assert!(t.pings(&a, &b_ip), "a -> b through FORWARD (policy DROP)");
+    assert!(t.pings(&b, &a_ip), "b -> a through FORWARD (policy DROP)");
+
+    // What an admin checks: forwarding works despite the policy, brindle's rules are in
+    // place, and the network's set holds both containers.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let (ok, status) = loop {
+        let (ok, status) = node_status(host);
+        if status["isolation_current"] == true || Instant::now() > deadline {
+            break (ok, status);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(ok, "node status exits 0 when forwarding works: {status}");
+    assert_eq!(status["forwarding_ok"], true, "{status}");
+    assert_eq!(status["ip_forward"], true, "{status}");
+    assert_eq!(status["forward"]["policy"], "DROP", "{status}");
+    assert_eq!(status["forward"]["rules_current"], true, "{status}");
+    assert_eq!(status["isolation_table"], true, "{status}");
+    assert_eq!(status["isolation_current"], true, "{status}");
+    assert_eq!(status["problems"], serde_json::json!([]), "{status}");
+    let set = status["networks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| {
+            let name = n["network"].as_str().unwrap_or_default();
+            name.starts_with("docker:") && name.contains("10.201.30.0/24")
+        })
+        .unwrap_or_else(|| panic!("no set for the network's pool: {status}"))
+        .clone();
+    assert_eq!(set["endpoints"], 2, "{set}");
+    assert_eq!(set["expected"], 2, "{set}");
+}
+
+/// Issue 8 asks to keep one run on a host whose FORWARD policy is ACCEPT (forwarding
+/// turned on before dockerd started), so brindle's rules must not get in the way there.
+#[test]
+fn containers_reach_each_other_on_a_host_whose_forward_policy_is_accept() {
+    let Some(_turn) =
+        exclusive_turn("containers_reach_each_other_on_a_host_whose_forward_policy_is_accept")
+    else {
+        return;
+    };
+    // Its own host beside the shared one: another plugin name, node and namespace.
+    let host = Host::start(HostConfig {
+        plugin: "brindleaccept".into(),
+        node: "accepthost".into(),
+        forwarding_before_dockerd: true,
+        ..Default::default()
+    });
+    assert_eq!(host.forward_policy(), "ACCEPT", "{}", forward_rules(&host));
+    let mut t = Scope::new(&host, "fwaccept");
+    t.guard("10.201.31.0/24");
+    let net = t.network("net", &["--subnet", "10.201.31.0/24"]);
+    let a = t.run("a", &["--net", &net]);
+    let b = t.run("b", &["--net", &net]);
+    let (a_ip, b_ip) = (t.ip_of(&a, &net), t.ip_of(&b, &net));
+    assert!(t.pings(&a, &b_ip), "a -> b");
+    assert!(t.pings(&b, &a_ip), "b -> a");
+    let (ok, status) = node_status(&host);
+    assert!(ok, "{status}");
+    assert_eq!(status["forwarding_ok"], true, "{status}");
+    assert_eq!(status["forward"]["policy"], "ACCEPT", "{status}");
+}
+
+#[test]
+fn reachability_is_back_within_5s_after_dockerd_restarts() {
+    let Some(mut guard) = shared_host("reachability_is_back_within_5s_after_dockerd_restarts")
+    else {
+        return;
+    };
+    let host = guard.as_mut().unwrap();
+    let mut t = Scope::new(host, "fwdocker");
+    t.guard("10.201.32.0/24");
+    let net = t.network("net", &["--subnet", "10.201.32.0/24"]);
+    let always = ["--net", &net, "--restart", "always", "--ip"];
+    let a = t.run("a", &[&always[..], &["10.201.32.10"]].concat());
+    let b = t.run("b", &[&always[..], &["10.201.32.11"]].concat());
+    assert!(t.pings(&a, "10.201.32.11"));
+    let owned = t.detach();
+
+    // dockerd rewrites its chains as it starts, before it answers; the containers
+    // come back with it.
+    host.stop_dockerd(Duration::from_secs(60));
+    host.start_dockerd();
+    let answering = Instant::now();
+    let limit = Duration::from_secs(15);
+    let back = time_until_ping(host, &a, "10.201.32.11", answering, limit);
+    let back_reverse = time_until_ping(host, &b, "10.201.32.10", answering, limit);
+    let t = Scope::attach(host, owned);
+    let host = t.host;
+    eprintln!("dockerd restarted: a -> b back after {back:?}, b -> a after {back_reverse:?}");
+    // The restarted dockerd did not make the host kinder.
+    assert_eq!(host.forward_policy(), "DROP");
+    let within = |d: Option<Duration>| d.is_some_and(|d| d <= Duration::from_secs(5));
+    assert!(
+        within(back) && within(back_reverse),
+        "not back within 5 s of dockerd answering: a -> b {back:?}, b -> a {back_reverse:?}\n{}\n{}",
+        forward_rules(host),
+        host.log_tail("brindled.log", 30)
+    );
+    assert!(forward_rules(host).contains("-j BRINDLE-FORWARD"));
+}
+
+#[test]
+fn reachability_is_back_within_5s_after_forward_is_flushed() {
+    let Some(guard) = shared_host("reachability_is_back_within_5s_after_forward_is_flushed") else {
+        return;
+    };
+    let host = guard.as_ref().unwrap();
+    let mut t = Scope::new(host, "fwflush");
+    t.guard("10.201.33.0/24");
+    let net = t.network("net", &["--subnet", "10.201.33.0/24"]);
+    let a = t.run("a", &["--net", &net, "--ip", "10.201.33.10"]);
+    let b = t.run("b", &["--net", &net, "--ip", "10.201.33.11"]);
+    assert!(t.pings(&a, "10.201.33.11"));
+    let _restore = FilterBackup::take(host);
+
+    // An admin flushes FORWARD: with the policy DROP nothing is forwarded until
+    // brindled puts its jump back.
+    let flushed = Instant::now();
+    host.ns.ok(&["iptables", "-F", "FORWARD"]);
+    let back = time_until_ping(host, &a, "10.201.33.11", flushed, Duration::from_secs(15));
+    eprintln!("FORWARD flushed: a -> b back after {back:?}");
+    assert_eq!(host.forward_policy(), "DROP");
+    assert!(
+        back.is_some_and(|d| d <= Duration::from_secs(5)),
+        "a -> b not back within 5 s of the flush: {back:?}\n{}\n{}",
+        forward_rules(host),
+        host.log_tail("brindled.log", 30)
+    );
+    assert!(t.pings(&b, "10.201.33.10"), "b -> a");
+    let rules = forward_rules(host);
+    assert!(rules.contains("-j BRINDLE-FORWARD"), "{rules}");
+}
+
+#[test]
+fn node_status_fails_while_forward_would_drop_endpoint_traffic() {
+    let Some(mut guard) =
+        shared_host("node_status_fails_while_forward_would_drop_endpoint_traffic")
+    else {
+        return;
+    };
+    let host = guard.as_mut().unwrap();
+    let mut t = Scope::new(host, "fwstatus");
+    t.guard("10.201.34.0/24");
+    let net = t.network("net", &["--subnet", "10.201.34.0/24"]);
+    let a = t.run("a", &["--net", &net, "--ip", "10.201.34.10"]);
+    t.run("b", &["--net", &net, "--ip", "10.201.34.11"]);
+    let owned = t.detach();
+
+    // Nobody repairs FORWARD while brindled is down.
+    host.stop_brindled();
+    let broken = {
+        let _restore = FilterBackup::take(host);
+        host.ns.ok(&["iptables", "-F", "FORWARD"]);
+        let status = node_status(host);
+        let ping = host.pings(&a, "10.201.34.11");
+        (status, ping)
+    };
+    host.start_brindled();
+    let t = Scope::attach(host, owned);
+    let host = t.host;
+
+    let ((ok, status), pinged) = broken;
+    assert!(
+        !pinged,
+        "a -> b must be dropped with FORWARD flushed and policy DROP"
+    );
+    assert!(
+        !ok,
+        "node status exits non-zero when traffic is dropped: {status}"
+    );
+    assert_eq!(status["forwarding_ok"], false, "{status}");
+    assert_eq!(status["forward"]["policy"], "DROP", "{status}");
+    assert_eq!(status["forward"]["rules_current"], false, "{status}");
+    assert!(
+        status["problems"].to_string().contains("BRINDLE-FORWARD"),
+        "the problem names the missing chain: {status}"
+    );
+    // With brindled back (and FORWARD restored), both say so again.
+    let (ok, status) = node_status(host);
+    assert!(ok && status["forwarding_ok"] == true, "{status}");
+    assert!(t.pings(&a, "10.201.34.11"));
+}
+
+#[test]
+fn different_docker_networks_are_isolated_unless_a_container_shares_them() {
+    let Some(guard) =
+        shared_host("different_docker_networks_are_isolated_unless_a_container_shares_them")
+    else {
+        return;
+    };
+    let host = guard.as_ref().unwrap();
+    let mut t = Scope::new(host, "iso");
+    t.guard("10.201.35.0/24");
+    t.guard("10.201.36.0/24");
+    let red = t.network("red", &["--subnet", "10.201.35.0/24"]);
+    let blue = t.network("blue", &["--subnet", "10.201.36.0/24"]);
+    let r = t.run("r", &["--net", &red, "--ip", "10.201.35.10"]);
+    let b = t.run("b", &["--net", &blue, "--ip", "10.201.36.10"]);
+    let both = t.run("both", &["--net", &red, "--ip", "10.201.35.20"]);
+    host.docker_ok(&["network", "connect", "--ip", "10.201.36.20", &blue, &both]);
+    assert_endpoint_names_container(host, "10.201.35.20", &both);
+    assert_endpoint_names_container(host, "10.201.36.20", &both);
+
+    // A container on both networks reaches both, and each network reaches it.
+    for (from, to, what) in [
+        (&both, "10.201.35.10", "both -> red"),
+        (&both, "10.201.36.10", "both -> blue"),
+        (&r, "10.201.35.20", "red -> both"),
+        (&b, "10.201.36.20", "blue -> both"),
+    ] {
+        assert!(
+            t.pings(from, to),
+            "{what}\nroutes in both: {}\n{}",
+            t.exec(&both, &["ip", "route"]),
+            isolation_state(host)
+        );
+    }
+    // Routes exist between the two networks (same host), only the firewall separates them.
+    assert!(!t.pings(&r, "10.201.36.10"), "red -> blue must be dropped");
+    assert!(!t.pings(&b, "10.201.35.10"), "blue -> red must be dropped");
+    // The host, a source outside every pool, still reaches both.
+    assert!(host.host_pings("10.201.35.10") && host.host_pings("10.201.36.10"));
+
+    // Disconnected from blue, the shared container is only on red.
+    host.docker_ok(&["network", "disconnect", &blue, &both]);
+    assert!(t.pings(&both, "10.201.35.10"), "still on red");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while t.pings(&both, "10.201.36.10") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        !t.pings(&both, "10.201.36.10"),
+        "off blue, it is a red container like any other"
+    );
+}
+
+#[test]
+fn invalid_allow_from_is_refused_and_leaves_nothing() {
+    let Some(guard) = shared_host("invalid_allow_from_is_refused_and_leaves_nothing") else {
+        return;
+    };
+    let host = guard.as_ref().unwrap();
+    let mut t = Scope::new(host, "allowbad");
+    t.guard("10.201.37.0/24");
+    let p = host.cfg.plugin.clone();
+    let keys_before = host.etcd_keys("/brindle/");
+    for bad in ["10.9.0.0/16,10.1.2.300/32", "10.1.2.3/8", "office"] {
+        let option = format!("brindle.allow-from={bad}");
+        let e = t.network_fails(
+            "net",
+            &[
+                "-d",
+                &p,
+                "--ipam-driver",
+                &p,
+                "--subnet",
+                "10.201.37.0/24",
+                "-o",
+                &option,
+            ],
+        );
+        let value = bad.split(',').next_back().unwrap();
+        assert!(
+            e.contains("brindle.allow-from") && e.contains(&format!("\"{value}\"")),
+            "the error names the option and the bad entry {value}: {e}"
+        );
+        assert!(e.contains("expected IPv4 CIDRs"), "and what is valid: {e}");
+    }
+    let nets = host.docker_ok(&["network", "ls", "--format", "{{.Name}}"]);
+    assert!(!nets.contains("allowbad-net"), "{nets}");
+    assert!(!pool_names(host).iter().any(|p| p.contains("10.201.37")));
+    assert_eq!(
+        host.etcd_keys("/brindle/"),
+        keys_before,
+        "no pool, marker or network record left in etcd"
+    );
+    // The same network with a valid value is created.
+    t.network(
+        "net",
+        &[
+            "--subnet",
+            "10.201.37.0/24",
+            "-o",
+            "brindle.allow-from=192.0.2.0/24",
+        ],
+    );
 }

@@ -1,15 +1,35 @@
-//! The etcd v3 store (etcd-client), with TLS, username/password and a hard per-request
-//! deadline so an unreachable cluster gives a clear error instead of a hang.
+//! The etcd v3 store (etcd-client), with TLS, username/password, endpoint failover and a
+//! hard per-request deadline so an unreachable cluster gives a clear error, not a hang.
+//!
+//! Each request runs on one member at a time (see [`members`]); when that member is
+//! down, silent or without a leader, the same request moves to the next member, all
+//! within [`REQUEST_TIMEOUT`]. A compare-and-swap transaction whose outcome is unknown
+//! (the member went away after it was sent) is never repeated blindly: the store reads
+//! the keys back and reports a conflict, so the caller's CAS loop decides on fresh
+//! data and finds its own write if it landed.
 
-use std::future::Future;
-use std::time::Duration;
+mod failover;
+mod faults;
+mod members;
+
+use std::time::{Duration, Instant};
 
 use etcd_client::{
     Certificate, Client, Compare as EtcdCompare, CompareOp, ConnectOptions, GetOptions, Identity,
-    KeyValue, TlsOptions, Txn as EtcdTxn, TxnOp, TxnOpResponse,
+    KeyValue, TlsOptions, Txn as EtcdTxn, TxnOp, TxnOpResponse, TxnResponse,
 };
+use tracing::info;
 
+pub use members::MemberClient;
+
+use self::failover::{Failed, Replay};
+use self::members::Members;
 use super::{Compare, Kv, Op, Store, StoreError, Txn, TxnOutcome, REQUEST_TIMEOUT};
+
+/// How long one store call moves between members and retries before it reports the
+/// cluster unreachable: a second under [`REQUEST_TIMEOUT`], so that a Docker or CNI
+/// request around it (its own work, its rollback) still fails within the 5 s promised.
+const FAILOVER_BUDGET: Duration = Duration::from_secs(4);
 
 /// How to reach etcd.
 #[derive(Debug, Clone, Default)]
@@ -23,47 +43,69 @@ pub struct EtcdConfig {
     pub password: Option<String>,
 }
 
-/// A store on an etcd v3 cluster. Cloning shares the underlying connection.
+/// A store on an etcd v3 cluster. Cloning shares the members and their connections.
 #[derive(Clone)]
 pub struct EtcdStore {
-    client: Client,
+    members: std::sync::Arc<Members>,
     endpoints: String,
 }
 
 impl EtcdStore {
-    /// Connect (lazily: the first request opens the connection, within [`REQUEST_TIMEOUT`]).
+    /// Prepare the store. Nothing is connected yet: the first request connects to the
+    /// first member that answers, within [`REQUEST_TIMEOUT`], so a daemon can start
+    /// while etcd is down.
     pub async fn connect(config: &EtcdConfig) -> Result<Self, StoreError> {
-        let endpoints = config.endpoints.join(",");
+        if config.endpoints.is_empty() {
+            return Err(StoreError::BadEndpoint(String::new()));
+        }
         for e in &config.endpoints {
             if !(e.starts_with("http://") || e.starts_with("https://")) || e.len() < 10 {
                 return Err(StoreError::BadEndpoint(e.clone()));
             }
         }
-        if config.endpoints.is_empty() {
-            return Err(StoreError::BadEndpoint(String::new()));
-        }
         let mut options = ConnectOptions::new()
-            .with_connect_timeout(REQUEST_TIMEOUT)
-            .with_timeout(REQUEST_TIMEOUT)
-            .with_keep_alive(Duration::from_secs(10), REQUEST_TIMEOUT);
+            .with_connect_timeout(failover::CONNECT_TIMEOUT)
+            .with_keep_alive(Duration::from_secs(10), REQUEST_TIMEOUT)
+            // A member cut off from the leader refuses at once ("no leader") instead
+            // of hanging, and cancels our watches after a few election timeouts.
+            .with_require_leader(true)
+            // etcd-client logs in again and repeats the call once on "invalid auth
+            // token" (an expired simple token, or a restarted member).
+            .with_auto_token_refresh(true);
         if let Some(tls) = tls_options(config)? {
             options = options.with_tls(tls);
         }
-        if let (Some(user), Some(pass)) = (&config.username, &config.password) {
-            options = options.with_user(user.clone(), pass.clone());
-        }
-        // With a username, connect authenticates at once, so it needs the same deadline.
-        let client = deadline(
-            &endpoints,
-            Client::connect(config.endpoints.clone(), Some(options)),
-        )
-        .await?;
-        Ok(Self { client, endpoints })
+        let logs_in = match (&config.username, &config.password) {
+            (Some(user), Some(pass)) => {
+                options = options.with_user(user.clone(), pass.clone());
+                true
+            }
+            _ => false,
+        };
+        Ok(Self {
+            members: std::sync::Arc::new(Members::new(&config.endpoints, options, logs_in)),
+            endpoints: config.endpoints.join(","),
+        })
     }
 
-    /// The raw client, for watches (the agent) and the raw benchmark baseline.
-    pub fn client(&self) -> &Client {
-        &self.client
+    /// A connected client on a healthy member (the current one while it answers), for
+    /// callers that need the raw API (the agent's watch, benchmarks). Report a member
+    /// that later stops answering with [`EtcdStore::member_failed`].
+    pub async fn member(&self) -> Result<MemberClient, StoreError> {
+        let deadline = Instant::now() + FAILOVER_BUDGET;
+        failover::member(&self.members, &self.endpoints, deadline).await
+    }
+
+    /// The raw client of a healthy member; see [`EtcdStore::member`].
+    pub async fn client(&self) -> Result<Client, StoreError> {
+        Ok(self.member().await?.client().clone())
+    }
+
+    /// `member` stopped answering (a silent watch, say): drop its connection and let
+    /// the next request use another member.
+    pub fn member_failed(&self, member: &MemberClient) {
+        info!(endpoint = %member.endpoint(), "etcd member reported silent");
+        self.members.failed(member, faults::Fault::Down);
     }
 
     /// The endpoints, as given, comma-separated (for messages).
@@ -71,11 +113,51 @@ impl EtcdStore {
         &self.endpoints
     }
 
-    async fn call<T>(
+    /// Run one request with failover; `replay` says whether it may be repeated after
+    /// an ambiguous failure.
+    async fn run<T, F, Fut>(&self, deadline: Instant, replay: Replay, call: F) -> Result<T, Failed>
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+    {
+        failover::run(&self.members, &self.endpoints, deadline, replay, call).await
+    }
+
+    /// A read: always safe to repeat.
+    async fn read<T, F, Fut>(&self, call: F) -> Result<T, StoreError>
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let deadline = Instant::now() + FAILOVER_BUDGET;
+        match self.run(deadline, Replay::Safe, call).await {
+            Ok(v) => Ok(v),
+            Err(Failed::Store(e)) => Err(e),
+            // Not produced for safe requests; kept total rather than panicking.
+            Err(Failed::Ambiguous { detail }) => {
+                Err(failover::unreachable(&self.endpoints, detail))
+            }
+        }
+    }
+
+    /// The current value of `keys`, read in one round trip before `deadline`.
+    async fn read_back(
         &self,
-        fut: impl Future<Output = Result<T, etcd_client::Error>>,
-    ) -> Result<T, StoreError> {
-        deadline(&self.endpoints, fut).await
+        keys: &[String],
+        deadline: Instant,
+    ) -> Result<Vec<(String, Option<Kv>)>, Failed> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let gets: Vec<TxnOp> = keys.iter().map(|k| TxnOp::get(k.as_str(), None)).collect();
+        let request = EtcdTxn::new().and_then(gets);
+        let resp = self
+            .run(deadline, Replay::Safe, |mut c| {
+                let r = request.clone();
+                async move { c.txn(r).await }
+            })
+            .await?;
+        Ok(pair_reads(keys.to_vec(), &resp))
     }
 }
 
@@ -101,57 +183,6 @@ fn tls_options(config: &EtcdConfig) -> Result<Option<TlsOptions>, StoreError> {
     Ok(Some(tls))
 }
 
-/// Run one etcd request with the hard deadline, mapping transport trouble to `Unreachable`.
-async fn deadline<T>(
-    endpoints: &str,
-    fut: impl Future<Output = Result<T, etcd_client::Error>>,
-) -> Result<T, StoreError> {
-    let unreachable = |detail: String| StoreError::Unreachable {
-        endpoints: endpoints.to_string(),
-        timeout: REQUEST_TIMEOUT,
-        detail,
-    };
-    match tokio::time::timeout(REQUEST_TIMEOUT, fut).await {
-        Err(_) => Err(unreachable("no answer".into())),
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(match &e {
-            etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => {
-                unreachable(error_chain(&e))
-            }
-            etcd_client::Error::GRpcStatus(s)
-                if matches!(
-                    s.code(),
-                    tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown
-                ) =>
-            {
-                unreachable(s.message().to_string())
-            }
-            // tonic cancels a request whose per-request timeout expired.
-            etcd_client::Error::GRpcStatus(s) if s.code() == tonic::Code::Cancelled => {
-                unreachable("no answer".into())
-            }
-            _ => StoreError::Etcd {
-                endpoints: endpoints.to_string(),
-                source: Box::new(e),
-            },
-        }),
-    }
-}
-
-/// "tcp connect error: Connection refused (os error 111)" rather than the outer layer only.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut parts = vec![e.to_string()];
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !parts.iter().any(|p| p.contains(&text)) {
-            parts.push(text);
-        }
-        source = s.source();
-    }
-    parts.join(": ")
-}
-
 fn to_kv(kv: &KeyValue) -> Kv {
     Kv {
         key: String::from_utf8_lossy(kv.key()).into_owned(),
@@ -160,25 +191,76 @@ fn to_kv(kv: &KeyValue) -> Kv {
     }
 }
 
+/// Pair each key with the result of the get op at the same position.
+fn pair_reads(keys: Vec<String>, resp: &TxnResponse) -> Vec<(String, Option<Kv>)> {
+    keys.into_iter()
+        .zip(resp.op_responses())
+        .map(|(key, r)| {
+            let kv = match r {
+                TxnOpResponse::Get(g) => g.kvs().first().map(to_kv),
+                _ => None,
+            };
+            (key, kv)
+        })
+        .collect()
+}
+
+fn to_etcd_txn(txn: &Txn) -> EtcdTxn {
+    let compares: Vec<EtcdCompare> = txn
+        .compares
+        .iter()
+        .map(|c| match c {
+            // A missing key has mod_revision 0, so `== 0` is "still absent".
+            Compare::ModRevision { key, revision } => {
+                EtcdCompare::mod_revision(key.as_str(), CompareOp::Equal, *revision)
+            }
+        })
+        .collect();
+    let ops: Vec<TxnOp> = txn
+        .ops
+        .iter()
+        .map(|op| match op {
+            Op::Put { key, value } => TxnOp::put(key.as_str(), value.clone(), None),
+            Op::Delete { key } => TxnOp::delete(key.as_str(), None),
+        })
+        .collect();
+    let reads: Vec<TxnOp> = txn
+        .read_on_conflict
+        .iter()
+        .map(|k| TxnOp::get(k.as_str(), None))
+        .collect();
+    EtcdTxn::new().when(compares).and_then(ops).or_else(reads)
+}
+
 impl Store for EtcdStore {
     async fn get(&self, key: &str) -> Result<Option<Kv>, StoreError> {
-        let mut kv = self.client.kv_client();
-        let resp = self.call(kv.get(key, None)).await?;
+        let resp = self
+            .read(|mut c| {
+                let key = key.to_string();
+                async move { c.get(key, None).await }
+            })
+            .await?;
         Ok(resp.kvs().first().map(to_kv))
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<Kv>, StoreError> {
-        let mut kv = self.client.kv_client();
         let resp = self
-            .call(kv.get(prefix, Some(GetOptions::new().with_prefix())))
+            .read(|mut c| {
+                let prefix = prefix.to_string();
+                async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await }
+            })
             .await?;
         Ok(resp.kvs().iter().map(to_kv).collect())
     }
 
     async fn list_keys(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
-        let mut kv = self.client.kv_client();
-        let opts = GetOptions::new().with_prefix().with_keys_only();
-        let resp = self.call(kv.get(prefix, Some(opts))).await?;
+        let resp = self
+            .read(|mut c| {
+                let prefix = prefix.to_string();
+                let opts = GetOptions::new().with_prefix().with_keys_only();
+                async move { c.get(prefix, Some(opts)).await }
+            })
+            .await?;
         Ok(resp
             .kvs()
             .iter()
@@ -187,48 +269,51 @@ impl Store for EtcdStore {
     }
 
     async fn txn(&self, txn: Txn) -> Result<TxnOutcome, StoreError> {
-        let compares: Vec<EtcdCompare> = txn
-            .compares
-            .iter()
-            .map(|c| match c {
-                // A missing key has mod_revision 0, so `== 0` is "still absent".
-                Compare::ModRevision { key, revision } => {
-                    EtcdCompare::mod_revision(key.as_str(), CompareOp::Equal, *revision)
-                }
+        let request = to_etcd_txn(&txn);
+        // Without compares a transaction is a plain write: repeating it writes the same
+        // values again. With compares, a repeat after an unknown outcome could apply
+        // twice or be misreported, so that case re-reads instead.
+        let replay = if txn.compares.is_empty() {
+            Replay::Safe
+        } else {
+            Replay::Unsafe
+        };
+        let deadline = Instant::now() + FAILOVER_BUDGET;
+        let sent = self
+            .run(deadline, replay, |mut c| {
+                let r = request.clone();
+                async move { c.txn(r).await }
             })
-            .collect();
-        let ops: Vec<TxnOp> = txn
-            .ops
-            .into_iter()
-            .map(|op| match op {
-                Op::Put { key, value } => TxnOp::put(key, value, None),
-                Op::Delete { key } => TxnOp::delete(key, None),
-            })
-            .collect();
-        let reads: Vec<TxnOp> = txn
-            .read_on_conflict
-            .iter()
-            .map(|k| TxnOp::get(k.as_str(), None))
-            .collect();
-        let request = EtcdTxn::new().when(compares).and_then(ops).or_else(reads);
-        let mut kv = self.client.kv_client();
-        let resp = self.call(kv.txn(request)).await?;
+            .await;
+        let resp = match sent {
+            Ok(resp) => resp,
+            Err(Failed::Store(e)) => return Err(e),
+            Err(Failed::Ambiguous { detail }) => {
+                info!(%detail, "etcd transaction outcome unknown; re-reading");
+                let unknown = |why: String| {
+                    failover::unreachable(
+                        &self.endpoints,
+                        format!("transaction outcome unknown after {detail}; {why}"),
+                    )
+                };
+                return match self.read_back(&txn.read_on_conflict, deadline).await {
+                    // Reported as a conflict: the caller re-reads and retries, and an
+                    // allocation that did land is found under its handle.
+                    Ok(current) => Ok(TxnOutcome::Conflict { current }),
+                    Err(Failed::Store(StoreError::Unreachable { detail, .. })) => {
+                        Err(unknown(detail))
+                    }
+                    Err(Failed::Store(e)) => Err(e),
+                    Err(Failed::Ambiguous { detail }) => Err(unknown(detail)),
+                };
+            }
+        };
         if resp.succeeded() {
             let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
             return Ok(TxnOutcome::Committed { revision });
         }
-        let current = txn
-            .read_on_conflict
-            .into_iter()
-            .zip(resp.op_responses())
-            .map(|(key, r)| {
-                let kv = match r {
-                    TxnOpResponse::Get(g) => g.kvs().first().map(to_kv),
-                    _ => None,
-                };
-                (key, kv)
-            })
-            .collect();
-        Ok(TxnOutcome::Conflict { current })
+        Ok(TxnOutcome::Conflict {
+            current: pair_reads(txn.read_on_conflict, &resp),
+        })
     }
 }

@@ -11,7 +11,7 @@ mod memory;
 use std::future::Future;
 use std::time::Duration;
 
-pub use etcd::{EtcdConfig, EtcdStore};
+pub use etcd::{EtcdConfig, EtcdStore, MemberClient};
 pub use memory::MemoryStore;
 
 /// How long any single store request may take before the store counts as unreachable.

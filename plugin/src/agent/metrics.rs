@@ -61,6 +61,11 @@ pub struct AgentMetrics {
     pub bird_reload_failures: Counter,
     pub bird_config_pending: Gauge,
     pub node_registered: Gauge,
+    pub firewall_replaces: Counter,
+    pub firewall_updates: Counter,
+    pub firewall_repairs: Counter,
+    pub firewall_errors: Counter,
+    pub firewall_in_force: Gauge,
 }
 
 /// The process-wide metrics.
@@ -81,6 +86,11 @@ pub static METRICS: AgentMetrics = AgentMetrics {
     bird_reload_failures: Counter(AtomicU64::new(0)),
     bird_config_pending: Gauge(AtomicI64::new(0)),
     node_registered: Gauge(AtomicI64::new(0)),
+    firewall_replaces: Counter(AtomicU64::new(0)),
+    firewall_updates: Counter(AtomicU64::new(0)),
+    firewall_repairs: Counter(AtomicU64::new(0)),
+    firewall_errors: Counter(AtomicU64::new(0)),
+    firewall_in_force: Gauge(AtomicI64::new(0)),
 };
 
 impl AgentMetrics {
@@ -148,6 +158,26 @@ impl AgentMetrics {
             "Failed `birdc configure` attempts (BIRD not running, socket missing...).",
             self.bird_reload_failures.get(),
         );
+        counter(
+            "brindle_firewall_replaces_total",
+            "Atomic replacements of brindle's nftables table (its sets or chains changed shape).",
+            self.firewall_replaces.get(),
+        );
+        counter(
+            "brindle_firewall_updates_total",
+            "Set element updates (an endpoint came or went).",
+            self.firewall_updates.get(),
+        );
+        counter(
+            "brindle_firewall_repairs_total",
+            "Times FORWARD's jump to BRINDLE-FORWARD or its rules were missing and restored.",
+            self.firewall_repairs.get(),
+        );
+        counter(
+            "brindle_firewall_errors_total",
+            "Firewall changes that failed (retried).",
+            self.firewall_errors.get(),
+        );
         let mut gauge = |name: &str, help: &str, v: i64| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
         };
@@ -175,6 +205,11 @@ impl AgentMetrics {
             "brindle_node_registered",
             "1 once this node's record (IP, AS) is in etcd.",
             self.node_registered.get(),
+        );
+        gauge(
+            "brindle_firewall_in_force",
+            "1 while FORWARD accepts endpoint traffic and the isolation table is current.",
+            self.firewall_in_force.get(),
         );
         out
     }

@@ -9,13 +9,17 @@
 //! 1. `ip_forward=1` (until it succeeded once);
 //! 2. kernel routes (`routes.rs`): a blackhole per block affine to this node, the /32
 //!    of each local endpoint;
-//! 3. BIRD (`bird.rs`), when `--bird-config` is given: render this node's
+//! 3. the host firewall (`firewall.rs`): FORWARD's accept path for endpoint traffic,
+//!    isolation between networks, outgoing NAT; checked every [`firewall::CHECK`] for
+//!    outside changes (dockerd restarts, an admin's flush);
+//! 4. BIRD (`bird.rs`), when `--bird-config` is given: render this node's
 //!    configuration, check it with `bird -p -c`, swap it in, `birdc configure`;
 //!    retried every [`RETRY`] while BIRD is not up.
 //!
 //! Registration (`register.rs`) writes this node's record at start, compare-and-swap.
 
 pub mod bird;
+pub mod firewall;
 pub mod metrics;
 pub mod register;
 pub mod routes;
@@ -32,8 +36,9 @@ use tracing::{info, warn};
 
 use crate::bgpstore::BgpKeys;
 use crate::daemon::NodeState;
-use crate::dataplane::Dataplane;
+use crate::dataplane::{Dataplane, Firewall};
 use bird::{BirdManager, BirdPaths, SyncState};
+use firewall::FirewallReconciler;
 use metrics::METRICS;
 use register::Registered;
 use routes::{Desired, RouteReconciler};
@@ -59,6 +64,8 @@ pub struct AgentConfig {
     pub as_num: Option<u32>,
     /// BIRD management; `None` without `--bird-config`.
     pub bird: Option<BirdPaths>,
+    /// Keep the host firewall (`--firewall`, on by default).
+    pub firewall: bool,
 }
 
 impl AgentConfig {
@@ -75,6 +82,7 @@ impl AgentConfig {
                 bird_bin: a.bird_bin.clone(),
                 birdc_bin: a.birdc_bin.clone(),
             }),
+            firewall: a.firewall,
         }
     }
 }
@@ -83,7 +91,9 @@ impl AgentConfig {
 pub struct Agent {
     cfg: AgentConfig,
     dataplane: Arc<dyn Dataplane>,
+    firewall: Arc<dyn Firewall>,
     routes: RouteReconciler,
+    fw: FirewallReconciler,
     bird: Option<BirdManager>,
     forwarding: bool,
     last_warning: Option<String>,
@@ -92,12 +102,18 @@ pub struct Agent {
 
 impl Agent {
     /// A fresh agent for `cfg`.
-    pub fn new(cfg: AgentConfig, dataplane: Arc<dyn Dataplane>) -> Self {
+    pub fn new(
+        cfg: AgentConfig,
+        dataplane: Arc<dyn Dataplane>,
+        firewall: Arc<dyn Firewall>,
+    ) -> Self {
         let bird = cfg.bird.clone().map(BirdManager::new);
         Self {
             cfg,
             dataplane,
+            firewall,
             routes: RouteReconciler::default(),
+            fw: FirewallReconciler::default(),
             bird,
             forwarding: false,
             last_warning: None,
@@ -189,6 +205,15 @@ impl Agent {
             }
         }
 
+        if self.cfg.firewall {
+            let spec = firewall::desired(snap, &self.cfg.node);
+            let fw = self.firewall.as_ref();
+            if !self.fw.reconcile(fw, &spec, Instant::now()).await {
+                wait = RETRY;
+            }
+            wait = wait.min(firewall::CHECK);
+        }
+
         if self.bird.is_some() {
             match self.render(snap) {
                 Some(text) => {
@@ -265,14 +290,10 @@ pub async fn run(state: Arc<NodeState>) -> anyhow::Result<()> {
     }
 
     let (tx, mut rx) = tokio::sync::watch::channel(Arc::new(Snapshot::default()));
-    let prefixes = Prefixes::new(&keys, &cfg.node);
-    let _watch = AbortOnDrop(tokio::spawn(watch::run(
-        store.client().clone(),
-        prefixes,
-        tx,
-    )));
+    let prefixes = Prefixes::new(&keys);
+    let _watch = AbortOnDrop(tokio::spawn(watch::run(store.clone(), prefixes, tx)));
 
-    let mut agent = Agent::new(cfg.clone(), state.dataplane.clone());
+    let mut agent = Agent::new(cfg.clone(), state.dataplane.clone(), state.firewall.clone());
     let mut registered = false;
     let mut register_failures = 0;
     let mut next_full = Instant::now();
@@ -365,16 +386,23 @@ mod tests {
                     &format!("echo \"$@\" >> {}\necho Reconfigured", log.display()),
                 ),
             }),
+            firewall: true,
         };
         let dp = Arc::new(FakeDataplane::new());
-        let mut agent = Agent::new(cfg, dp.clone());
+        let fw = Arc::new(crate::dataplane::FakeFirewall::new());
+        let mut agent = Agent::new(cfg, dp.clone(), fw.clone());
         let snap = snap_with(
             &[("a", "10.0.0.1"), ("b", "10.0.0.2")],
             &[("10.5.0.0/26", "a"), ("10.5.0.64/26", "b")],
         );
         let wait = agent.pass(&snap, true).await;
-        assert_eq!(wait, RESYNC);
+        assert_eq!(
+            wait,
+            firewall::CHECK,
+            "the firewall is checked more often than routes"
+        );
         assert!(dp.ip_forward_enabled());
+        assert!(fw.table().is_some(), "the firewall table is in place");
         assert_eq!(dp.blackholes(), vec!["10.5.0.0/26".parse().unwrap()]);
         let conf = std::fs::read_to_string(dir.path().join("bird.conf")).unwrap();
         assert!(conf.contains("router id 10.0.0.1;"), "{conf}");
@@ -409,8 +437,10 @@ mod tests {
             node_ip: None,
             as_num: None,
             bird: None,
+            firewall: true,
         };
-        let mut agent = Agent::new(cfg, dp.clone());
+        let fw = Arc::new(crate::dataplane::FakeFirewall::new());
+        let mut agent = Agent::new(cfg, dp.clone(), fw.clone());
         let snap = snap_with(&[], &[("10.5.0.0/26", "a")]);
         assert!(agent.me(&snap).is_none());
         agent.pass(&snap, true).await;

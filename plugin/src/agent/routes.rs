@@ -266,6 +266,8 @@ mod tests {
             mac: None,
             host_ifname: ifname.into(),
             handle: id.into(),
+            segment: None,
+            allow_from: Vec::new(),
         }
     }
 
@@ -284,6 +286,7 @@ mod tests {
                     disabled: false,
                     reserved: Default::default(),
                     deleting: false,
+                    nat_outgoing: false,
                 },
             );
         }

@@ -11,7 +11,7 @@ use tracing::warn;
 use crate::bgpstore::{self, BgpKeys};
 use crate::endpoints::EndpointRecord;
 
-/// Where the watched records live, for one node.
+/// Where the watched records live.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Prefixes {
     /// `PREFIX/v1/`: the one watch covers everything below.
@@ -26,13 +26,14 @@ pub struct Prefixes {
     pub pools: String,
     /// `PREFIX/v1/ipam/blocks/`.
     pub blocks: String,
-    /// `PREFIX/v1/endpoints/NODE/`: this node's endpoints only.
+    /// `PREFIX/v1/endpoints/`: every node's endpoints (the firewall's network sets
+    /// need the remote ones; routes take the local ones).
     pub endpoints: String,
 }
 
 impl Prefixes {
-    /// The prefixes of node `node` under `keys`.
-    pub fn new(keys: &Keys, node: &str) -> Self {
+    /// The prefixes under `keys`.
+    pub fn new(keys: &Keys) -> Self {
         let bgp = BgpKeys::new(keys);
         Self {
             root: format!("{}/", keys.root()),
@@ -41,7 +42,7 @@ impl Prefixes {
             peers: bgp.peers(),
             pools: keys.pools(),
             blocks: keys.blocks(),
-            endpoints: format!("{}/endpoints/{node}/", keys.root()),
+            endpoints: format!("{}/endpoints/", keys.root()),
         }
     }
 
@@ -73,7 +74,7 @@ pub struct Snapshot {
     pub pools: BTreeMap<String, Pool>,
     /// Every block, by key.
     pub blocks: BTreeMap<String, Block>,
-    /// This node's endpoints, by key.
+    /// Every node's endpoints, by key (`EndpointRecord::node` tells local ones).
     pub endpoints: BTreeMap<String, EndpointRecord>,
 }
 
@@ -209,7 +210,7 @@ mod tests {
     use serde_json::json;
 
     fn prefixes() -> Prefixes {
-        Prefixes::new(&Keys::new("/b"), "n1")
+        Prefixes::new(&Keys::new("/b"))
     }
 
     fn bytes(v: serde_json::Value) -> Vec<u8> {
@@ -226,8 +227,8 @@ mod tests {
         assert_eq!(c("/b/v1/pools/default"), Some(KeyKind::Pool));
         assert_eq!(c("/b/v1/ipam/blocks/10.0.0.0-26"), Some(KeyKind::Block));
         assert_eq!(c("/b/v1/endpoints/n1/abc"), Some(KeyKind::Endpoint));
-        assert_eq!(c("/b/v1/endpoints/n2/abc"), None, "other node's endpoint");
-        assert_eq!(c("/b/v1/endpoints/n10/abc"), None);
+        assert_eq!(c("/b/v1/endpoints/n2/abc"), Some(KeyKind::Endpoint));
+        assert_eq!(c("/b/v1/endpoints/"), None);
         assert_eq!(c("/b/v1/ipam/handles/h"), None);
         assert_eq!(c("/b/v1/ipam/affinity/n1/10.0.0.0-26"), None);
         assert_eq!(c("/b/v1/meta/pools"), None);

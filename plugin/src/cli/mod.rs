@@ -3,6 +3,7 @@
 
 mod bgp_cmd;
 mod endpoints_cmd;
+mod host_cmd;
 mod ipam_cmd;
 mod node_cmd;
 mod output;

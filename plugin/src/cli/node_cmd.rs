@@ -1,7 +1,9 @@
-//! `brindle node list|set|rm`: the nodes as BGP speakers (name, IP, AS).
+//! `brindle node list|set|rm`: the nodes as BGP speakers (name, IP, AS); `node status`
+//! and `node cleanup` act on this host (see `host_cmd.rs`).
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use brindle_bgp::{parse_as, BgpError, BgpNode};
@@ -42,6 +44,16 @@ pub enum NodeCommand {
         /// Node name.
         name: String,
     },
+    /// This host: forwarding sysctl, FORWARD's policy, brindle's firewall rules and
+    /// each network's set. Exits non-zero when endpoint traffic would be dropped.
+    Status,
+    /// Remove brindle's firewall chain and table, routes and leftover veths from this
+    /// host (decommissioning it). Stop brindled first.
+    Cleanup {
+        /// brindled's API socket: cleanup refuses while it answers.
+        #[arg(long, env = "BRINDLE_API_SOCKET", default_value_os_t = super::host_cmd::default_api_socket())]
+        api_socket: PathBuf,
+    },
 }
 
 /// An optional AS number (asplain or asdot), parsed after clap so a bad value is
@@ -66,6 +78,13 @@ struct NodeRow {
 }
 
 pub async fn exec(cli: &Cli, cmd: &NodeCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        NodeCommand::Status => return super::host_cmd::status(cli).await,
+        NodeCommand::Cleanup { api_socket } => {
+            return super::host_cmd::cleanup(cli, api_socket).await
+        }
+        _ => {}
+    }
     let ipam = cli.etcd.ipam().await?;
     let store = ipam.store();
     let keys = BgpKeys::new(ipam.keys());
@@ -160,6 +179,7 @@ pub async fn exec(cli: &Cli, cmd: &NodeCommand) -> anyhow::Result<ExitCode> {
                 Format::Table => println!("node {} removed ({})", removed.name, removed.ip),
             }
         }
+        NodeCommand::Status | NodeCommand::Cleanup { .. } => unreachable!("handled above"),
     }
     Ok(ExitCode::SUCCESS)
 }

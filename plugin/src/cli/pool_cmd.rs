@@ -1,12 +1,12 @@
-//! `brindle pool add|list|rm`.
+//! `brindle pool add|set|list|rm`.
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::process::ExitCode;
 
 use brindle_ipam::cidr::{parse_cidr, DEFAULT_BLOCK_SIZE};
-use brindle_ipam::pools::NewPool;
-use clap::Subcommand;
+use brindle_ipam::pools::{NewPool, PoolUpdate};
+use clap::{ArgGroup, Subcommand};
 use serde::Serialize;
 
 use super::output::{print_json, print_table, Format};
@@ -29,6 +29,25 @@ pub enum PoolCommand {
         /// An address never to hand out (repeatable).
         #[arg(long = "reserve", value_name = "ADDR")]
         reserved: Vec<Ipv4Addr>,
+        /// Masquerade traffic from the pool to destinations outside every pool.
+        #[arg(long)]
+        nat_outgoing: bool,
+    },
+    /// Change a pool's settings.
+    #[command(group(ArgGroup::new("setting").required(true).args(["nat_outgoing"])))]
+    Set {
+        name: String,
+        /// Masquerade traffic from the pool to destinations outside every pool
+        /// (`--nat-outgoing` alone means true).
+        #[arg(
+            long,
+            value_name = "true|false",
+            num_args = 0..=1,
+            require_equals = true,
+            default_missing_value = "true",
+            value_parser = clap::builder::BoolValueParser::new()
+        )]
+        nat_outgoing: Option<bool>,
     },
     /// List pools with their usage.
     List,
@@ -47,6 +66,7 @@ struct PoolRow {
     cidr: String,
     block_size: u8,
     disabled: bool,
+    nat_outgoing: bool,
     reserved: BTreeSet<Ipv4Addr>,
     size: u64,
     allocated: u64,
@@ -61,6 +81,7 @@ pub async fn exec(cli: &Cli, cmd: &PoolCommand) -> anyhow::Result<ExitCode> {
             block_size,
             disabled,
             reserved,
+            nat_outgoing,
         } => {
             let pool = ipam
                 .add_pool(NewPool {
@@ -69,17 +90,33 @@ pub async fn exec(cli: &Cli, cmd: &PoolCommand) -> anyhow::Result<ExitCode> {
                     block_size: *block_size,
                     disabled: *disabled,
                     reserved: reserved.iter().copied().collect(),
+                    nat_outgoing: *nat_outgoing,
                 })
                 .await?;
             match cli.output {
                 Format::Json => print_json(&pool)?,
                 Format::Table => println!(
-                    "pool {} added: {} in blocks of /{}{}",
+                    "pool {} added: {} in blocks of /{}{}{}",
                     pool.name,
                     pool.cidr,
                     pool.block_size,
-                    if pool.disabled { " (disabled)" } else { "" }
+                    if pool.disabled { " (disabled)" } else { "" },
+                    if pool.nat_outgoing {
+                        " (nat-outgoing)"
+                    } else {
+                        ""
+                    }
                 ),
+            }
+        }
+        PoolCommand::Set { name, nat_outgoing } => {
+            let update = PoolUpdate {
+                nat_outgoing: *nat_outgoing,
+            };
+            let pool = ipam.update_pool(name, &update).await?;
+            match cli.output {
+                Format::Json => print_json(&pool)?,
+                Format::Table => println!("pool {}: nat-outgoing {}", pool.name, pool.nat_outgoing),
             }
         }
         PoolCommand::List => {
@@ -93,6 +130,7 @@ pub async fn exec(cli: &Cli, cmd: &PoolCommand) -> anyhow::Result<ExitCode> {
                     cidr: p.cidr.to_string(),
                     block_size: p.block_size,
                     disabled: p.disabled,
+                    nat_outgoing: p.nat_outgoing,
                     reserved: p.reserved,
                     size: u.size,
                     allocated: u.allocated,
@@ -101,7 +139,15 @@ pub async fn exec(cli: &Cli, cmd: &PoolCommand) -> anyhow::Result<ExitCode> {
             match cli.output {
                 Format::Json => print_json(&serde_json::json!({ "pools": rows }))?,
                 Format::Table => print_table(
-                    &["NAME", "CIDR", "BLOCK", "SIZE", "ALLOCATED", "DISABLED"],
+                    &[
+                        "NAME",
+                        "CIDR",
+                        "BLOCK",
+                        "SIZE",
+                        "ALLOCATED",
+                        "DISABLED",
+                        "NAT-OUTGOING",
+                    ],
                     &rows
                         .iter()
                         .map(|r| {
@@ -112,6 +158,7 @@ pub async fn exec(cli: &Cli, cmd: &PoolCommand) -> anyhow::Result<ExitCode> {
                                 r.size.to_string(),
                                 r.allocated.to_string(),
                                 r.disabled.to_string(),
+                                r.nat_outgoing.to_string(),
                             ]
                         })
                         .collect::<Vec<_>>(),
@@ -132,4 +179,53 @@ pub async fn exec(cli: &Cli, cmd: &PoolCommand) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::PoolCommand;
+    use crate::cli::{Cli, Command};
+
+    fn set(args: &[&str]) -> Result<Option<bool>, clap::Error> {
+        let argv = ["brindle", "pool", "set", "p"].iter().chain(args);
+        match Cli::try_parse_from(argv)?.command {
+            Command::Pool(PoolCommand::Set { nat_outgoing, .. }) => Ok(nat_outgoing),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn set_takes_true_or_false() {
+        assert_eq!(set(&["--nat-outgoing=true"]).unwrap(), Some(true));
+        assert_eq!(set(&["--nat-outgoing=false"]).unwrap(), Some(false));
+        assert_eq!(set(&["--nat-outgoing"]).unwrap(), Some(true));
+        let e = set(&["--nat-outgoing=maybe"]).unwrap_err().to_string();
+        assert!(e.contains("invalid value 'maybe'"), "{e}");
+        assert!(e.contains("[possible values: true, false]"), "{e}");
+        // Nothing to change is an error too.
+        assert!(set(&[]).is_err());
+    }
+
+    #[test]
+    fn add_has_a_nat_outgoing_flag() {
+        let cli = Cli::try_parse_from([
+            "brindle",
+            "pool",
+            "add",
+            "p",
+            "--cidr",
+            "10.0.0.0/24",
+            "--nat-outgoing",
+        ])
+        .unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Pool(PoolCommand::Add {
+                nat_outgoing: true,
+                ..
+            })
+        ));
+    }
 }

@@ -9,12 +9,14 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 
 use brindle_ipam::EtcdConfig;
+use ipnetwork::Ipv4Network;
 use serde::Deserialize;
 use serde_json::Value;
 
 use super::error::{code, CniError};
 use super::ops::{Attachment, Mode};
 use super::version;
+use crate::allow_from::{self, KEY as ALLOW_FROM};
 use crate::dataplane::validate_ifname;
 
 /// The main plugin's `type`.
@@ -242,6 +244,8 @@ struct RawIpam {
     pool: Option<String>,
     gateway: Option<Ipv4Addr>,
     routes: Option<Vec<Value>>,
+    #[serde(rename = "brindle.allow-from")]
+    allow_from: Option<Value>,
     #[serde(flatten)]
     settings: RawSettings,
 }
@@ -277,6 +281,8 @@ struct RawConf {
     valid_attachments: Option<Vec<RawAttachment>>,
     #[serde(rename = "cni.dev/attachments")]
     attachments: Option<Vec<RawAttachment>>,
+    #[serde(rename = "brindle.allow-from")]
+    allow_from: Option<Value>,
     #[serde(flatten)]
     settings: RawSettings,
 }
@@ -310,6 +316,9 @@ pub struct NetConf {
     pub static_ips: Vec<(String, &'static str)>,
     /// GC: attachments still valid (`None` if the key was absent).
     pub valid_attachments: Option<Vec<Attachment>>,
+    /// `brindle.allow-from` (main mode): the only sources outside every pool that may
+    /// connect; empty allows any.
+    pub allow_from: Vec<Ipv4Network>,
 }
 
 /// The `cniVersion` of a stdin document, if it has a string one (for error replies
@@ -410,6 +419,23 @@ impl NetConf {
                 static_ips.push((s.to_string(), "args.cni.ips"));
             }
         }
+        let allow_from = match mode {
+            // Like the settings: the plugin's own key first, then its ipam section's.
+            Mode::Main => raw
+                .allow_from
+                .as_ref()
+                .or(ipam.allow_from.as_ref())
+                .map(parse_allow_from)
+                .transpose()?
+                .unwrap_or_default(),
+            // No endpoint record in IPAM mode, so nothing would enforce it.
+            Mode::Ipam if ipam.allow_from.is_some() => {
+                return Err(CniError::unsupported(format!(
+                    "{ALLOW_FROM} in the ipam section needs the brindle main plugin (type {MAIN_TYPE:?}): under another main plugin brindle does not wire the interface and cannot enforce it"
+                )))
+            }
+            Mode::Ipam => Vec::new(),
+        };
         let valid = raw.valid_attachments.or(raw.attachments).map(|list| {
             list.into_iter()
                 .map(|a| Attachment {
@@ -431,6 +457,7 @@ impl NetConf {
             prev_result: raw.prev_result,
             static_ips,
             valid_attachments: valid,
+            allow_from,
         })
     }
 
@@ -463,6 +490,30 @@ impl NetConf {
             ))),
         }
     }
+}
+
+/// `brindle.allow-from`: a list of CIDR strings or one comma-separated string.
+fn parse_allow_from(value: &Value) -> Result<Vec<Ipv4Network>, CniError> {
+    let parsed = match value {
+        Value::String(s) => allow_from::parse_list(s),
+        Value::Array(items) => {
+            let mut entries = Vec::with_capacity(items.len());
+            for item in items {
+                entries.push(item.as_str().ok_or_else(|| {
+                    CniError::config(format!(
+                        "invalid {ALLOW_FROM} entry {item}: expected a string such as \"192.0.2.0/24\""
+                    ))
+                })?);
+            }
+            allow_from::parse_entries(entries)
+        }
+        other => {
+            return Err(CniError::config(format!(
+                "invalid {ALLOW_FROM} value {other}: expected a list of CIDR strings such as [\"192.0.2.0/24\"] or one comma-separated string"
+            )))
+        }
+    };
+    parsed.map_err(|e| CniError::config(e.to_string()))
 }
 
 /// An address with an optional prefix (`10.0.0.5` or `10.0.0.5/24`); IPv4 only.
@@ -630,6 +681,61 @@ mod tests {
         let dynamic = br#"{"cniVersion":"1.0.0","name":"n","type":"brindle"}"#;
         let c = NetConf::parse(dynamic, &e).unwrap();
         assert_eq!(c.static_ip(&none).unwrap(), None);
+    }
+
+    #[test]
+    fn allow_from_list_or_string_and_errors_name_the_value() {
+        let e = CniEnv::default();
+        let nets = |v: Vec<&str>| -> Vec<Ipv4Network> {
+            v.into_iter().map(|n| n.parse().unwrap()).collect()
+        };
+        let list = br#"{"cniVersion":"1.0.0","name":"n","type":"brindle","brindle.allow-from":["192.0.2.0/24","198.51.100.7/32"]}"#;
+        assert_eq!(
+            NetConf::parse(list, &e).unwrap().allow_from,
+            nets(vec!["192.0.2.0/24", "198.51.100.7/32"])
+        );
+        let one = br#"{"cniVersion":"1.0.0","name":"n","type":"brindle","brindle.allow-from":"192.0.2.0/24, 198.51.100.7/32"}"#;
+        assert_eq!(
+            NetConf::parse(one, &e).unwrap().allow_from,
+            nets(vec!["192.0.2.0/24", "198.51.100.7/32"])
+        );
+        let in_ipam = br#"{"cniVersion":"1.0.0","name":"n","type":"brindle","ipam":{"type":"brindle-ipam","brindle.allow-from":"10.0.0.0/8"}}"#;
+        assert_eq!(
+            NetConf::parse(in_ipam, &e).unwrap().allow_from,
+            nets(vec!["10.0.0.0/8"])
+        );
+        let absent = br#"{"cniVersion":"1.0.0","name":"n","type":"brindle"}"#;
+        assert!(NetConf::parse(absent, &e).unwrap().allow_from.is_empty());
+        for (conf, needle) in [
+            (
+                r#""brindle.allow-from":["192.0.2.0/24","office"]"#,
+                r#"invalid brindle.allow-from entry "office": expected an IPv4 CIDR"#,
+            ),
+            (
+                r#""brindle.allow-from":"192.0.2.1/24""#,
+                r#"invalid brindle.allow-from entry "192.0.2.1/24": host bits are set"#,
+            ),
+            (
+                r#""brindle.allow-from":[24]"#,
+                "invalid brindle.allow-from entry 24: expected a string",
+            ),
+            (
+                r#""brindle.allow-from":true"#,
+                "invalid brindle.allow-from value true: expected a list of CIDR strings",
+            ),
+        ] {
+            let doc = format!(r#"{{"cniVersion":"1.0.0","name":"n","type":"brindle",{conf}}}"#);
+            let err = NetConf::parse(doc.as_bytes(), &e).unwrap_err();
+            assert_eq!(err.code, code::INVALID_CONFIG, "{conf}: {err}");
+            assert!(err.msg.starts_with(needle), "{conf}: {err}");
+        }
+        // Under another main plugin brindle keeps no endpoint record to enforce it by.
+        let ipam_mode = br#"{"cniVersion":"1.0.0","name":"n","type":"ptp","ipam":{"type":"brindle-ipam","brindle.allow-from":"10.0.0.0/8"}}"#;
+        let err = NetConf::parse(ipam_mode, &e).unwrap_err();
+        assert_eq!(err.code, code::UNSUPPORTED_FIELD, "{err}");
+        // ... while the main plugin's own key is that plugin's business.
+        let theirs = br#"{"cniVersion":"1.0.0","name":"n","type":"ptp","brindle.allow-from":"x","ipam":{"type":"brindle-ipam"}}"#;
+        assert!(NetConf::parse(theirs, &e).unwrap().allow_from.is_empty());
     }
 
     #[test]

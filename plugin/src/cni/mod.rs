@@ -209,6 +209,7 @@ fn build(command: Command, env: &CniEnv, conf: &NetConf) -> Result<Request, CniE
                 ip: conf.static_ip(&args)?,
                 pool: conf.pool.clone(),
                 mtu: conf.mtu,
+                allow_from: conf.allow_from.clone(),
             })
         }
         Command::Del => {
@@ -404,6 +405,32 @@ mod tests {
             .contains(&json!("1.1.0")));
         let out = run(&env(&[("CNI_COMMAND", "VERSION")]), b"");
         assert_eq!(out.stdout.unwrap()["cniVersion"], "1.1.0");
+    }
+
+    #[test]
+    fn add_request_carries_allow_from_and_bad_values_are_code_7() {
+        let vars = env(&[
+            ("CNI_COMMAND", "ADD"),
+            ("CNI_CONTAINERID", "c1"),
+            ("CNI_NETNS", "/run/netns/x"),
+            ("CNI_IFNAME", "eth0"),
+        ]);
+        let conf = br#"{"cniVersion":"1.0.0","name":"web","type":"brindle","brindle.allow-from":["192.0.2.0/24"]}"#;
+        let conf = NetConf::parse(conf, &vars).unwrap();
+        let Request::Add(req) = build(Command::Add, &vars, &conf).unwrap() else {
+            panic!("ADD builds an AddRequest");
+        };
+        assert_eq!(req.allow_from, vec!["192.0.2.0/24".parse().unwrap()]);
+        assert_eq!(req.network, "web");
+        let bad = br#"{"cniVersion":"1.0.0","name":"web","type":"brindle","brindle.allow-from":"192.0.2.0/33"}"#;
+        let out = run(&vars, bad);
+        assert!(!out.success);
+        let doc = out.stdout.unwrap();
+        assert_eq!(doc["code"], 7);
+        assert!(
+            doc["msg"].as_str().unwrap().contains("\"192.0.2.0/33\""),
+            "{doc}"
+        );
     }
 
     #[test]

@@ -68,6 +68,11 @@ impl Attachment {
     }
 }
 
+/// The isolation segment of a CNI network: `cni:` + the netconf `name`.
+pub fn segment_for(network: &str) -> String {
+    format!("{ORCHESTRATOR_CNI}:{network}")
+}
+
 /// `<containerID>+<ifname>`.
 pub fn handle_for(container_id: &str, ifname: &str) -> String {
     format!("{container_id}+{ifname}")
@@ -92,6 +97,9 @@ pub struct AddRequest {
     pub ip: Option<Ipv4Addr>,
     pub pool: Option<String>,
     pub mtu: Option<u32>,
+    /// `brindle.allow-from` of the netconf (main mode), stored in the endpoint record.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_from: Vec<Ipv4Network>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -373,6 +381,9 @@ pub async fn add<S: Store>(ctx: &Ctx<'_, S>, req: &AddRequest) -> Result<AddRepl
             mac: Some(mac.to_string()),
             host_ifname: spec.host_ifname.clone(),
             handle: handle.clone(),
+            // One network per conflist name, the same on every host.
+            segment: Some(segment_for(&req.network)),
+            allow_from: req.allow_from.clone(),
         };
         if let Err(e) = put_endpoint(ctx.ipam.store(), ctx.ipam.keys(), &record).await {
             if let Err(cleanup) = dp.delete_endpoint(&spec.host_ifname).await {
@@ -636,6 +647,7 @@ mod tests {
             block_size: 28,
             disabled: false,
             reserved: Default::default(),
+            nat_outgoing: false,
         })
         .await
         .unwrap();
@@ -659,6 +671,7 @@ mod tests {
             ip,
             pool: None,
             mtu: None,
+            allow_from: Vec::new(),
         }
     }
 
@@ -703,6 +716,51 @@ mod tests {
         del(&ctx, &del_req).await.unwrap();
         assert!(!dp.has_endpoint(&att("c2").host_ifname()));
         assert!(ipam.addresses_of("c2+eth0").await.unwrap().is_empty());
+    }
+
+    /// brindled's fast path decodes the request the plugin sent; both then run `add`,
+    /// so the record depends only on the request: check the request survives the wire.
+    #[tokio::test(flavor = "current_thread")]
+    async fn endpoint_record_carries_segment_and_allow_from() {
+        let ipam = setup("10.9.5.0/24").await;
+        let dp = FakeDataplane::new();
+        let ctx = Ctx {
+            ipam: &ipam,
+            dataplane: Some(&dp),
+            node: "n1",
+            reaper: None,
+        };
+        let allow: Vec<Ipv4Network> = vec!["192.0.2.0/24".parse().unwrap()];
+        let direct = AddRequest {
+            allow_from: allow.clone(),
+            ..add_req("c1", Mode::Main, None)
+        };
+        let wire = serde_json::to_vec(&AddRequest {
+            attachment: att("c2"),
+            ..direct.clone()
+        })
+        .unwrap();
+        let fast: AddRequest = serde_json::from_slice(&wire).unwrap();
+        for req in [&direct, &fast] {
+            add(&ctx, req).await.unwrap();
+            let rec = crate::endpoints::get_endpoint(
+                ipam.store(),
+                ipam.keys(),
+                "n1",
+                &req.attachment.handle(),
+            )
+            .await
+            .unwrap()
+            .unwrap();
+            assert_eq!(rec.segment.as_deref(), Some("cni:net"));
+            assert_eq!(rec.segment(), "cni:net");
+            assert_eq!(rec.allow_from, allow);
+        }
+        // Without the key nothing is restricted, and old brindleds' requests decode.
+        let plain = serde_json::to_value(add_req("c3", Mode::Main, None)).unwrap();
+        assert!(plain.get("allow_from").is_none(), "{plain}");
+        let decoded: AddRequest = serde_json::from_value(plain).unwrap();
+        assert!(decoded.allow_from.is_empty());
     }
 
     #[tokio::test(flavor = "current_thread")]

@@ -13,7 +13,7 @@ use clap::{Parser, ValueEnum};
 use tracing::info;
 
 use crate::config::{hostname, EtcdArgs};
-use crate::dataplane::{Dataplane, LinuxDataplane};
+use crate::dataplane::{Dataplane, Firewall, LinuxDataplane, LinuxFirewall};
 pub use socket::{serve_unix, UnixPeer};
 pub use state::NodeState;
 
@@ -83,6 +83,11 @@ pub struct DaemonArgs {
     /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9469).
     #[arg(long, env = "BRINDLE_METRICS_ADDR")]
     pub metrics_addr: Option<SocketAddr>,
+    /// Keep the host firewall: FORWARD's accept path for endpoint traffic (needed where
+    /// its policy is DROP, as dockerd, ufw and firewalld set it), isolation between
+    /// networks and outgoing NAT. `false` leaves the firewall to the admin.
+    #[arg(long, env = "BRINDLE_FIREWALL", default_value_t = true, action = clap::ArgAction::Set)]
+    pub firewall: bool,
     #[arg(long, env = "BRINDLE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 }
@@ -98,7 +103,8 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     let ipam = args.etcd.ipam().await.context("connect to etcd")?;
     let dataplane: Arc<dyn Dataplane> =
         Arc::new(LinuxDataplane::connect().context("open rtnetlink")?);
-    let state = Arc::new(NodeState::new(args.clone(), ipam, dataplane));
+    let firewall: Arc<dyn Firewall> = Arc::new(LinuxFirewall::new());
+    let state = Arc::new(NodeState::new(args.clone(), ipam, dataplane, firewall));
     info!(node = %state.node, "brindled starting");
 
     let docker_sock = args.docker_plugin_dir.join("brindle.sock");

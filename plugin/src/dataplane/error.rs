@@ -80,6 +80,24 @@ pub enum DataplaneError {
         /// What is wrong and why.
         what: String,
     },
+    /// A firewall tool brindle runs is not installed.
+    #[error("{program} not found in PATH (install the Debian package {package})")]
+    MissingProgram {
+        /// The binary: `nft`, `iptables-nft-restore`, ...
+        program: String,
+        /// The package that provides it.
+        package: String,
+    },
+    /// A firewall tool ran and failed.
+    #[error("{command}: {status}: {}", .stderr.trim())]
+    Command {
+        /// The command line (program and fixed arguments; input goes on stdin).
+        command: String,
+        /// `exit status 1`, `timed out after 10s`, or the spawn error.
+        status: String,
+        /// What it printed on stderr.
+        stderr: String,
+    },
     /// An operation failed and undoing its partial work failed too.
     #[error("{error} (cleanup also failed: {cleanup})")]
     Rollback {
@@ -117,7 +135,11 @@ impl DataplaneError {
                 cause.raw_os_error()
             }
             Self::Rollback { error, .. } => error.errno(),
-            Self::NotFound { .. } | Self::Check { .. } | Self::Invalid { .. } => None,
+            Self::NotFound { .. }
+            | Self::Check { .. }
+            | Self::Invalid { .. }
+            | Self::MissingProgram { .. }
+            | Self::Command { .. } => None,
         }
     }
 

@@ -39,6 +39,8 @@ pub enum FakeOp {
     DelHostRoute,
     /// [`Dataplane::enable_ip_forward`]
     EnableIpForward,
+    /// [`Dataplane::list_host_veths`]
+    ListHostVeths,
 }
 
 /// One recorded call with its arguments.
@@ -64,6 +66,8 @@ pub enum FakeCall {
     DelHostRoute(Ipv4Addr),
     /// `enable_ip_forward()`
     EnableIpForward,
+    /// `list_host_veths()`
+    ListHostVeths,
 }
 
 impl FakeCall {
@@ -80,6 +84,7 @@ impl FakeCall {
             Self::ReplaceHostRoute(..) => FakeOp::ReplaceHostRoute,
             Self::DelHostRoute(_) => FakeOp::DelHostRoute,
             Self::EnableIpForward => FakeOp::EnableIpForward,
+            Self::ListHostVeths => FakeOp::ListHostVeths,
         }
     }
 }
@@ -415,6 +420,12 @@ impl Dataplane for FakeDataplane {
         self.call(FakeCall::EnableIpForward, |st| {
             st.ip_forward = true;
             Ok(())
+        })
+    }
+
+    fn list_host_veths(&self) -> DpFuture<'_, Vec<String>> {
+        self.call(FakeCall::ListHostVeths, |st| {
+            Ok(st.endpoints.keys().cloned().collect())
         })
     }
 }

@@ -480,4 +480,17 @@ impl Dataplane for LinuxDataplane {
             sysctl::write(&self.host_ns, vec![sysctl::ip_forward()]).await
         })
     }
+
+    fn list_host_veths(&self) -> DpFuture<'_, Vec<String>> {
+        Box::pin(async move {
+            Ok(self
+                .nl
+                .dump_links()
+                .await?
+                .into_iter()
+                .filter(|l| l.is_veth && l.name.starts_with(super::names::HOST_PREFIX))
+                .map(|l| l.name)
+                .collect())
+        })
+    }
 }

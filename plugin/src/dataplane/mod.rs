@@ -26,6 +26,7 @@
 
 mod error;
 mod fake;
+pub mod firewall;
 mod linux;
 mod names;
 mod netlink;
@@ -35,6 +36,7 @@ mod types;
 
 pub use error::DataplaneError;
 pub use fake::{FakeCall, FakeDataplane, FakeOp};
+pub use firewall::{FakeFirewall, Firewall, FirewallSpec, LinuxFirewall};
 pub use linux::LinuxDataplane;
 pub use names::{host_ifname_for, host_ifname_for_cni, temp_ifname_for, validate_ifname};
 pub use types::{EndpointSpec, MacAddr, OwnedRoute, RouteTarget};
@@ -118,4 +120,7 @@ pub trait Dataplane: Send + Sync {
 
     /// Set `net.ipv4.ip_forward=1` in the host namespace.
     fn enable_ip_forward(&self) -> DpFuture<'_, ()>;
+
+    /// Names of the host namespace's veths with brindle's prefix (`brl...`).
+    fn list_host_veths(&self) -> DpFuture<'_, Vec<String>>;
 }

@@ -48,8 +48,14 @@ pub async fn container_of(
         .containers
         .unwrap_or_default()
         .into_iter()
-        .find(|(_, c)| c.endpoint_id == endpoint)
+        .find(|(id, c)| c.endpoint_id == endpoint && is_container_key(id))
         .map(|(id, _)| id))
+}
+
+/// dockerd lists an endpoint under `ep-<endpoint id>` until the container is fully
+/// attached (`docker network connect`); only a real container id names the container.
+fn is_container_key(key: &str) -> bool {
+    !key.starts_with("ep-")
 }
 
 async fn get(socket: &Path, path: &str) -> Result<Bytes, String> {

@@ -109,6 +109,7 @@ impl<B: Backend> Driver<B> {
             }
         };
         info!(pool_id = %id, "pool requested");
+        self.remember_requested(&id);
         Ok(RequestPoolResponse {
             pool_id: id.to_string(),
             pool: id.docker_subnet().to_string(),
@@ -117,7 +118,10 @@ impl<B: Backend> Driver<B> {
     }
 
     /// The pool of a network without `--subnet`.
-    async fn pool_for_network(&self, named: Option<String>) -> Result<Pool, DockerError> {
+    pub(super) async fn pool_for_network(
+        &self,
+        named: Option<String>,
+    ) -> Result<Pool, DockerError> {
         let pools = self.ipam().list_pools().await?;
         let names = || pool_list(&pools);
         if let Some(name) = named {
@@ -182,6 +186,7 @@ impl<B: Backend> Driver<B> {
                 block_size: DEFAULT_BLOCK_SIZE.max(s.prefix()),
                 disabled: false,
                 reserved: Default::default(),
+                nat_outgoing: false,
             };
             match self.add_pool(new).await {
                 Ok(pool) => {

@@ -8,7 +8,8 @@
 //!   addresses (`--ip`, `--gateway`, `--aux-address`, dynamic ones from this node's
 //!   blocks); `pool_id.rs`: the self-describing `PoolID`.
 //! - `net_driver.rs`: networks and endpoints: the routed veth of DESIGN.md, the
-//!   169.254.1.x next hop returned by `Join`.
+//!   169.254.1.x next hop returned by `Join`; `net_options.rs`: `-o` options, the
+//!   isolation segment and a network's outgoing NAT.
 //! - `records.rs`: what is persisted in etcd before Docker gets an answer.
 //! - `reclaim.rs` + `dockerd.rs`: recovering addresses a dockerd that no longer runs
 //!   never released (calico#746), without ever taking one from a live container.
@@ -21,6 +22,7 @@ mod handlers;
 mod http;
 mod ipam_driver;
 mod net_driver;
+mod net_options;
 mod pool_id;
 mod reclaim;
 pub mod records;
@@ -53,8 +55,12 @@ pub const LOCAL_ADDRESS_SPACE: &str = "brindle-local";
 pub const GLOBAL_ADDRESS_SPACE: &str = "brindle-global";
 /// The pool a network without `--subnet` and without `--ipam-opt pool=` uses.
 pub const DEFAULT_POOL: &str = "default";
-/// The only `-o` option networks accept.
+/// The `-o` options networks accept: the veth MTU, ...
 pub const MTU_OPTION: &str = "com.docker.network.driver.mtu";
+/// ... the sources outside every pool allowed in (see `crate::allow_from`) ...
+pub const ALLOW_FROM_OPTION: &str = crate::allow_from::KEY;
+/// ... and outgoing NAT for the pool created for the network's `--subnet`.
+pub const NAT_OUTGOING_OPTION: &str = "brindle.nat-outgoing";
 /// The only `--ipam-opt` networks accept.
 pub const POOL_OPTION: &str = "pool";
 
@@ -130,6 +136,10 @@ struct Cache {
     held: HashMap<Ipv4Addr, String>,
     /// Pool name → CIDR.
     pools: HashMap<String, ipnetwork::Ipv4Network>,
+    /// `RequestPool` answers not yet claimed by a `CreateNetwork`, by the subnet shown
+    /// to Docker: `CreateNetwork` gets only that subnet, not the `PoolID` (which also
+    /// names the pool and the `--ip-range`), and needs the whole id for the segment.
+    requested: HashMap<ipnetwork::Ipv4Network, PoolId>,
     /// dockerd instances seen; the first request of each triggers an orphan sweep.
     dockerds: HashSet<String>,
     /// Host veths being deleted in the background, by the address they served.

@@ -25,13 +25,14 @@ use futures::FutureExt;
 use super::containers;
 use super::http::{Caller, DockerError};
 use super::ipam_driver::within;
+use super::net_options::{segment_of, NetworkOptions};
 use super::records::{self, DockerEndpoint, NetworkRecord, NetworkSubnet, ORCHESTRATOR};
 use super::wire::{
     CreateEndpointRequest, CreateEndpointResponse, CreateNetworkRequest, EndpointInterface,
     EndpointRequest, InterfaceName, JoinRequest, JoinResponse, NetworkRequest, OperInfoResponse,
     StaticRoute,
 };
-use super::{Backend, Driver, MTU_OPTION};
+use super::{Backend, Driver};
 use crate::dataplane::{host_ifname_for, temp_ifname_for, EndpointSpec};
 use crate::endpoints::EndpointRecord;
 
@@ -50,22 +51,12 @@ impl<B: Backend> Driver<B> {
         if id.is_empty() {
             return Err(DockerError::new("CreateNetwork without a NetworkID"));
         }
-        let mut mtu = None;
+        let mut opts = NetworkOptions::default();
         for (key, value) in req.options.unwrap_or_default() {
             match key.as_str() {
                 GENERIC => {
-                    let generic = value.as_object().cloned().unwrap_or_default();
-                    for (k, v) in generic {
-                        let text = match &v {
-                            serde_json::Value::String(s) => s.clone(),
-                            other => other.to_string(),
-                        };
-                        if k != MTU_OPTION {
-                            return Err(DockerError::new(format!(
-                                "unsupported driver option {k}={text}: brindle supports only -o {MTU_OPTION}=N"
-                            )));
-                        }
-                        mtu = Some(parse_mtu(&text)?);
+                    if let Some(generic) = value.as_object() {
+                        opts = NetworkOptions::parse(generic)?;
                     }
                 }
                 ENABLE_IPV6 if value.as_bool() == Some(true) => {
@@ -122,19 +113,36 @@ impl<B: Backend> Driver<B> {
                 aux,
             });
         }
+        let shown: Vec<Ipv4Network> = subnets.iter().map(|s| s.subnet).collect();
+        let pool_ids = self.take_pool_ids(&shown).await;
+        // Everything is checked before the first write, so a refusal leaves nothing.
+        let nat_changes = match opts.nat_outgoing {
+            Some(want) => {
+                self.nat_outgoing_changes(&id, &shown, &pool_ids, want)
+                    .await?
+            }
+            None => Vec::new(),
+        };
         let record = NetworkRecord {
             id: id.clone(),
             node: self.node().to_string(),
             subnets,
-            mtu,
+            mtu: opts.mtu,
+            allow_from: opts.allow_from,
+            segment: Some(segment_of(&shown, &pool_ids)),
         };
+        if let Some(want) = opts.nat_outgoing {
+            // Should the record write fail, Docker releases the pools, and with them
+            // a pool created for this network.
+            self.apply_nat_outgoing(&nat_changes, want).await?;
+        }
         records::put(
             self.store(),
             records::network_key(self.keys(), &id),
             &record,
         )
         .await?;
-        info!(network = %id, ?mtu, "network created");
+        info!(network = %id, mtu = ?record.mtu, segment = ?record.segment, allow_from = ?record.allow_from, nat_outgoing = ?opts.nat_outgoing, "network created");
         self.cache().networks.insert(id, record);
         Ok(())
     }
@@ -186,12 +194,17 @@ impl<B: Backend> Driver<B> {
         }
         let record: Option<NetworkRecord> =
             records::get(self.store(), records::network_key(self.keys(), id)).await?;
-        let record = record.ok_or_else(|| {
+        let mut record = record.ok_or_else(|| {
             DockerError::new(format!(
                 "network {} is not known to brindle (its record is missing from etcd); recreate the network",
                 short(id)
             ))
         })?;
+        if record.segment.is_none() {
+            // Written before segments existed: the best identity the pools still give.
+            let subnets: Vec<Ipv4Network> = record.subnets.iter().map(|s| s.subnet).collect();
+            record.segment = Some(self.rebuilt_segment(&subnets).await);
+        }
         self.cache().networks.insert(id.to_string(), record.clone());
         Ok(record)
     }
@@ -264,6 +277,8 @@ impl<B: Backend> Driver<B> {
                 mac: Some(mac.clone()),
                 host_ifname: spec.host_ifname.clone(),
                 handle,
+                segment: net.segment.clone(),
+                allow_from: net.allow_from.clone(),
             },
             sandbox: None,
             gateway: None,
@@ -546,18 +561,6 @@ fn cidr_ip(s: &str) -> Result<Ipv4Addr, DockerError> {
         .map_err(|_| DockerError::new(format!("invalid IPv4 address {s:?}")))
 }
 
-fn parse_mtu(text: &str) -> Result<u32, DockerError> {
-    text.trim()
-        .parse::<u32>()
-        .ok()
-        .filter(|m| (68..=65535).contains(m))
-        .ok_or_else(|| {
-            DockerError::new(format!(
-                "invalid -o {MTU_OPTION}={text}: expected a number from 68 to 65535"
-            ))
-        })
-}
-
 /// The first 12 characters of a Docker id, as `docker ps` shows them.
 pub(super) fn short(id: &str) -> &str {
     id.get(..12).unwrap_or(id)
@@ -566,13 +569,6 @@ pub(super) fn short(id: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn mtu_bounds() {
-        assert_eq!(parse_mtu("1400").unwrap(), 1400);
-        assert!(parse_mtu("9").unwrap_err().message.contains("68 to 65535"));
-        assert!(parse_mtu("big").is_err());
-    }
 
     #[test]
     fn addresses_from_docker_cidrs() {

@@ -35,6 +35,14 @@ pub struct NetworkRecord {
     /// `-o com.docker.network.driver.mtu=N`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtu: Option<u32>,
+    /// `-o brindle.allow-from=CIDR[,CIDR...]`, copied into every endpoint record.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_from: Vec<Ipv4Network>,
+    /// The isolation segment of its endpoints: `docker:` + the network's `PoolID`s
+    /// (comma-separated), equal on every host for networks created alike. `None` in
+    /// records written before isolation existed (rebuilt from `subnets` then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub segment: Option<String>,
 }
 
 /// One `IPv4Data` entry of a network.
@@ -221,6 +229,8 @@ mod tests {
                 mac: Some("02:42:0a:01:00:05".into()),
                 host_ifname: "brle1".into(),
                 handle: "docker-abc".into(),
+                segment: Some("docker:brindle:p:10.1.0.0/24".into()),
+                allow_from: vec!["192.0.2.0/24".parse().unwrap()],
             },
             sandbox: Some("/var/run/docker/netns/3fc0f555de1e".into()),
             gateway: Some("169.254.1.1".parse().unwrap()),
@@ -248,6 +258,8 @@ mod tests {
                 aux: BTreeMap::from([("router".into(), "10.1.0.10".parse().unwrap())]),
             }],
             mtu: None,
+            allow_from: Vec::new(),
+            segment: None,
         };
         assert_eq!(
             net.reserves("10.1.0.254".parse().unwrap()).as_deref(),

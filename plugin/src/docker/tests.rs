@@ -58,8 +58,18 @@ fn driver(
     dp: &Arc<FakeDataplane>,
     docker_api: Option<PathBuf>,
 ) -> Arc<Driver<LocalBackend>> {
+    driver_on(NODE, store, dp, docker_api)
+}
+
+/// The driver of node `node` (several share one store as nodes share etcd).
+fn driver_on(
+    node: &str,
+    store: &MemoryStore,
+    dp: &Arc<FakeDataplane>,
+    docker_api: Option<PathBuf>,
+) -> Arc<Driver<LocalBackend>> {
     Arc::new(Driver::new(Arc::new(LocalBackend {
-        node: NODE.into(),
+        node: node.into(),
         ipam: Ipam::new(store.clone(), "/brindle"),
         dataplane: dp.clone(),
         docker_api_socket: docker_api,
@@ -152,6 +162,7 @@ impl Env {
                 block_size: block,
                 disabled: false,
                 reserved: Default::default(),
+                nat_outgoing: false,
             })
             .await
             .unwrap();
@@ -694,7 +705,7 @@ async fn network_options_are_checked() {
     for (body, needle) in [
         (
             bad(json!({"color":"blue"}), json!({}), "brindle-local"),
-            "unsupported driver option color=blue: brindle supports only -o com.docker.network.driver.mtu=N",
+            "unsupported driver option color=blue: brindle supports -o com.docker.network.driver.mtu=N, -o brindle.allow-from=CIDR[,CIDR...] and -o brindle.nat-outgoing=true|false",
         ),
         (
             bad(json!({"com.docker.network.driver.mtu":"12"}), json!({}), "brindle-local"),
@@ -1093,4 +1104,321 @@ async fn a_created_pool_goes_with_the_last_network_using_it() {
             .await;
     }
     assert!(!exists().await, "removed with the last network");
+}
+
+/// `docker network create` as one node's dockerd drives it, calling the driver directly:
+/// `RequestPool`, then `CreateNetwork` with the subnet Docker was given.
+async fn create_network_on(
+    driver: &Driver<LocalBackend>,
+    net: &str,
+    subnet: &str,
+    range: &str,
+    ipam_opts: &[(&str, &str)],
+    generic: Value,
+) -> Result<String, super::DockerError> {
+    let pool = driver
+        .request_pool(RequestPoolRequest {
+            address_space: "brindle-local".into(),
+            pool: subnet.into(),
+            sub_pool: range.into(),
+            options: Some(
+                ipam_opts
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
+            v6: false,
+        })
+        .await?;
+    let options =
+        json!({"com.docker.network.enable_ipv6":false,"com.docker.network.generic":generic});
+    driver
+        .create_network(CreateNetworkRequest {
+            network_id: net.into(),
+            options: options.as_object().cloned(),
+            ipv4_data: Some(vec![IpamData {
+                address_space: "brindle-local".into(),
+                pool: pool.pool,
+                gateway: Some("169.254.1.1/32".into()),
+                aux_addresses: None,
+            }]),
+            ipv6_data: None,
+        })
+        .await?;
+    Ok(pool.pool_id)
+}
+
+/// A container on `net`: an address from `pool_id`, then `CreateEndpoint`; returns the
+/// stored endpoint record.
+async fn endpoint_on(
+    driver: &Driver<LocalBackend>,
+    net: &str,
+    ep: &str,
+    pool_id: &str,
+) -> DockerEndpoint {
+    let address = driver
+        .request_address(
+            RequestAddressRequest {
+                pool_id: pool_id.into(),
+                address: String::new(),
+                options: None,
+            },
+            &me(),
+        )
+        .await
+        .unwrap()
+        .address;
+    driver
+        .create_endpoint(
+            CreateEndpointRequest {
+                network_id: net.into(),
+                endpoint_id: ep.into(),
+                interface: Some(EndpointInterface {
+                    address,
+                    ..Default::default()
+                }),
+                options: None,
+            },
+            &me(),
+        )
+        .await
+        .unwrap();
+    let key = records::endpoint_record_key(driver.keys(), driver.node(), ep);
+    records::get(driver.store(), key).await.unwrap().unwrap()
+}
+
+async fn network_record(env: &Env, id: &str) -> Option<NetworkRecord> {
+    records::get(&env.store, records::network_key(env.driver.keys(), id))
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allow_from_is_stored_and_copied_to_every_endpoint() {
+    let env = env().await;
+    let id = env.pool("10.81.0.0/24", "", json!({})).await;
+    env.network(
+        NET,
+        "10.81.0.0/24",
+        json!({"brindle.allow-from":"192.0.2.0/24, 198.51.100.7/32"}),
+    )
+    .await;
+    let allowed: Vec<ipnetwork::Ipv4Network> = vec![
+        "192.0.2.0/24".parse().unwrap(),
+        "198.51.100.7/32".parse().unwrap(),
+    ];
+    let net = network_record(&env, NET).await.unwrap();
+    assert_eq!(net.allow_from, allowed);
+    assert_eq!(
+        net.segment.as_deref(),
+        Some("docker:brindle:docker-10.81.0.0-24:10.81.0.0/24")
+    );
+    for (ep, ip) in [(EP1, "10.81.0.5"), (EP2, "10.81.0.6")] {
+        env.address(&id, ip).await;
+        env.endpoint(NET, ep, &format!("{ip}/32")).await;
+        let rec = env.endpoint_record(ep).await.unwrap();
+        assert_eq!(rec.base.allow_from, allowed);
+        assert_eq!(rec.base.segment, net.segment);
+        assert_eq!(Some(rec.base.segment()), net.segment);
+    }
+    // A network without the option restricts nothing; its endpoints say so.
+    env.network("open", "10.81.0.0/24", json!({})).await;
+    env.address(&id, "10.81.0.7").await;
+    env.endpoint("open", "ep3", "10.81.0.7/32").await;
+    assert!(env
+        .endpoint_record("ep3")
+        .await
+        .unwrap()
+        .base
+        .allow_from
+        .is_empty());
+    // Records written before these fields existed still decode.
+    let old = json!({"id":"old","node":NODE,"subnets":[{"subnet":"10.81.0.0/24"}]});
+    let old: NetworkRecord = serde_json::from_value(old).unwrap();
+    assert!(old.allow_from.is_empty() && old.segment.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_option_values_are_refused_and_nothing_is_persisted() {
+    let env = env().await;
+    env.add_pool("office", "10.82.0.0/24", 26).await;
+    for (generic, needle) in [
+        (
+            json!({"brindle.allow-from":"192.0.2.0/24,192.0.2.1/24"}),
+            "invalid -o brindle.allow-from entry \"192.0.2.1/24\": host bits are set; the network is 192.0.2.0/24; expected IPv4 CIDRs such as 192.0.2.0/24, separated by commas",
+        ),
+        (
+            json!({"brindle.allow-from":"office-lan"}),
+            "invalid -o brindle.allow-from entry \"office-lan\": expected an IPv4 CIDR such as 10.65.0.0/16; expected IPv4 CIDRs",
+        ),
+        (
+            json!({"brindle.nat-outgoing":"maybe"}),
+            "invalid -o brindle.nat-outgoing=maybe: expected true or false",
+        ),
+        (
+            // Valid on its own, but the network's pool is shared and differs.
+            json!({"brindle.nat-outgoing":"true"}),
+            "-o brindle.nat-outgoing=true: the network uses the existing pool office (10.82.0.0/24), whose nat-outgoing is false; change it for every network of that pool with `brindle pool set office --nat-outgoing=true`, or leave the option out",
+        ),
+    ] {
+        let e = env
+            .err(
+                "/NetworkDriver.CreateNetwork",
+                json!({"NetworkID":"n2","Options":{"com.docker.network.generic":generic},
+                       "IPv4Data":[{"AddressSpace":"brindle-local","Gateway":"169.254.1.1/32","Pool":"10.82.0.0/24"}],"IPv6Data":[]}),
+            )
+            .await;
+        assert!(e.starts_with(needle), "{generic}: {e}");
+        assert!(network_record(&env, "n2").await.is_none(), "{generic}");
+        let pools = env.driver.ipam().list_pools().await.unwrap();
+        assert!(pools.iter().all(|p| !p.nat_outgoing), "{generic}");
+    }
+    // The same value as the pool's is fine.
+    env.network(
+        "n3",
+        "10.82.0.0/24",
+        json!({"brindle.nat-outgoing":"false"}),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nat_outgoing_goes_to_the_pool_created_for_the_subnet() {
+    let store = MemoryStore::new();
+    let (dp1, dp2) = (
+        Arc::new(FakeDataplane::new()),
+        Arc::new(FakeDataplane::new()),
+    );
+    let n1 = driver_on("n1", &store, &dp1, None);
+    let n2 = driver_on("n2", &store, &dp2, None);
+    let on = json!({"brindle.nat-outgoing":"true"});
+    create_network_on(&n1, "a1", "10.83.0.0/24", "", &[], on.clone())
+        .await
+        .unwrap();
+    let nat = |name: &'static str| {
+        let ipam = n1.ipam();
+        async move {
+            ipam.list_pools()
+                .await
+                .unwrap()
+                .into_iter()
+                .find(|p| p.name == name)
+                .unwrap()
+                .nat_outgoing
+        }
+    };
+    assert!(nat("docker-10.83.0.0-24").await);
+    // The same network on another node agrees with the pool: fine, with or without it.
+    create_network_on(&n2, "a2", "10.83.0.0/24", "", &[], on.clone())
+        .await
+        .unwrap();
+    create_network_on(&n2, "a3", "10.83.0.0/24", "", &[], json!({}))
+        .await
+        .unwrap();
+    // Contradicting it would change the other networks of the pool: refused.
+    let e = create_network_on(
+        &n2,
+        "a4",
+        "10.83.0.0/24",
+        "",
+        &[],
+        json!({"brindle.nat-outgoing":"false"}),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        e.message
+            .contains("brindle pool set docker-10.83.0.0-24 --nat-outgoing=false"),
+        "{e}"
+    );
+    assert!(nat("docker-10.83.0.0-24").await);
+    // Without the option a created pool is routed only.
+    create_network_on(&n1, "b1", "10.84.0.0/24", "", &[], json!({}))
+        .await
+        .unwrap();
+    assert!(!nat("docker-10.84.0.0-24").await);
+}
+
+/// `--subnet`, `--ip-range`, `--ipam-opt`s.
+type NetworkArgs = (
+    &'static str,
+    &'static str,
+    &'static [(&'static str, &'static str)],
+);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn segment_is_equal_for_networks_created_alike_on_two_nodes() {
+    let store = MemoryStore::new();
+    let (dp1, dp2) = (
+        Arc::new(FakeDataplane::new()),
+        Arc::new(FakeDataplane::new()),
+    );
+    let n1 = driver_on("n1", &store, &dp1, None);
+    let n2 = driver_on("n2", &store, &dp2, None);
+    n1.ipam()
+        .add_pool(NewPool {
+            name: "default".into(),
+            cidr: "10.85.0.0/16".parse().unwrap(),
+            block_size: 26,
+            disabled: false,
+            reserved: Default::default(),
+            nat_outgoing: false,
+        })
+        .await
+        .unwrap();
+    n1.ipam()
+        .add_pool(NewPool {
+            name: "big".into(),
+            cidr: "10.86.0.0/16".parse().unwrap(),
+            block_size: 26,
+            disabled: false,
+            reserved: Default::default(),
+            nat_outgoing: false,
+        })
+        .await
+        .unwrap();
+    // (subnet, ip-range, ipam-opts) of distinct networks; each created on both nodes
+    // under Docker's per-node random ids.
+    let variants: [NetworkArgs; 5] = [
+        ("10.85.1.0/24", "", &[]),
+        ("10.85.1.0/24", "10.85.1.128/25", &[]),
+        ("10.87.0.0/24", "", &[]),
+        ("", "", &[]),
+        ("", "", &[("pool", "big")]),
+    ];
+    let mut segments = Vec::new();
+    for (i, (subnet, range, opts)) in variants.iter().enumerate() {
+        let mut seen = Vec::new();
+        for (node, driver) in [("n1", &n1), ("n2", &n2)] {
+            let net = format!("{node}-net{i}");
+            let pool_id = create_network_on(driver, &net, subnet, range, opts, json!({}))
+                .await
+                .unwrap();
+            let ep = endpoint_on(driver, &net, &format!("{node}-ep{i}"), &pool_id).await;
+            let segment = ep
+                .base
+                .segment
+                .clone()
+                .expect("docker endpoints carry a segment");
+            assert_eq!(segment, format!("docker:{pool_id}"));
+            seen.push(segment);
+        }
+        assert_eq!(seen[0], seen[1], "{subnet} {range} {opts:?}");
+        segments.push(seen[0].clone());
+    }
+    let mut distinct = segments.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), segments.len(), "{segments:?}");
+    // A restarted brindled serves a further endpoint of an existing network with the
+    // segment the network was created with.
+    let fresh = driver_on("n1", &store, &dp1, None);
+    let ep = endpoint_on(
+        &fresh,
+        "n1-net1",
+        "n1-late",
+        "brindle:default:10.85.1.0/24:10.85.1.128/25",
+    )
+    .await;
+    assert_eq!(ep.base.segment.as_deref(), Some(segments[1].as_str()));
 }

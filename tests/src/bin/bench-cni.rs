@@ -19,7 +19,7 @@ use brindle_ipam::pools::NewPool;
 use brindle_ipam::{AllocRequest, EtcdConfig, EtcdStore, Ipam};
 use brindle_tests::cni::{eventually, host_link_exists, Brindle, Brindled, Call, PluginDir};
 use brindle_tests::etcd::Etcd;
-use brindle_tests::netns::{is_root, Netns, UnreachableRoute};
+use brindle_tests::netns::{is_root, Netns, RootIpForward, UnreachableRoute};
 use serde_json::{json, Value};
 
 const GUARD: &str = "10.241.128.0/19";
@@ -115,6 +115,8 @@ fn main() {
         eprintln!("bench-cni needs root (network namespaces, veths, routes)");
         std::process::exit(2);
     }
+    // ptp and brindled turn net.ipv4.ip_forward on: put back as found at the end.
+    let _forwarding = RootIpForward::hold();
     let _guard = UnreachableRoute::add(GUARD);
     let etcd = Etcd::start();
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -137,6 +139,7 @@ fn main() {
             block_size: 26,
             disabled: false,
             reserved: Default::default(),
+            nat_outgoing: false,
         })
         .await
         .expect("add pool");

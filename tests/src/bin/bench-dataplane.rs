@@ -8,10 +8,17 @@
 //!   load from elsewhere hits both alike; the ratio brindle / hand-made (goal >= 0.95);
 //! - the time from a block claim in etcd (IPAM allocation on h1 of an address in a
 //!   new block) to the block's route in h2's kernel, seen with `ip monitor route`
-//!   (goal <= 1 s), and from the release to the withdrawal.
+//!   (goal <= 1 s), and from the release to the withdrawal;
+//! - the time from a new endpoint record to its address being in force in h1's
+//!   firewall table, with 10, 100 and 1,000 endpoints in its network's set (goal under
+//!   50 ms, flat), seen with `nft monitor` (`brindle_tests::nftbench`).
+//!
+//! Both hosts start as real Docker hosts do (FORWARD policy DROP): the brindle phases
+//! run through brindle's firewall rules; the hand-made phases have FORWARD ACCEPT and
+//! no rules at all, the best a hand-built routed host can do.
 //!
 //! Flags: `--seconds N` per iperf3 run (default 3), `--runs N` iperf3 runs per phase
-//! (default 3), `--rounds N` hand-made phases between brindle ones (default 2), `--claims N` block claims timed (default 10), `--json` for one JSON
+//! (default 3), `--rounds N` hand-made phases between brindle ones (default 2), `--claims N` block claims timed (default 10), `--probes N` new endpoints timed per set size (default 10), `--json` for one JSON
 //! object on stdout instead of the report.
 
 use std::collections::BTreeMap;
@@ -23,7 +30,8 @@ use std::time::{Duration, Instant};
 
 use brindle_ipam::{AllocRequest, EtcdConfig, EtcdStore, Ipam};
 use brindle_tests::netns::{is_root, Netns};
-use brindle_tests::topology::{ping_from, Options, Proc, Topology};
+use brindle_tests::nftbench;
+use brindle_tests::topology::{ping_from, ForwardPolicy, Options, Proc, Topology};
 use serde_json::{json, Value};
 
 struct Args {
@@ -31,6 +39,7 @@ struct Args {
     runs: u32,
     rounds: u32,
     claims: u32,
+    probes: u32,
     json: bool,
 }
 
@@ -40,6 +49,7 @@ fn args() -> Args {
         runs: 3,
         rounds: 2,
         claims: 10,
+        probes: 10,
         json: false,
     };
     let mut it = std::env::args().skip(1);
@@ -54,9 +64,10 @@ fn args() -> Args {
             "--runs" => a.runs = num("--runs"),
             "--rounds" => a.rounds = num("--rounds").max(1),
             "--claims" => a.claims = num("--claims"),
+            "--probes" => a.probes = num("--probes").max(1),
             "--json" => a.json = true,
             "-h" | "--help" => {
-                println!("usage: bench-dataplane [--seconds N] [--runs N] [--rounds N] [--claims N] [--json]");
+                println!("usage: bench-dataplane [--seconds N] [--runs N] [--rounds N] [--claims N] [--probes N] [--json]");
                 std::process::exit(0);
             }
             other => {
@@ -159,6 +170,12 @@ fn hand_made(t: &mut Topology) {
         for proto in ["bird", "98"] {
             h.ns.ok(&["ip", "route", "flush", "proto", proto]);
         }
+        // The best a hand-built routed host can do: FORWARD ACCEPT and no rules at all
+        // (the restore replaces the whole filter table), no nftables table.
+        h.restore_filter(
+            "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n",
+        );
+        h.ns.ok(&["nft", "delete", "table", "ip", "brindle"]);
     }
     for (i, h) in t.hosts.iter().enumerate() {
         for c in &t.containers {
@@ -187,6 +204,8 @@ fn back_to_brindle(t: &mut Topology) {
         for c in &t.containers {
             h.ns.ok(&["ip", "route", "del", &format!("{}/32", c.ip)]);
         }
+        // Back to a real Docker host's firewall: brindle's rules carry the traffic.
+        h.restore_filter(ForwardPolicy::Drop.docker_filter());
     }
     t.start_agents(true);
     t.wait_mesh();
@@ -273,6 +292,19 @@ impl Drop for Monitor {
     }
 }
 
+/// A store on the topology's etcd.
+fn store(t: &Topology) -> EtcdStore {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(EtcdStore::connect(&EtcdConfig {
+        endpoints: vec![t.etcd.endpoint.clone()],
+        ..Default::default()
+    }))
+    .expect("etcd")
+}
+
 /// Times block claims on h1 until the route shows in h2's kernel, and releases
 /// until it is withdrawn. Returns (claim ms, withdraw ms).
 fn claims(t: &Topology, n: u32) -> (Vec<f64>, Vec<f64>) {
@@ -280,15 +312,7 @@ fn claims(t: &Topology, n: u32) -> (Vec<f64>, Vec<f64>) {
         .enable_all()
         .build()
         .expect("runtime");
-    let ipam = rt.block_on(async {
-        let store = EtcdStore::connect(&EtcdConfig {
-            endpoints: vec![t.etcd.endpoint.clone()],
-            ..Default::default()
-        })
-        .await
-        .expect("etcd");
-        Ipam::new(store, "/brindle")
-    });
+    let ipam = Ipam::new(store(t), "/brindle");
     let monitor = Monitor::start(&t.hosts[1].ns);
     let pool: Ipv4Addr = t.pool.split('/').next().unwrap().parse().unwrap();
     let base = u32::from(pool);
@@ -395,6 +419,17 @@ fn main() {
     eprintln!("bench-dataplane: timing {} block claims...", a.claims);
     let (claim_ms, withdraw_ms) = claims(&t, a.claims);
 
+    eprintln!("bench-dataplane: timing new endpoints until their firewall rules are in force...");
+    let pool: Ipv4Addr = t.pool.split('/').next().unwrap().parse().unwrap();
+    let rules = nftbench::measure(
+        &store(&t),
+        &t.hosts[0].ns,
+        "h1",
+        Ipv4Addr::from(u32::from(pool) + (128 << 8)),
+        &[10, 100, 1000],
+        a.probes as usize,
+    );
+
     // Alternate brindle and hand-made phases (B H B H ... B) so that load from
     // elsewhere on the machine hits both alike.
     let total = 2 * a.rounds + 1;
@@ -426,6 +461,17 @@ fn main() {
     let tput_ratio = median(&brindle_gbps) / median(&hand_gbps);
     let rtt_ratio = median(&hand_rtt) / median(&brindle_rtt);
     let claim_max = claim_ms.iter().copied().fold(0.0, f64::max);
+    let rules_json: Vec<Value> = rules
+        .iter()
+        .map(|r| {
+            let max = r.ms.iter().copied().fold(0.0, f64::max);
+            json!({"endpoints_in_set": r.endpoints, "ms": r.ms, "ms_median": median(&r.ms), "ms_max": max})
+        })
+        .collect();
+    let rules_medians: Vec<f64> = rules.iter().map(|r| median(&r.ms)).collect();
+    let rules_worst = rules_medians.iter().copied().fold(0.0, f64::max);
+    let rules_flat = rules_medians.last().copied().unwrap_or(f64::NAN)
+        <= 2.0 * rules_medians.first().copied().unwrap_or(f64::NAN).max(5.0);
     let phase_json: Vec<Value> = phases
         .iter()
         .map(|p| {
@@ -450,10 +496,12 @@ fn main() {
         "block_claim_to_peer_route_ms_max": claim_max,
         "release_to_peer_withdrawal_ms": withdraw_ms,
         "release_to_peer_withdrawal_ms_median": median(&withdraw_ms),
+        "endpoint_to_rules_in_force": rules_json,
         "goals": {
             "throughput_ratio_min": 0.95,
             "claim_to_route_max_ms": 1000,
-            "met": tput_ratio >= 0.95 && claim_max <= 1000.0,
+            "endpoint_to_rules_median_max_ms": 50,
+            "met": tput_ratio >= 0.95 && claim_max <= 1000.0 && rules_worst < 50.0 && rules_flat,
         },
     });
     if a.json {
@@ -500,6 +548,22 @@ fn main() {
         println!(
             "release -> withdrawal in peer kernel: median {:.0} ms",
             median(&withdraw_ms)
+        );
+        for r in &rules {
+            println!(
+                "new endpoint -> rules in force, {:>5} endpoints in the set: median {:.1} ms, max {:.1} ms over {} probes",
+                r.endpoints,
+                median(&r.ms),
+                r.ms.iter().copied().fold(0.0, f64::max),
+                r.ms.len()
+            );
+        }
+        println!(
+            "endpoint rules: worst median {rules_worst:.1} ms (goal < 50 ms){}; flat from {} to {} endpoints: {}",
+            if rules_worst < 50.0 { "" } else { "  ABOVE GOAL" },
+            rules.first().map_or(0, |r| r.endpoints),
+            rules.last().map_or(0, |r| r.endpoints),
+            if rules_flat { "yes" } else { "NO" }
         );
         println!(
             "(iperf3 {} s x {} runs per phase, medians; ping 50 probes per run; {} rounds)",

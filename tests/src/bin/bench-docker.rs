@@ -147,6 +147,7 @@ fn bench(args: &Args) -> Result<(), String> {
         plugin: "brindlebench".into(),
         node: "bench".into(),
         iptables: true,
+        ..Default::default()
     });
     host.docker_ok(&[
         "network",
@@ -260,6 +261,7 @@ fn demo() -> Result<(), String> {
         plugin: "brindledemo".into(),
         node: "demo".into(),
         iptables: true,
+        ..Default::default()
     });
     let step = |cmd: &str, args: &[&str]| -> Result<String, String> {
         println!("$ {cmd} {}", args.join(" "));

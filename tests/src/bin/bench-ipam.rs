@@ -84,7 +84,7 @@ async fn brindle_node(endpoint: String, node: String, ops: usize) -> Stats {
 /// The raw baseline: per operation one get and one transaction comparing the revision read.
 async fn raw_client(endpoint: String, id: usize, ops: usize) -> Stats {
     let s = store(&endpoint).await;
-    let mut kv = s.client().kv_client();
+    let mut kv = s.client().await.expect("etcd client").kv_client();
     let key = format!("/bench/raw/{id}");
     kv.put(key.as_str(), "0", None).await.expect("seed");
     let mut latencies = Vec::with_capacity(ops);
@@ -158,7 +158,7 @@ async fn fill_to(filled: &mut usize, level: usize, endpoint: &str) {
 /// an uncompacted history of every write the benchmark made.
 async fn compact(endpoint: &str) {
     let s = store(endpoint).await;
-    let mut client = s.client().clone();
+    let mut client = s.client().await.expect("etcd client");
     let rev = client
         .get("/", None)
         .await
@@ -186,7 +186,7 @@ async fn probe_p99(
     endpoint: &str,
 ) -> (Duration, Duration) {
     let raw_store = store(endpoint).await;
-    let mut kv = raw_store.client().kv_client();
+    let mut kv = raw_store.client().await.expect("etcd client").kv_client();
     let key = format!("/bench/probe/{filled}");
     kv.put(key.as_str(), "0", None).await.expect("seed");
     let (mut ours, mut raw) = (Vec::with_capacity(sample), Vec::with_capacity(sample));
@@ -236,6 +236,7 @@ async fn main() {
             block_size: 26,
             disabled: false,
             reserved: Default::default(),
+            nat_outgoing: false,
         })
         .await
         .expect("pool");

@@ -1,7 +1,7 @@
 //! One OS process acting as one node of the concurrency tests: it allocates (or
 //! releases) `--count` addresses with handles `<node>-<i>` and prints one address a line.
 //!
-//! usage: ipam-node ENDPOINT NODE alloc|release COUNT [POOL]
+//! usage: ipam-node ENDPOINT[,ENDPOINT...] NODE alloc|release COUNT [POOL]
 
 use std::process::ExitCode;
 
@@ -25,7 +25,8 @@ fn main() -> ExitCode {
         .expect("runtime");
     let result: Result<(), String> = rt.block_on(async {
         let store = EtcdStore::connect(&EtcdConfig {
-            endpoints: vec![endpoint.clone()],
+            // ENDPOINT may list several members, comma-separated.
+            endpoints: endpoint.split(',').map(str::to_string).collect(),
             ..EtcdConfig::default()
         })
         .await

@@ -1,0 +1,201 @@
+//! One request against the cluster within a deadline: on the current member, moving to
+//! the next one when a member is down, silent or without a leader, with short backoff
+//! for transient refusals.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use etcd_client::Client;
+use rand::Rng;
+use tracing::debug;
+
+use super::faults::{classify, describe, Fault};
+use super::members::{ConnectError, MemberClient, Members};
+use crate::store::{StoreError, REQUEST_TIMEOUT};
+
+/// How long connecting to one member (and its first answer) may take: a dead or
+/// stopped member must cost little of the request's budget.
+pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How long one attempt on a connected member may take before the member counts as
+/// silent (stopped, partitioned, or a proposal lost with its leader).
+pub(super) const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Whether a request may be sent again after a failure that may have applied it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Replay {
+    /// Reads, and writes whose repetition is harmless.
+    Safe,
+    /// Compare-and-swap transactions: after an unknown outcome, stop and re-read.
+    Unsafe,
+}
+
+/// Why a request did not complete.
+#[derive(Debug)]
+pub(super) enum Failed {
+    Store(StoreError),
+    /// A [`Replay::Unsafe`] request failed in a way that may have applied it.
+    Ambiguous {
+        detail: String,
+    },
+}
+
+/// The last error seen from each member, for the `Unreachable` message.
+#[derive(Default)]
+struct Seen(Vec<(String, String)>);
+
+impl Seen {
+    fn note(&mut self, endpoint: &str, detail: String) {
+        debug!(%endpoint, %detail, "etcd request failed");
+        match self.0.iter_mut().find(|(e, _)| e == endpoint) {
+            Some(entry) => entry.1 = detail,
+            None => self.0.push((endpoint.to_string(), detail)),
+        }
+    }
+
+    fn summary(&self) -> String {
+        if self.0.is_empty() {
+            return "no answer".into();
+        }
+        let parts: Vec<String> = self.0.iter().map(|(e, d)| format!("{e}: {d}")).collect();
+        parts.join("; ")
+    }
+}
+
+pub(super) fn unreachable(endpoints: &str, detail: String) -> StoreError {
+    StoreError::Unreachable {
+        endpoints: endpoints.to_string(),
+        timeout: REQUEST_TIMEOUT,
+        detail,
+    }
+}
+
+/// Jittered pause before retrying after a transient refusal.
+fn backoff(attempt: u32) -> Duration {
+    let cap_ms = (25u64 << attempt.min(4)).min(250);
+    Duration::from_millis(rand::rng().random_range(cap_ms / 2..=cap_ms))
+}
+
+/// A healthy member's client, within `deadline`.
+pub(super) async fn member(
+    members: &Members,
+    endpoints: &str,
+    deadline: Instant,
+) -> Result<MemberClient, StoreError> {
+    let mut seen = Seen::default();
+    loop {
+        match pick(members, endpoints, deadline, &mut seen).await? {
+            Some(m) => return Ok(m),
+            None => continue,
+        }
+    }
+}
+
+/// Choose and connect one member; `None` when that member failed (try again).
+async fn pick(
+    members: &Members,
+    endpoints: &str,
+    deadline: Instant,
+    seen: &mut Seen,
+) -> Result<Option<MemberClient>, StoreError> {
+    let now = Instant::now();
+    let left = deadline.saturating_duration_since(now);
+    if left.is_zero() {
+        return Err(unreachable(endpoints, seen.summary()));
+    }
+    let (index, wait) = members.choose(now);
+    if !wait.is_zero() {
+        // Every member failed a moment ago: pause briefly rather than spin, but do
+        // try again (an outage ends by itself).
+        tokio::time::sleep(wait.min(Duration::from_millis(200)).min(left)).await;
+        if Instant::now() >= deadline {
+            return Err(unreachable(endpoints, seen.summary()));
+        }
+    }
+    let left = deadline.saturating_duration_since(Instant::now());
+    let connect = members.client(index, CONNECT_TIMEOUT.min(left));
+    let result = match tokio::time::timeout(left, connect).await {
+        Ok(r) => r,
+        Err(_) => Err(ConnectError::Timeout(left)),
+    };
+    match result {
+        Ok(m) => Ok(Some(m)),
+        Err(ConnectError::Timeout(t)) => {
+            seen.note(members.url(index), no_answer(t));
+            Ok(None)
+        }
+        Err(ConnectError::Etcd(e)) => {
+            if classify(&e).fault == Fault::Fatal {
+                return Err(refused(endpoints, e));
+            }
+            seen.note(members.url(index), describe(&e));
+            Ok(None)
+        }
+    }
+}
+
+fn no_answer(t: Duration) -> String {
+    format!("no answer within {:.1}s", t.as_secs_f32())
+}
+
+fn refused(endpoints: &str, e: etcd_client::Error) -> StoreError {
+    StoreError::Etcd {
+        endpoints: endpoints.to_string(),
+        source: Box::new(e),
+    }
+}
+
+/// Run `call` on a healthy member until it succeeds, fails for real, or `deadline`
+/// passes; see [`Replay`] for what happens after an ambiguous failure.
+pub(super) async fn run<T, F, Fut>(
+    members: &Members,
+    endpoints: &str,
+    deadline: Instant,
+    replay: Replay,
+    mut call: F,
+) -> Result<T, Failed>
+where
+    F: FnMut(Client) -> Fut,
+    Fut: Future<Output = Result<T, etcd_client::Error>>,
+{
+    let mut seen = Seen::default();
+    let mut transient = 0u32;
+    loop {
+        let Some(m) = pick(members, endpoints, deadline, &mut seen)
+            .await
+            .map_err(Failed::Store)?
+        else {
+            continue;
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        let limit = ATTEMPT_TIMEOUT.min(left);
+        let (fault, maybe_applied, detail) =
+            match tokio::time::timeout(limit, call(m.client().clone())).await {
+                Ok(Ok(v)) => {
+                    members.succeeded(&m);
+                    return Ok(v);
+                }
+                Ok(Err(e)) => {
+                    let f = classify(&e);
+                    if f.fault == Fault::Fatal {
+                        return Err(Failed::Store(refused(endpoints, e)));
+                    }
+                    (f.fault, f.maybe_applied, describe(&e))
+                }
+                // A stopped or partitioned member: the request may sit in its queue.
+                Err(_) => (Fault::Down, true, no_answer(limit)),
+            };
+        seen.note(m.endpoint(), detail.clone());
+        members.failed(&m, fault);
+        if replay == Replay::Unsafe && maybe_applied {
+            return Err(Failed::Ambiguous {
+                detail: format!("{}: {detail}", m.endpoint()),
+            });
+        }
+        if fault == Fault::Transient {
+            transient += 1;
+            let pause = backoff(transient).min(deadline.saturating_duration_since(Instant::now()));
+            tokio::time::sleep(pause).await;
+        }
+    }
+}
