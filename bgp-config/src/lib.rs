@@ -5,7 +5,8 @@
 //!
 //! - [`model`]: [`BgpGlobal`], [`BgpNode`], [`BgpPeer`] (stored as JSON) and the
 //!   [`RoutingView`] the renderers read from IPAM.
-//! - [`render_bird`]: the BIRD 2 configuration of one node.
+//! - [`bird`]: the BIRD 2 configuration of one node: [`plan_sessions`] decides the
+//!   sessions, [`render_bird`] prints them with the route filters.
 //! - [`render_static_routes`]: `brindle routes` for routers without BGP.
 //! - [`render_router_config`]: what a router needs to peer with every node.
 //! - [`validate`]: the checks the CLI and the agent run before storing or rendering.
@@ -21,7 +22,7 @@ pub mod validate;
 
 pub use bird::{
     plan_sessions, protocol_name, render_bird, validate_bird_input, BgpSession, BirdInput,
-    SessionKind, SessionPlan,
+    SessionKind, SessionPlan, SessionTemplate,
 };
 pub use check::{validate_with_bird, DEFAULT_BIRD_BIN};
 pub use error::BgpError;

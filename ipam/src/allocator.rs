@@ -15,12 +15,15 @@ use rand::seq::SliceRandom;
 use tokio::sync::Mutex;
 use tracing::debug;
 
-use crate::cidr::{block_count, block_of, claim_start, is_pool_edge, next_free, nth_block};
-use crate::codec::{decode, encode, Versioned};
+use crate::cidr::{
+    block_count, block_of, blocks_touching, claim_start, is_pool_edge, next_free_in, nth_block,
+    overlaps,
+};
 use crate::error::{validate_handle, validate_node_name, IpamError};
-use crate::keys::Keys;
 use crate::model::{Affinity, Allocation, Block, HandleRecord, Pool, ATTR_NODE};
-use crate::retry::{backoff, cas_loop, Attempt, MAX_ATTEMPTS};
+use crate::state::Keys;
+use crate::state::{backoff, cas_loop, read, read_all, Attempt, MAX_ATTEMPTS};
+use crate::state::{decode, encode, Versioned};
 use crate::store::{Compare, Kv, Op, Store, Txn, TxnOutcome};
 
 /// What a caller asks for.
@@ -34,6 +37,15 @@ pub struct AllocRequest {
     pub ip: Option<Ipv4Addr>,
     /// Restrict to one pool (dynamic) or check the fixed address is inside it.
     pub pool: Option<String>,
+    /// Dynamic requests only: take the address from this CIDR (Docker's `--ip-range`,
+    /// or a `--subnet` narrower than its pool), through the same steps as without it
+    /// (the node's blocks, a new claim, a borrow) limited to the blocks it touches.
+    /// Every address of it may be handed out but the pool's own network/broadcast and
+    /// reserved ones; a fixed `ip` outside it is still allowed.
+    pub range: Option<Ipv4Network>,
+    /// Dynamic requests only: addresses never to hand out (the network and broadcast
+    /// addresses of a Docker subnet narrower than its pool).
+    pub exclude: BTreeSet<Ipv4Addr>,
     /// Owner attributes stored with the allocation (`node` is added).
     pub attrs: BTreeMap<String, String>,
 }
@@ -152,9 +164,11 @@ impl<S: Store> Ipam<S> {
                 Ok(Planned::Existing(assigned)) => return Ok(assigned),
                 Ok(Planned::New(plan)) => plan,
                 // A long-lived cache may miss pools added since: look once more.
-                Err(IpamError::PoolExhausted { .. } | IpamError::AllPoolsExhausted { .. })
-                    if !refreshed =>
-                {
+                Err(
+                    IpamError::PoolExhausted { .. }
+                    | IpamError::AllPoolsExhausted { .. }
+                    | IpamError::RangeExhausted { .. },
+                ) if !refreshed => {
                     refreshed = true;
                     cache.pools = None;
                     continue;
@@ -288,10 +302,13 @@ impl<S: Store> Ipam<S> {
         };
         let pools = self.pools(cache).await?;
         let pool = pools.iter().find(|p| p.value.cidr.contains(held));
-        let wanted_other = match (req.ip, &req.pool, pool) {
-            (Some(ip), _, _) if ip != held => Some(ip.to_string()),
-            (_, Some(name), Some(p)) if *name != p.value.name => {
+        let wanted_other = match (req.ip, &req.pool, pool, req.range) {
+            (Some(ip), _, _, _) if ip != held => Some(ip.to_string()),
+            (_, Some(name), Some(p), _) if *name != p.value.name => {
                 Some(format!("an address in pool {name}"))
+            }
+            (None, _, _, Some(range)) if !range.contains(held) => {
+                Some(format!("an address in {range}"))
             }
             _ => None,
         };
@@ -407,16 +424,31 @@ impl<S: Store> Ipam<S> {
         req: &AllocRequest,
         allocation: Allocation,
     ) -> Result<Planned, IpamError> {
-        let pools = self.candidate_pools(cache, req.pool.as_deref()).await?;
+        let mut pools = self.candidate_pools(cache, req.pool.as_deref()).await?;
+        let scope = Scope {
+            range: req.range,
+            exclude: &req.exclude,
+        };
+        if let Some(range) = req.range {
+            let all = pool_cidrs(&pools);
+            pools.retain(|p| overlaps(p.value.cidr, range));
+            if pools.is_empty() {
+                return Err(IpamError::RangeOutsidePools { range, pools: all });
+            }
+        }
         self.load_node(cache, &req.node).await?;
 
-        // 1. The node's own blocks.
-        let own: Vec<Ipv4Network> = cache.affine[&req.node].iter().copied().collect();
+        // 1. The node's own blocks (those the range touches).
+        let own: Vec<Ipv4Network> = cache.affine[&req.node]
+            .iter()
+            .copied()
+            .filter(|cidr| scope.touches(*cidr))
+            .collect();
         for cidr in own {
             let Some(pool) = pools.iter().find(|p| p.value.cidr.contains(cidr.network())) else {
                 continue;
             };
-            if let Some(plan) = take_from(cache.blocks.get(&cidr), pool, &allocation) {
+            if let Some(plan) = take_from(cache.blocks.get(&cidr), pool, &allocation, &scope) {
                 return Ok(Planned::New(plan));
             }
         }
@@ -424,7 +456,7 @@ impl<S: Store> Ipam<S> {
         // 2. Claim a block nobody has, in a node-specific order.
         self.load_claimed(cache).await?;
         for pool in &pools {
-            if let Some(plan) = claim_new(cache, pool, &req.node, &allocation) {
+            if let Some(plan) = claim_new(cache, pool, &req.node, &allocation, &scope) {
                 return Ok(Planned::New(plan));
             }
         }
@@ -436,7 +468,7 @@ impl<S: Store> Ipam<S> {
             cache.learn_block(b);
         }
         for pool in &pools {
-            if let Some(plan) = claim_new(cache, pool, &req.node, &allocation) {
+            if let Some(plan) = claim_new(cache, pool, &req.node, &allocation, &scope) {
                 return Ok(Planned::New(plan));
             }
             let mut others: Vec<&Versioned<Block>> = cache
@@ -444,15 +476,26 @@ impl<S: Store> Ipam<S> {
                 .values()
                 .filter(|b| pool.value.cidr.contains(b.value.cidr.network()))
                 .filter(|b| b.value.affinity.as_deref() != Some(req.node.as_str()))
+                .filter(|b| scope.touches(b.value.cidr))
                 .collect();
             others.shuffle(&mut rand::rng());
             for block in others {
-                if let Some(plan) = take_from(Some(block), pool, &allocation) {
+                if let Some(plan) = take_from(Some(block), pool, &allocation, &scope) {
                     return Ok(Planned::New(plan));
                 }
             }
         }
-        Err(exhausted(&pools))
+        Err(match req.range {
+            Some(range) => IpamError::RangeExhausted {
+                range,
+                pools: pools
+                    .iter()
+                    .map(|p| p.value.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            },
+            None => exhausted(&pools),
+        })
     }
 
     /// Pools a dynamic request may use.
@@ -545,16 +588,7 @@ impl<S: Store> Ipam<S> {
                 return Ok(p.clone());
             }
         }
-        let pools = self.pools(cache).await?;
-        let pools = if pools.is_empty() {
-            "none".to_string()
-        } else {
-            pools
-                .iter()
-                .map(|p| format!("{} ({})", p.value.name, p.value.cidr))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
+        let pools = pool_cidrs(self.pools(cache).await?);
         Err(IpamError::NotInAnyPool { ip, pools })
     }
 
@@ -598,16 +632,11 @@ impl<S: Store> Ipam<S> {
     }
 
     async fn read_block(&self, cidr: Ipv4Network) -> Result<Option<Versioned<Block>>, IpamError> {
-        self.store
-            .get(&self.keys.block(cidr))
-            .await?
-            .map(|kv| decode(&kv))
-            .transpose()
+        Ok(read(&self.store, &self.keys.block(cidr)).await?)
     }
 
     async fn read_all_blocks(&self) -> Result<Vec<Versioned<Block>>, IpamError> {
-        let listed = self.store.list(&self.keys.blocks()).await?;
-        listed.iter().map(decode).collect()
+        Ok(read_all(&self.store, &self.keys.blocks()).await?)
     }
 
     /// Release every address a handle holds. Releasing an unknown handle is not an
@@ -793,11 +822,7 @@ impl<S: Store> Ipam<S> {
     }
 
     async fn read_handle(&self, id: &str) -> Result<Option<Versioned<HandleRecord>>, IpamError> {
-        self.store
-            .get(&self.keys.handle(id))
-            .await?
-            .map(|kv| decode(&kv))
-            .transpose()
+        Ok(read(&self.store, &self.keys.handle(id)).await?)
     }
 
     /// The addresses a handle holds (read from the store, not the cache).
@@ -819,7 +844,7 @@ impl<S: Store> Ipam<S> {
     ) -> Result<(), IpamError> {
         validate_handle(handle)?;
         let mut cache = self.cache.lock().await;
-        let ((), committed) = cas_loop(&self.store, move || async move {
+        let ((), committed) = cas_loop::<IpamError, _, _>(&self.store, move || async move {
             let Some(record) = self.read_handle(handle).await? else {
                 return Ok(Attempt::Done(()));
             };
@@ -859,14 +884,28 @@ impl<S: Store> Ipam<S> {
     }
 }
 
-/// Take the next free address of a cached block.
+/// Where a dynamic request may take its address: [`AllocRequest::range`] and
+/// [`AllocRequest::exclude`].
+struct Scope<'r> {
+    range: Option<Ipv4Network>,
+    exclude: &'r BTreeSet<Ipv4Addr>,
+}
+
+impl Scope<'_> {
+    fn touches(&self, block: Ipv4Network) -> bool {
+        self.range.is_none_or(|r| overlaps(r, block))
+    }
+}
+
+/// Take the next free address (within the scope) of a cached block.
 fn take_from(
     block: Option<&Versioned<Block>>,
     pool: &Versioned<Pool>,
     allocation: &Allocation,
+    scope: &Scope<'_>,
 ) -> Option<Plan> {
     let block = block?;
-    let (ip, cursor) = next_free(&pool.value, &block.value)?;
+    let (ip, cursor) = next_free_in(&pool.value, &block.value, scope.range, scope.exclude)?;
     let mut next = block.value.clone();
     next.cursor = cursor;
     next.allocations.insert(ip, allocation.clone());
@@ -878,18 +917,27 @@ fn take_from(
     })
 }
 
-/// Plan the claim of the first unclaimed block of a pool, starting at the node's offset.
+/// Plan the claim of the first unclaimed block of a pool (among those the scope
+/// touches), starting at the node's offset.
 fn claim_new(
     cache: &Cache,
     pool: &Versioned<Pool>,
     node: &str,
     allocation: &Allocation,
+    scope: &Scope<'_>,
 ) -> Option<Plan> {
     let claimed = cache.claimed.as_ref()?;
-    let count = block_count(&pool.value);
-    let start = claim_start(&pool.value, node);
+    let span = match scope.range {
+        Some(range) => blocks_touching(&pool.value, range),
+        None => 0..block_count(&pool.value),
+    };
+    let count = span.end - span.start;
+    if count == 0 {
+        return None;
+    }
+    let start = claim_start(&pool.value, node) % count;
     (0..count)
-        .map(|i| nth_block(&pool.value, (start + i) % count))
+        .map(|i| nth_block(&pool.value, span.start + (start + i) % count))
         .filter(|cidr| !claimed.contains(cidr))
         .find_map(|cidr| {
             let fresh = Versioned {
@@ -902,7 +950,7 @@ fn claim_new(
                 },
                 revision: 0,
             };
-            let mut plan = take_from(Some(&fresh), pool, allocation)?;
+            let mut plan = take_from(Some(&fresh), pool, allocation, scope)?;
             plan.block_revision = None;
             Some(plan)
         })
@@ -932,6 +980,18 @@ fn exhausted(pools: &[Versioned<Pool>]) -> IpamError {
     }
 }
 
+/// `p1 (10.0.0.0/24), p2 (10.1.0.0/24)`, or `none`.
+fn pool_cidrs(pools: &[Versioned<Pool>]) -> String {
+    if pools.is_empty() {
+        return "none".into();
+    }
+    pools
+        .iter()
+        .map(|p| format!("{} ({})", p.value.name, p.value.cidr))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn pool_names(pools: &[Versioned<Pool>]) -> String {
     if pools.is_empty() {
         return "none".into();
@@ -942,3 +1002,6 @@ fn pool_names(pools: &[Versioned<Pool>]) -> String {
         .collect::<Vec<_>>()
         .join(", ")
 }
+
+#[cfg(test)]
+mod range_tests;

@@ -12,10 +12,10 @@ use ipnetwork::Ipv4Network;
 use serde::Serialize;
 use tracing::info;
 
-use crate::codec::{decode, encode, Versioned};
 use crate::error::IpamError;
-use crate::keys::Keys;
 use crate::model::{Affinity, Block, HandleRecord, Pool};
+use crate::state::Keys;
+use crate::state::{decode, encode, Versioned};
 use crate::store::{Compare, Op, Store, Txn, TxnOutcome};
 use crate::Ipam;
 
@@ -147,7 +147,7 @@ impl<S: Store> Ipam<S> {
     /// All IPAM records at one revision (a single prefix listing).
     async fn snapshot(&self) -> Result<Snapshot, IpamError> {
         let keys = self.keys();
-        let all = self.store().list(&format!("{}/", keys.root())).await?;
+        let all = self.store().list(&keys.all()).await?;
         let mut snap = Snapshot {
             pools: Vec::new(),
             blocks: BTreeMap::new(),

@@ -1,6 +1,7 @@
 //! Address arithmetic for pools and blocks: parsing, validation, block enumeration and the
 //! free-address search. Pure functions, no I/O.
 
+use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 
 use ipnetwork::Ipv4Network;
@@ -136,13 +137,58 @@ pub fn free_in_block(pool: &Pool, block: &Block) -> u64 {
 /// The next free address of a block, searching from its cursor and wrapping, with the
 /// cursor value to store after taking it.
 pub fn next_free(pool: &Pool, block: &Block) -> Option<(Ipv4Addr, u32)> {
+    next_free_in(pool, block, None, &BTreeSet::new())
+}
+
+/// [`next_free`] restricted to the addresses of `range` (all of `block` when `None`)
+/// that are not in `exclude`.
+pub fn next_free_in(
+    pool: &Pool,
+    block: &Block,
+    range: Option<Ipv4Network>,
+    exclude: &BTreeSet<Ipv4Addr>,
+) -> Option<(Ipv4Addr, u32)> {
+    if range.is_some_and(|r| !overlaps(r, block.cidr)) {
+        return None;
+    }
     let size = size_of(block.cidr) as u32;
     let base = u32::from(block.cidr.network());
     (0..size)
         .map(|step| (block.cursor.wrapping_add(step)) % size)
         .map(|ord| (Ipv4Addr::from(base + ord), ord))
-        .find(|(ip, _)| is_assignable(pool, *ip) && !block.allocations.contains_key(ip))
+        .find(|(ip, _)| {
+            is_assignable(pool, *ip)
+                && !block.allocations.contains_key(ip)
+                && range.is_none_or(|r| r.contains(*ip))
+                && !exclude.contains(ip)
+        })
         .map(|(ip, ord)| (ip, (ord + 1) % size))
+}
+
+/// `a` lies entirely inside `b`.
+pub fn within(a: Ipv4Network, b: Ipv4Network) -> bool {
+    b.contains(a.network()) && a.prefix() >= b.prefix()
+}
+
+/// `a` and `b` share at least one address (CIDRs either nest or are disjoint).
+pub fn overlaps(a: Ipv4Network, b: Ipv4Network) -> bool {
+    a.contains(b.network()) || b.contains(a.network())
+}
+
+/// Indices (for [`nth_block`]) of the blocks of `pool` that `range` touches; empty when
+/// `range` lies outside the pool.
+pub fn blocks_touching(pool: &Pool, range: Ipv4Network) -> std::ops::Range<u64> {
+    if within(pool.cidr, range) {
+        return 0..block_count(pool);
+    }
+    if !within(range, pool.cidr) {
+        return 0..0;
+    }
+    let offset = u64::from(u32::from(range.network()) - u32::from(pool.cidr.network()));
+    let block = size_of_prefix(pool.block_size);
+    let first = offset / block;
+    let count = (size_of(range) / block).max(1);
+    first..first + count
 }
 
 #[cfg(test)]
@@ -258,5 +304,32 @@ mod tests {
             "10.0.0.128/26"
         );
         assert!(claim_start(&p, "node-a") < 4);
+    }
+
+    #[test]
+    fn ranges_touch_their_blocks_and_restrict_the_search() {
+        let p = pool("10.0.0.0/24", 26);
+        let net = |s: &str| s.parse::<Ipv4Network>().unwrap();
+        assert_eq!(blocks_touching(&p, net("10.0.0.200/30")), 3..4);
+        assert_eq!(blocks_touching(&p, net("10.0.0.64/26")), 1..2);
+        assert_eq!(blocks_touching(&p, net("10.0.0.128/25")), 2..4);
+        assert_eq!(blocks_touching(&p, net("10.0.0.0/16")), 0..4);
+        assert!(blocks_touching(&p, net("10.0.1.0/30")).is_empty());
+        assert!(within(net("10.0.0.200/30"), p.cidr) && !within(p.cidr, net("10.0.0.0/25")));
+        assert!(overlaps(net("10.0.0.0/16"), p.cidr) && !overlaps(net("10.0.1.0/24"), p.cidr));
+
+        let mut last = empty_block("10.0.0.192/26");
+        let range = Some(net("10.0.0.252/30"));
+        let mut exclude = BTreeSet::new();
+        let take = |b: &Block, ex: &BTreeSet<Ipv4Addr>| next_free_in(&p, b, range, ex).unwrap();
+        assert_eq!(take(&last, &exclude), ("10.0.0.252".parse().unwrap(), 61));
+        last.cursor = 61;
+        exclude.insert("10.0.0.253".parse().unwrap());
+        // .253 excluded, .255 is the pool's broadcast: .254, then the wrap to .252.
+        assert_eq!(
+            take(&last, &exclude).0,
+            "10.0.0.254".parse::<Ipv4Addr>().unwrap()
+        );
+        assert!(next_free_in(&p, &empty_block("10.0.0.0/26"), range, &exclude).is_none());
     }
 }

@@ -4,6 +4,7 @@ use std::net::Ipv4Addr;
 
 use ipnetwork::Ipv4Network;
 
+use crate::state::{CorruptRecord, StateError};
 use crate::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +60,14 @@ pub enum IpamError {
     AllPoolsExhausted { pools: String },
 
     #[error(
+        "no free address left in {range} (pool {pools}): every usable address there is allocated"
+    )]
+    RangeExhausted { range: Ipv4Network, pools: String },
+
+    #[error("range {range} lies outside every pool it may use: {pools}")]
+    RangeOutsidePools { range: Ipv4Network, pools: String },
+
+    #[error(
         "no enabled pool to allocate from; create one with `brindle pool add NAME --cidr CIDR`"
     )]
     NoPools,
@@ -104,15 +113,21 @@ pub enum IpamError {
     )]
     Contention { attempts: u32 },
 
-    #[error("stored record {key} is not valid JSON for its type: {source}")]
-    Corrupt {
-        key: String,
-        #[source]
-        source: serde_json::Error,
-    },
+    #[error(transparent)]
+    Corrupt(#[from] CorruptRecord),
 
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+impl From<StateError> for IpamError {
+    fn from(e: StateError) -> Self {
+        match e {
+            StateError::Store(e) => IpamError::Store(e),
+            StateError::Corrupt(e) => IpamError::Corrupt(e),
+            StateError::Contention { attempts } => IpamError::Contention { attempts },
+        }
+    }
 }
 
 /// Handles become etcd key segments: keep them printable and slash-free.

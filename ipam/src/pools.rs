@@ -10,11 +10,11 @@ use ipnetwork::Ipv4Network;
 use serde::{Deserialize, Serialize};
 use tracing::info;
 
-use crate::cidr::validate_pool_shape;
-use crate::codec::{decode, encode, Versioned};
+use crate::cidr::{overlaps, validate_pool_shape};
 use crate::error::{validate_pool_name, IpamError};
 use crate::model::{Block, HandleRecord, Pool};
-use crate::retry::{cas_loop, Attempt};
+use crate::state::{cas_loop, read_all, Attempt};
+use crate::state::{decode, encode, Versioned};
 use crate::store::{Compare, Op, Store, Txn};
 use crate::Ipam;
 
@@ -63,7 +63,7 @@ impl<S: Store> Ipam<S> {
             nat_outgoing: new.nat_outgoing,
         };
         let new = &pool;
-        cas_loop(self.store(), move || async move {
+        cas_loop::<IpamError, _, _>(self.store(), move || async move {
             let pool = new;
             let (meta, meta_rev) = self.read_meta().await?;
             for existing in self.list_pools().await? {
@@ -116,8 +116,7 @@ impl<S: Store> Ipam<S> {
     }
 
     async fn read_pools(&self) -> Result<Vec<Versioned<Pool>>, IpamError> {
-        let listed = self.store().list(&self.keys().pools()).await?;
-        listed.iter().map(decode).collect()
+        Ok(read_all(self.store(), &self.keys().pools()).await?)
     }
 
     /// Remove a pool. Without `force` a pool with allocations is refused and left as it
@@ -141,7 +140,7 @@ impl<S: Store> Ipam<S> {
         for block in blocks {
             self.drop_block(block.value.cidr).await?;
         }
-        cas_loop(self.store(), move || async move {
+        cas_loop::<IpamError, _, _>(self.store(), move || async move {
             let (meta, meta_rev) = self.read_meta().await?;
             let pool_key = self.keys().pool(name);
             let current = self.store().get(&pool_key).await?;
@@ -199,7 +198,7 @@ impl<S: Store> Ipam<S> {
     {
         let key = &self.keys().pool(name);
         let change = &change;
-        let (mut pool, revision) = cas_loop(self.store(), move || async move {
+        let (mut pool, revision) = cas_loop::<IpamError, _, _>(self.store(), move || async move {
             let Some(kv) = self.store().get(key).await? else {
                 let existing: Vec<String> = self
                     .list_pools()
@@ -240,11 +239,7 @@ impl<S: Store> Ipam<S> {
 
     /// Every block inside a pool.
     pub(crate) async fn blocks_of(&self, pool: &Pool) -> Result<Vec<Versioned<Block>>, IpamError> {
-        let listed = self.store().list(&self.keys().blocks()).await?;
-        let blocks = listed
-            .iter()
-            .map(decode::<Block>)
-            .collect::<Result<Vec<_>, _>>()?;
+        let blocks = read_all::<Block>(self.store(), &self.keys().blocks()).await?;
         Ok(blocks
             .into_iter()
             .filter(|b| pool.cidr.contains(b.value.cidr.network()))
@@ -255,7 +250,7 @@ impl<S: Store> Ipam<S> {
     /// and its affinity. Each step compares what it read.
     async fn drop_block(&self, cidr: Ipv4Network) -> Result<(), IpamError> {
         let key = &self.keys().block(cidr);
-        cas_loop(self.store(), move || async move {
+        cas_loop::<IpamError, _, _>(self.store(), move || async move {
             let Some(kv) = self.store().get(key).await? else {
                 return Ok(Attempt::Done(()));
             };
@@ -287,7 +282,7 @@ impl<S: Store> Ipam<S> {
         ip: Ipv4Addr,
     ) -> Result<(), IpamError> {
         let key = &self.keys().handle(handle);
-        cas_loop(self.store(), move || async move {
+        cas_loop::<IpamError, _, _>(self.store(), move || async move {
             let Some(kv) = self.store().get(key).await? else {
                 return Ok(Attempt::Done(()));
             };
@@ -332,8 +327,4 @@ impl<S: Store> Ipam<S> {
             }),
         }
     }
-}
-
-fn overlaps(a: Ipv4Network, b: Ipv4Network) -> bool {
-    a.contains(b.network()) || b.contains(a.network())
 }

@@ -8,9 +8,9 @@ use ipnetwork::Ipv4Network;
 use serde::Serialize;
 
 use crate::cidr::{block_of, free_in_block, usable_in_pool};
-use crate::codec::decode;
 use crate::error::IpamError;
 use crate::model::{Block, Pool};
+use crate::state::{decode, read_all};
 use crate::store::Store;
 use crate::Ipam;
 
@@ -57,11 +57,8 @@ pub struct AddressReport {
 impl<S: Store> Ipam<S> {
     /// Every block in the store.
     pub async fn all_blocks(&self) -> Result<Vec<Block>, IpamError> {
-        let listed = self.store().list(&self.keys().blocks()).await?;
-        listed
-            .iter()
-            .map(|kv| decode::<Block>(kv).map(|v| v.value))
-            .collect()
+        let blocks = read_all::<Block>(self.store(), &self.keys().blocks()).await?;
+        Ok(blocks.into_iter().map(|v| v.value).collect())
     }
 
     /// Usage of every pool.

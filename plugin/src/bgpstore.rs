@@ -1,5 +1,5 @@
-//! The BGP model in etcd, next to IPAM's records (values are JSON, readable with
-//! `etcdctl get`):
+//! The BGP model in etcd, next to IPAM's records (keys: `brindle_ipam::Keys::node`,
+//! `bgp_global`, `bgp_peer`; the layout table is in `brindle_ipam::state::keys`):
 //!
 //! ```text
 //! PREFIX/v1/nodes/NAME        BgpNode   (name, ip, as_num?, rr_cluster_id?)
@@ -8,7 +8,7 @@
 //! ```
 //!
 //! Every write is one transaction that compares the revision it read (absent = must
-//! still be absent) and retries with jittered backoff on conflict, like IPAM.
+//! still be absent), retried by the state layer's `cas_loop` like IPAM's.
 //! [`routing_view`] turns IPAM's blocks and pools into what the renderers read.
 
 use std::collections::BTreeMap;
@@ -18,14 +18,12 @@ use brindle_bgp::{
     validate_global, validate_node, validate_nodes, validate_peer, validate_peers, BgpError,
     BgpGlobal, BgpNode, BgpPeer, BorrowedIp, RoutedBlock, RoutedPool, RoutingView,
 };
-use brindle_ipam::retry::backoff;
-use brindle_ipam::store::{Compare, Kv, Op, Store, StoreError, Txn, TxnOutcome};
-use brindle_ipam::{Block, Keys, Pool};
+use brindle_ipam::state::{
+    self, cas_delete, cas_loop, cas_put, Attempt, CorruptRecord, StateError,
+};
+use brindle_ipam::store::{Store, StoreError};
+use brindle_ipam::{Block, Keys, Pool, Versioned};
 use serde::de::DeserializeOwned;
-use serde::Serialize;
-
-/// How many times one write re-reads and retries after losing a race.
-const MAX_ATTEMPTS: u32 = 50;
 
 /// Errors of the BGP store. Each is one sentence naming the value and the way out.
 #[derive(Debug, thiserror::Error)]
@@ -37,14 +35,8 @@ pub enum BgpStoreError {
     #[error(transparent)]
     Invalid(#[from] BgpError),
     /// A stored record is not what brindle writes.
-    #[error("stored record {key} is not valid ({source}); fix or delete it with etcdctl")]
-    Corrupt {
-        /// The key.
-        key: String,
-        /// The JSON error.
-        #[source]
-        source: serde_json::Error,
-    },
+    #[error(transparent)]
+    Corrupt(#[from] CorruptRecord),
     /// `node set` on a new node without `--ip`.
     #[error("node {0:?} is not registered yet, so it needs an address: add --ip ADDR")]
     NodeNeedsIp(String),
@@ -67,91 +59,21 @@ pub enum BgpStoreError {
     PeerExists(String),
     /// Too many concurrent writers.
     #[error(
-        "{key} kept changing while brindle tried to update it ({attempts} attempts); try again"
+        "the BGP records kept changing while brindle tried to update them ({attempts} attempts); try again"
     )]
     Contention {
-        /// The contended key.
-        key: String,
         /// Attempts made.
         attempts: u32,
     },
 }
 
-/// The keys of the BGP model under one prefix.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BgpKeys {
-    root: String,
-}
-
-impl BgpKeys {
-    /// The BGP keys under the same `PREFIX/v1` as IPAM's `keys`.
-    pub fn new(keys: &Keys) -> Self {
-        Self {
-            root: keys.root().to_string(),
+impl From<StateError> for BgpStoreError {
+    fn from(e: StateError) -> Self {
+        match e {
+            StateError::Store(e) => BgpStoreError::Store(e),
+            StateError::Corrupt(e) => BgpStoreError::Corrupt(e),
+            StateError::Contention { attempts } => BgpStoreError::Contention { attempts },
         }
-    }
-
-    /// `PREFIX/v1/nodes/`.
-    pub fn nodes(&self) -> String {
-        format!("{}/nodes/", self.root)
-    }
-
-    /// `PREFIX/v1/nodes/NAME`.
-    pub fn node(&self, name: &str) -> String {
-        format!("{}/nodes/{name}", self.root)
-    }
-
-    /// `PREFIX/v1/bgp/global`.
-    pub fn global(&self) -> String {
-        format!("{}/bgp/global", self.root)
-    }
-
-    /// `PREFIX/v1/bgp/peers/`.
-    pub fn peers(&self) -> String {
-        format!("{}/bgp/peers/", self.root)
-    }
-
-    /// `PREFIX/v1/bgp/peers/NAME`.
-    pub fn peer(&self, name: &str) -> String {
-        format!("{}/bgp/peers/{name}", self.root)
-    }
-}
-
-/// A decoded record with the revision it was read at.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Read<T> {
-    /// The value.
-    pub value: T,
-    /// etcd `mod_revision` of the key.
-    pub revision: i64,
-}
-
-/// Decodes a stored JSON value.
-pub fn decode<T: DeserializeOwned>(key: &str, value: &[u8]) -> Result<T, BgpStoreError> {
-    serde_json::from_slice(value).map_err(|source| BgpStoreError::Corrupt {
-        key: key.to_string(),
-        source,
-    })
-}
-
-fn decode_kv<T: DeserializeOwned>(kv: &Kv) -> Result<Read<T>, BgpStoreError> {
-    Ok(Read {
-        value: decode(&kv.key, &kv.value)?,
-        revision: kv.mod_revision,
-    })
-}
-
-fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    serde_json::to_vec(value).expect("BGP records serialise")
-}
-
-async fn get<S: Store, T: DeserializeOwned>(
-    store: &S,
-    key: &str,
-) -> Result<Option<Read<T>>, BgpStoreError> {
-    match store.get(key).await? {
-        Some(kv) => decode_kv(&kv).map(Some),
-        None => Ok(None),
     }
 }
 
@@ -159,72 +81,28 @@ async fn list<S: Store, T: DeserializeOwned>(
     store: &S,
     prefix: &str,
 ) -> Result<Vec<T>, BgpStoreError> {
-    store
-        .list(prefix)
-        .await?
-        .iter()
-        .map(|kv| decode(&kv.key, &kv.value))
-        .collect()
-}
-
-/// Puts `value` at `key` if the key is still at `read` (`None` = still absent).
-async fn put_if_unchanged<S: Store, T: Serialize>(
-    store: &S,
-    key: &str,
-    read: Option<i64>,
-    value: &T,
-) -> Result<bool, BgpStoreError> {
-    let txn = Txn {
-        compares: vec![Compare::unchanged(key, read)],
-        ops: vec![Op::Put {
-            key: key.to_string(),
-            value: encode(value),
-        }],
-        read_on_conflict: Vec::new(),
-    };
-    Ok(matches!(
-        store.txn(txn).await?,
-        TxnOutcome::Committed { .. }
-    ))
-}
-
-async fn delete_if_unchanged<S: Store>(
-    store: &S,
-    key: &str,
-    read: i64,
-) -> Result<bool, BgpStoreError> {
-    let txn = Txn {
-        compares: vec![Compare::unchanged(key, Some(read))],
-        ops: vec![Op::Delete {
-            key: key.to_string(),
-        }],
-        read_on_conflict: Vec::new(),
-    };
-    Ok(matches!(
-        store.txn(txn).await?,
-        TxnOutcome::Committed { .. }
-    ))
+    let all = state::read_all(store, prefix).await?;
+    Ok(all.into_iter().map(|r| r.value).collect())
 }
 
 /// Delete a record as read (compare and swap, retried); `missing` when it is absent.
 async fn remove<S: Store, T: DeserializeOwned>(
     store: &S,
-    key: String,
+    key: &str,
     missing: impl Fn() -> BgpStoreError,
 ) -> Result<T, BgpStoreError> {
-    for attempt in 1..=MAX_ATTEMPTS {
-        let Some(current) = get::<S, T>(store, &key).await? else {
+    let missing = &missing;
+    let (value, _) = cas_loop::<BgpStoreError, _, _>(store, || async move {
+        let Some(current) = state::read::<T>(store, key).await? else {
             return Err(missing());
         };
-        if delete_if_unchanged(store, &key, current.revision).await? {
-            return Ok(current.value);
-        }
-        backoff(attempt).await;
-    }
-    Err(BgpStoreError::Contention {
-        key,
-        attempts: MAX_ATTEMPTS,
+        Ok(Attempt::Commit(
+            cas_delete(key, current.revision),
+            current.value,
+        ))
     })
+    .await?;
+    Ok(value)
 }
 
 // ------------------------------------------------------------------ global
@@ -233,55 +111,50 @@ async fn remove<S: Store, T: DeserializeOwned>(
 /// (`None` = absent).
 pub async fn get_global<S: Store>(
     store: &S,
-    keys: &BgpKeys,
+    keys: &Keys,
 ) -> Result<(BgpGlobal, Option<i64>), BgpStoreError> {
-    Ok(match get::<S, BgpGlobal>(store, &keys.global()).await? {
-        Some(r) => (r.value, Some(r.revision)),
-        None => (BgpGlobal::default(), None),
-    })
+    Ok(
+        match state::read::<BgpGlobal>(store, &keys.bgp_global()).await? {
+            Some(r) => (r.value, Some(r.revision)),
+            None => (BgpGlobal::default(), None),
+        },
+    )
 }
 
 /// Read, change with `edit`, validate and write the global settings (compare and
 /// swap, retried). Returns the stored value.
 pub async fn update_global<S: Store>(
     store: &S,
-    keys: &BgpKeys,
-    mut edit: impl FnMut(&mut BgpGlobal) -> Result<(), BgpStoreError>,
+    keys: &Keys,
+    edit: impl Fn(&mut BgpGlobal) -> Result<(), BgpStoreError>,
 ) -> Result<BgpGlobal, BgpStoreError> {
-    let key = keys.global();
-    for attempt in 1..=MAX_ATTEMPTS {
+    let key = &keys.bgp_global();
+    let edit = &edit;
+    let (global, _) = cas_loop::<BgpStoreError, _, _>(store, || async move {
         let (mut global, revision) = get_global(store, keys).await?;
         edit(&mut global)?;
         validate_global(&global)?;
-        if put_if_unchanged(store, &key, revision, &global).await? {
-            return Ok(global);
-        }
-        backoff(attempt).await;
-    }
-    Err(BgpStoreError::Contention {
-        key,
-        attempts: MAX_ATTEMPTS,
+        Ok(Attempt::Commit(cas_put(key, revision, &global), global))
     })
+    .await?;
+    Ok(global)
 }
 
 // ------------------------------------------------------------------ nodes
 
 /// Every node, sorted by name.
-pub async fn list_nodes<S: Store>(
-    store: &S,
-    keys: &BgpKeys,
-) -> Result<Vec<BgpNode>, BgpStoreError> {
+pub async fn list_nodes<S: Store>(store: &S, keys: &Keys) -> Result<Vec<BgpNode>, BgpStoreError> {
     list(store, &keys.nodes()).await
 }
 
 /// One node.
 pub async fn get_node<S: Store>(
     store: &S,
-    keys: &BgpKeys,
+    keys: &Keys,
     name: &str,
-) -> Result<Option<Read<BgpNode>>, BgpStoreError> {
+) -> Result<Option<Versioned<BgpNode>>, BgpStoreError> {
     brindle_bgp::validate_node_name(name)?;
-    get(store, &keys.node(name)).await
+    Ok(state::read(store, &keys.node(name)).await?)
 }
 
 /// A change to a node record: `None` fields keep what is stored.
@@ -310,14 +183,14 @@ pub struct NodeWritten {
 /// IP; an IP used by another node is refused.
 pub async fn set_node<S: Store>(
     store: &S,
-    keys: &BgpKeys,
+    keys: &Keys,
     name: &str,
     update: &NodeUpdate,
 ) -> Result<NodeWritten, BgpStoreError> {
     brindle_bgp::validate_node_name(name)?;
-    let key = keys.node(name);
-    for attempt in 1..=MAX_ATTEMPTS {
-        let current = get::<S, BgpNode>(store, &key).await?;
+    let key = &keys.node(name);
+    let (written, _) = cas_loop::<BgpStoreError, _, _>(store, || async move {
+        let current = state::read::<BgpNode>(store, key).await?;
         let node = match &current {
             Some(r) => BgpNode {
                 name: name.to_string(),
@@ -336,11 +209,11 @@ pub async fn set_node<S: Store>(
         };
         validate_node(&node)?;
         if current.as_ref().map(|r| &r.value) == Some(&node) {
-            return Ok(NodeWritten {
+            return Ok(Attempt::Done(NodeWritten {
                 node,
                 created: false,
                 changed: false,
-            });
+            }));
         }
         if let Some(other) = list_nodes(store, keys)
             .await?
@@ -352,29 +225,28 @@ pub async fn set_node<S: Store>(
                 other: other.name,
             });
         }
-        if put_if_unchanged(store, &key, current.as_ref().map(|r| r.revision), &node).await? {
-            return Ok(NodeWritten {
+        let txn = cas_put(key, current.as_ref().map(|r| r.revision), &node);
+        Ok(Attempt::Commit(
+            txn,
+            NodeWritten {
                 node,
                 created: current.is_none(),
                 changed: true,
-            });
-        }
-        backoff(attempt).await;
-    }
-    Err(BgpStoreError::Contention {
-        key,
-        attempts: MAX_ATTEMPTS,
+            },
+        ))
     })
+    .await?;
+    Ok(written)
 }
 
 /// Removes node `name`. Returns the removed record.
 pub async fn remove_node<S: Store>(
     store: &S,
-    keys: &BgpKeys,
+    keys: &Keys,
     name: &str,
 ) -> Result<BgpNode, BgpStoreError> {
     brindle_bgp::validate_node_name(name)?;
-    remove(store, keys.node(name), || {
+    remove(store, &keys.node(name), || {
         BgpStoreError::NoSuchNode(name.to_string())
     })
     .await
@@ -383,29 +255,26 @@ pub async fn remove_node<S: Store>(
 // ------------------------------------------------------------------ peers
 
 /// Every peer, sorted by name.
-pub async fn list_peers<S: Store>(
-    store: &S,
-    keys: &BgpKeys,
-) -> Result<Vec<BgpPeer>, BgpStoreError> {
-    list(store, &keys.peers()).await
+pub async fn list_peers<S: Store>(store: &S, keys: &Keys) -> Result<Vec<BgpPeer>, BgpStoreError> {
+    list(store, &keys.bgp_peers()).await
 }
 
 /// Adds a peer (create-if-absent). Refuses a name in use and a second peer with the
 /// same address in the same scope (global, or the same node).
 pub async fn add_peer<S: Store>(
     store: &S,
-    keys: &BgpKeys,
+    keys: &Keys,
     peer: &BgpPeer,
 ) -> Result<(), BgpStoreError> {
     validate_peer(peer)?;
-    let key = keys.peer(&peer.name);
+    let key = keys.bgp_peer(&peer.name);
     let mut all = list_peers(store, keys).await?;
     if all.iter().any(|p| p.name == peer.name) {
         return Err(BgpStoreError::PeerExists(peer.name.clone()));
     }
     all.push(peer.clone());
     validate_peers(&all)?;
-    if put_if_unchanged(store, &key, None, peer).await? {
+    if state::put_if(store, &key, None, peer).await? {
         Ok(())
     } else {
         Err(BgpStoreError::PeerExists(peer.name.clone()))
@@ -415,11 +284,11 @@ pub async fn add_peer<S: Store>(
 /// Removes a peer. Returns the removed record.
 pub async fn remove_peer<S: Store>(
     store: &S,
-    keys: &BgpKeys,
+    keys: &Keys,
     name: &str,
 ) -> Result<BgpPeer, BgpStoreError> {
     brindle_bgp::validate_peer_name(name)?;
-    remove(store, keys.peer(name), || {
+    remove(store, &keys.bgp_peer(name), || {
         BgpStoreError::NoSuchPeer(name.to_string())
     })
     .await
@@ -472,25 +341,18 @@ pub fn check_nodes(nodes: &[BgpNode]) -> Result<(), BgpError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use brindle_ipam::store::{Op, Txn};
     use brindle_ipam::{Allocation, MemoryStore};
 
-    fn keys() -> BgpKeys {
-        BgpKeys::new(&Keys::new("/t"))
+    fn keys() -> Keys {
+        Keys::new("/t")
     }
 
     fn ip(s: &str) -> Ipv4Addr {
         s.parse().unwrap()
     }
 
-    #[test]
-    fn key_layout() {
-        let k = keys();
-        assert_eq!(k.node("a"), "/t/v1/nodes/a");
-        assert_eq!(k.nodes(), "/t/v1/nodes/");
-        assert_eq!(k.global(), "/t/v1/bgp/global");
-        assert_eq!(k.peer("tor"), "/t/v1/bgp/peers/tor");
-        assert_eq!(k.peers(), "/t/v1/bgp/peers/");
-    }
+    // `key_layout` moved to `brindle_ipam::state::keys` with the keys.
 
     #[tokio::test]
     async fn global_defaults_then_update() {

@@ -21,7 +21,7 @@ pub struct EtcdArgs {
     #[arg(
         long,
         env = "BRINDLE_ETCD_PREFIX",
-        default_value = "/brindle",
+        default_value = brindle_ipam::keys::DEFAULT_PREFIX,
         global = true
     )]
     pub etcd_prefix: String,

@@ -1,10 +1,13 @@
 //! Endpoint records: one per container interface wired by brindle (Docker or CNI), at
-//! `PREFIX/v1/endpoints/NODE/ID`, listed by `brindle endpoints` and used by the agent to
-//! keep each local endpoint's /32 route.
+//! `PREFIX/v1/endpoints/NODE/ID` ([`Keys::endpoint`]), listed by `brindle endpoints` and
+//! used by the agent to keep each local endpoint's /32 route. This file is the record's
+//! one definition: its fields, its JSON (serde) and its reads and writes through the
+//! state layer (`brindle_ipam::state`).
 
 use std::net::Ipv4Addr;
 
-use brindle_ipam::store::{Compare, Op, Store, Txn, TxnOutcome};
+use brindle_ipam::state;
+use brindle_ipam::store::Store;
 use brindle_ipam::{IpamError, Keys};
 use ipnetwork::Ipv4Network;
 use serde::{Deserialize, Serialize};
@@ -47,33 +50,13 @@ impl EndpointRecord {
     }
 }
 
-/// `PREFIX/v1/endpoints/`: every endpoint record lives under it.
-pub fn endpoints_prefix(keys: &Keys) -> String {
-    format!("{}/endpoints/", keys.root())
-}
-
-/// The key of one endpoint record, for callers that write it inside their own transaction.
-pub fn endpoint_key(keys: &Keys, node: &str, id: &str) -> String {
-    format!("{}/endpoints/{node}/{id}", keys.root())
-}
-
 /// Create or replace an endpoint record.
 pub async fn put_endpoint<S: Store>(
     store: &S,
     keys: &Keys,
     record: &EndpointRecord,
 ) -> Result<(), IpamError> {
-    let value = serde_json::to_vec(record).expect("endpoint record serialises");
-    let txn = Txn {
-        compares: Vec::new(),
-        ops: vec![Op::Put {
-            key: endpoint_key(keys, &record.node, &record.id),
-            value,
-        }],
-        read_on_conflict: Vec::new(),
-    };
-    store.txn(txn).await?;
-    Ok(())
+    Ok(state::put(store, &keys.endpoint(&record.node, &record.id), record).await?)
 }
 
 /// Read one endpoint record.
@@ -83,42 +66,24 @@ pub async fn get_endpoint<S: Store>(
     node: &str,
     id: &str,
 ) -> Result<Option<EndpointRecord>, IpamError> {
-    get_json(store, endpoint_key(keys, node, id)).await
+    let read = state::read(store, &keys.endpoint(node, id)).await?;
+    Ok(read.map(|r| r.value))
 }
 
-/// Read one JSON record, naming the key when it does not decode.
-pub async fn get_json<S: Store, T: serde::de::DeserializeOwned>(
-    store: &S,
-    key: String,
-) -> Result<Option<T>, IpamError> {
-    match store.get(&key).await? {
-        Some(kv) => serde_json::from_slice(&kv.value)
-            .map(Some)
-            .map_err(|source| IpamError::Corrupt { key, source }),
-        None => Ok(None),
-    }
-}
-
-/// Delete an endpoint record; deleting a missing one is fine. Returns whether it existed.
+/// Delete an endpoint record as read (one compare-and-swap); deleting a missing one
+/// is fine. Returns whether it existed and was deleted.
 pub async fn delete_endpoint<S: Store>(
     store: &S,
     keys: &Keys,
     node: &str,
     id: &str,
 ) -> Result<bool, IpamError> {
-    let key = endpoint_key(keys, node, id);
+    let key = keys.endpoint(node, id);
+    // Read raw, not decoded: a record that no longer decodes can still be deleted.
     let Some(kv) = store.get(&key).await? else {
         return Ok(false);
     };
-    let txn = Txn {
-        compares: vec![Compare::unchanged(&key, Some(kv.mod_revision))],
-        ops: vec![Op::Delete { key }],
-        read_on_conflict: Vec::new(),
-    };
-    Ok(matches!(
-        store.txn(txn).await?,
-        TxnOutcome::Committed { .. }
-    ))
+    Ok(state::delete_if(store, &key, kv.mod_revision).await?)
 }
 
 /// Every endpoint, or one node's, sorted by node then id.
@@ -128,18 +93,9 @@ pub async fn list_endpoints<S: Store>(
     node: Option<&str>,
 ) -> Result<Vec<EndpointRecord>, IpamError> {
     let prefix = match node {
-        Some(n) => format!("{}{n}/", endpoints_prefix(keys)),
-        None => endpoints_prefix(keys),
+        Some(n) => keys.node_endpoints(n),
+        None => keys.endpoints(),
     };
-    store
-        .list(&prefix)
-        .await?
-        .into_iter()
-        .map(|kv| {
-            serde_json::from_slice(&kv.value).map_err(|source| IpamError::Corrupt {
-                key: kv.key,
-                source,
-            })
-        })
-        .collect()
+    let all = state::read_all(store, &prefix).await?;
+    Ok(all.into_iter().map(|r| r.value).collect())
 }

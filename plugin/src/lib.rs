@@ -1,5 +1,5 @@
 //! brindle's node-side code: the operator CLI, the Docker driver, the CNI plugin and the
-//! routed dataplane they share.
+//! agent, on the routed dataplane of the `brindle_dataplane` crate.
 
 pub mod agent;
 pub mod allow_from;
@@ -9,7 +9,6 @@ pub mod cli;
 pub mod cni;
 pub mod config;
 pub mod daemon;
-pub mod dataplane;
 pub mod docker;
 pub mod endpoints;
 pub mod logging;

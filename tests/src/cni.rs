@@ -418,7 +418,7 @@ mod tests {
 
     #[test]
     fn host_ifname_matches_the_plugin() {
-        // Pinned in plugin/src/dataplane/names.rs as well.
+        // Pinned in plugin/dataplane/src/names.rs as well.
         assert_eq!(host_ifname("c0ffee", "eth0"), "brl2ba21fd802e");
     }
 }

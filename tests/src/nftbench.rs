@@ -11,9 +11,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use brindle_ipam::state::encode;
 use brindle_ipam::store::{Op, Store, Txn};
-use brindle_ipam::EtcdStore;
-use serde_json::{json, Value};
+use brindle_ipam::{EtcdStore, Keys};
+use brindle_plugin::endpoints::EndpointRecord;
+use serde_json::Value;
 
 use crate::netns::Netns;
 
@@ -70,15 +72,20 @@ impl Drop for NftMonitor {
 }
 
 fn record(node: &str, id: &str, ip: Ipv4Addr) -> (String, Vec<u8>) {
-    let value = json!({
-        "id": id, "node": node, "orchestrator": "bench", "container_id": id,
-        "network": "rules", "ip": ip, "mac": null, "host_ifname": format!("brl{}", &id[..id.len().min(11)]),
-        "handle": id, "segment": SEGMENT,
-    });
-    (
-        format!("/brindle/v1/endpoints/{node}/{id}"),
-        serde_json::to_vec(&value).expect("json"),
-    )
+    let record = EndpointRecord {
+        id: id.to_string(),
+        node: node.to_string(),
+        orchestrator: "bench".into(),
+        container_id: Some(id.to_string()),
+        network: "rules".into(),
+        ip,
+        mac: None,
+        host_ifname: format!("brl{}", &id[..id.len().min(11)]),
+        handle: id.to_string(),
+        segment: Some(SEGMENT.into()),
+        allow_from: Vec::new(),
+    };
+    (Keys::default_prefix().endpoint(node, id), encode(&record))
 }
 
 async fn put_all(store: &EtcdStore, records: Vec<(String, Vec<u8>)>) {

@@ -30,6 +30,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use brindle_ipam::Keys;
+use brindle_plugin::endpoints::EndpointRecord;
 use serde_json::Value;
 
 use crate::bins::bin;
@@ -817,15 +819,26 @@ impl Topology {
         ns.ok(&["ip", "link", "set", ifname, "up"]);
 
         // The endpoint record: brindled keeps the /32 route and the firewall from it.
-        let record = serde_json::json!({
-            "id": id, "node": node, "orchestrator": "test", "container_id": container_id,
-            "network": network, "ip": ip, "mac": null, "host_ifname": host_ifname,
-            "handle": id, "segment": format!("test:{network}"), "allow_from": allow_from,
-        });
+        let record = EndpointRecord {
+            id: id.to_string(),
+            node: node.clone(),
+            orchestrator: "test".into(),
+            container_id: Some(container_id.to_string()),
+            network: network.to_string(),
+            ip,
+            mac: None,
+            host_ifname: host_ifname.clone(),
+            handle: id.to_string(),
+            segment: Some(format!("test:{network}")),
+            allow_from: allow_from
+                .iter()
+                .map(|s| s.parse().expect("allow_from CIDR"))
+                .collect(),
+        };
         self.etcd.etcdctl(&[
             "put",
-            &format!("/brindle/v1/endpoints/{node}/{id}"),
-            &record.to_string(),
+            &Keys::default_prefix().endpoint(&node, id),
+            &serde_json::to_string(&record).expect("endpoint record json"),
         ]);
         (ip, host_ifname)
     }
@@ -969,7 +982,7 @@ impl Topology {
         for (id, host_ifname) in ifaces {
             let _ = host.ns.exec(&["ip", "link", "del", host_ifname]);
             self.etcd
-                .etcdctl(&["del", &format!("/brindle/v1/endpoints/{}/{id}", host.name)]);
+                .etcdctl(&["del", &Keys::default_prefix().endpoint(&host.name, id)]);
             self.cli_ok(&host.name, &["ipam", "release", "--handle", id]);
         }
     }

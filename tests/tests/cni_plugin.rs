@@ -8,6 +8,7 @@
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
+use brindle_ipam::Keys;
 use brindle_tests::bins::brindle;
 use brindle_tests::cni::{
     addresses, eventually, host_ifname, host_link_exists, ip_json, Brindle, Brindled, Call,
@@ -76,24 +77,20 @@ impl World {
     }
 
     fn handles(&self) -> Vec<String> {
+        let prefix = Keys::default_prefix().handles();
         self.etcd
-            .keys("/brindle/v1/ipam/handles/")
+            .keys(&prefix)
             .into_iter()
-            .map(|k| {
-                k.trim_start_matches("/brindle/v1/ipam/handles/")
-                    .to_string()
-            })
+            .map(|k| k.trim_start_matches(&prefix).to_string())
             .collect()
     }
 
     fn endpoint_ids(&self) -> Vec<String> {
+        let prefix = Keys::default_prefix().node_endpoints("n1");
         self.etcd
-            .keys("/brindle/v1/endpoints/n1/")
+            .keys(&prefix)
             .into_iter()
-            .map(|k| {
-                k.trim_start_matches("/brindle/v1/endpoints/n1/")
-                    .to_string()
-            })
+            .map(|k| k.trim_start_matches(&prefix).to_string())
             .collect()
     }
 
@@ -1013,5 +1010,5 @@ fn cni_etcd_over_tls_from_keys_and_env() {
         .env("BRINDLE_ETCD_CERT_FILE", &p(&tls.client_cert))
         .env("BRINDLE_ETCD_KEY_FILE", &p(&tls.client_key));
     del.run(&ipam, &minimal).ok();
-    assert!(etcd.keys("/brindle/v1/ipam/handles/").is_empty());
+    assert!(etcd.keys(&Keys::default_prefix().handles()).is_empty());
 }

@@ -7,6 +7,7 @@
 
 use std::net::Ipv4Addr;
 
+use brindle_ipam::Keys;
 use brindle_tests::bins::brindle;
 use brindle_tests::cni::{Brindle, Brindled, PluginDir};
 use brindle_tests::docker::{shared_host, Scope, HOST_IP};
@@ -36,7 +37,7 @@ fn in_pool(ip: Ipv4Addr) -> bool {
 }
 
 fn handles(etcd: &Etcd) -> Vec<String> {
-    etcd.keys("/brindle/v1/ipam/handles/")
+    etcd.keys(&Keys::default_prefix().handles())
 }
 
 #[test]
@@ -129,7 +130,7 @@ fn cni_podman_run_gets_its_address_with_and_without_ip() {
         "host cannot reach the podman container"
     );
     // brindle records it as a CNI endpoint of this node.
-    let eps = etcd.keys("/brindle/v1/endpoints/n1/");
+    let eps = etcd.keys(&Keys::default_prefix().node_endpoints("n1"));
     assert_eq!(eps.len(), 1, "{eps:?}");
     assert!(eps[0].ends_with(&format!("{id}+eth0")), "{eps:?}");
     // The same --ip for a second container is refused, and leaves nothing behind.

@@ -5,6 +5,7 @@ use std::net::{Ipv4Addr, TcpListener};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use brindle_ipam::Keys;
 use brindle_tests::bins::{bin, brindle};
 use brindle_tests::etcd::Etcd;
 use serde_json::Value;
@@ -176,12 +177,12 @@ fn pools_fixed_and_dynamic_addresses_for_two_nodes() {
         &["ipam", "release", "--handle", "web2"],
     ));
     assert!(
-        etcd.keys("/brindle/v1/ipam/").is_empty(),
+        etcd.keys(&Keys::default_prefix().ipam()).is_empty(),
         "left: {:?}",
-        etcd.keys("/brindle/v1/ipam/")
+        etcd.keys(&Keys::default_prefix().ipam())
     );
     ok(&mut cli(&etcd, "n1", &["pool", "rm", "office"]));
-    assert!(etcd.keys("/brindle/v1/pools/").is_empty());
+    assert!(etcd.keys(&Keys::default_prefix().pools()).is_empty());
 }
 
 #[test]
@@ -306,7 +307,7 @@ fn bad_input_gets_one_clear_sentence_and_writes_nothing() {
         &["p1", "exhausted", "14 usable"],
     );
     assert!(etcd
-        .keys("/brindle/v1/ipam/handles/one-too-many")
+        .keys(&Keys::default_prefix().handle("one-too-many"))
         .is_empty());
     assert!(json(&mut cli(&etcd, "n1", &["ipam", "check"]))["clean"]
         .as_bool()
@@ -488,7 +489,7 @@ fn eight_processes_as_eight_nodes_never_share_an_address() {
     let mut all: Vec<Ipv4Addr> = seen.into_iter().collect();
     all.sort();
     assert_eq!(freed, all, "each address released exactly once");
-    let left = etcd.keys("/brindle/v1/ipam/");
+    let left = etcd.keys(&Keys::default_prefix().ipam());
     assert!(left.is_empty(), "left behind: {left:?}");
     assert_eq!(
         json(&mut cli(&etcd, "admin", &["ipam", "show"]))["pools"][0]["allocated"],

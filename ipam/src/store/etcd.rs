@@ -7,10 +7,14 @@
 //! (the member went away after it was sent) is never repeated blindly: the store reads
 //! the keys back and reports a conflict, so the caller's CAS loop decides on fresh
 //! data and finds its own write if it landed.
+//!
+//! Listings are paginated by key (see [`EtcdStore::with_page_size`]), every page at the
+//! revision of the first; watches run in `watch.rs`.
 
 mod failover;
 mod faults;
 mod members;
+mod watch;
 
 use std::time::{Duration, Instant};
 
@@ -24,12 +28,19 @@ pub use members::MemberClient;
 
 use self::failover::{Failed, Replay};
 use self::members::Members;
-use super::{Compare, Kv, Op, Store, StoreError, Txn, TxnOutcome, REQUEST_TIMEOUT};
+use super::{
+    prefix_end, Compare, Kv, Listing, Op, Store, StoreError, Txn, TxnOutcome, Watch,
+    DEFAULT_PAGE_SIZE, REQUEST_TIMEOUT,
+};
 
 /// How long one store call moves between members and retries before it reports the
 /// cluster unreachable: a second under [`REQUEST_TIMEOUT`], so that a Docker or CNI
 /// request around it (its own work, its rollback) still fails within the 5 s promised.
 const FAILOVER_BUDGET: Duration = Duration::from_secs(4);
+
+/// How many times a listing at the current revision starts over when compaction
+/// overtakes it between two pages.
+const LIST_ATTEMPTS: usize = 3;
 
 /// How to reach etcd.
 #[derive(Debug, Clone, Default)]
@@ -48,6 +59,7 @@ pub struct EtcdConfig {
 pub struct EtcdStore {
     members: std::sync::Arc<Members>,
     endpoints: String,
+    page_size: usize,
 }
 
 impl EtcdStore {
@@ -85,12 +97,21 @@ impl EtcdStore {
         Ok(Self {
             members: std::sync::Arc::new(Members::new(&config.endpoints, options, logs_in)),
             endpoints: config.endpoints.join(","),
+            page_size: DEFAULT_PAGE_SIZE,
         })
     }
 
+    /// The same store listing at most `keys` keys per request (at least 1); the
+    /// default is [`DEFAULT_PAGE_SIZE`]. Tests use a small size to cross page borders.
+    pub fn with_page_size(mut self, keys: usize) -> Self {
+        self.page_size = keys.max(1);
+        self
+    }
+
     /// A connected client on a healthy member (the current one while it answers), for
-    /// callers that need the raw API (the agent's watch, benchmarks). Report a member
-    /// that later stops answering with [`EtcdStore::member_failed`].
+    /// callers that need the raw API (benchmarks, test tools; brindle itself goes
+    /// through [`Store`]). Report a member that later stops answering with
+    /// [`EtcdStore::member_failed`].
     pub async fn member(&self) -> Result<MemberClient, StoreError> {
         let deadline = Instant::now() + FAILOVER_BUDGET;
         failover::member(&self.members, &self.endpoints, deadline).await
@@ -136,6 +157,101 @@ impl EtcdStore {
             // Not produced for safe requests; kept total rather than panicking.
             Err(Failed::Ambiguous { detail }) => {
                 Err(failover::unreachable(&self.endpoints, detail))
+            }
+        }
+    }
+
+    /// One consistent listing of `prefix`: pages of at most `page_size` keys, each
+    /// starting after the last key of the one before, all at `revision` (or at the
+    /// revision of the first page).
+    async fn pages(
+        &self,
+        prefix: &str,
+        revision: Option<i64>,
+        keys_only: bool,
+    ) -> Result<Listing, StoreError> {
+        let end = prefix_end(prefix.as_bytes());
+        let mut from = if prefix.is_empty() {
+            vec![0]
+        } else {
+            prefix.as_bytes().to_vec()
+        };
+        let mut pinned = revision;
+        let mut kvs = Vec::new();
+        let mut limit = self.page_size;
+        loop {
+            let mut opts = GetOptions::new()
+                .with_range(end.clone())
+                .with_limit(i64::try_from(limit).unwrap_or(i64::MAX));
+            if keys_only {
+                opts = opts.with_keys_only();
+            }
+            if let Some(r) = pinned {
+                opts = opts.with_revision(r);
+            }
+            let read = self
+                .read(|mut c| {
+                    let (key, opts) = (from.clone(), opts.clone());
+                    async move { c.get(key, Some(opts)).await }
+                })
+                .await;
+            let resp = match read {
+                Ok(resp) => resp,
+                // Large records (blocks full of allocations): ask for fewer at a time.
+                Err(StoreError::Etcd { source, .. })
+                    if faults::is_too_large(&source) && limit > 1 =>
+                {
+                    limit /= 2;
+                    info!(
+                        prefix,
+                        keys = limit,
+                        "etcd page larger than the message limit; reading fewer keys per page"
+                    );
+                    continue;
+                }
+                Err(StoreError::Etcd { source, .. }) if faults::is_compacted(&source) => {
+                    return Err(StoreError::Compacted {
+                        revision: pinned.unwrap_or_default(),
+                        compacted: 0,
+                    })
+                }
+                Err(e) => return Err(e),
+            };
+            let at = *pinned
+                .get_or_insert_with(|| resp.header().map(|h| h.revision()).unwrap_or_default());
+            kvs.extend(resp.kvs().iter().map(to_kv));
+            match resp.kvs().last() {
+                Some(last) if resp.more() => {
+                    from = last.key().to_vec();
+                    from.push(0);
+                }
+                _ => return Ok(Listing { revision: at, kvs }),
+            }
+        }
+    }
+
+    /// [`EtcdStore::pages`] at `revision`, or at the current revision, starting over
+    /// when compaction overtakes it.
+    async fn listing(
+        &self,
+        prefix: &str,
+        revision: Option<i64>,
+        keys_only: bool,
+    ) -> Result<Listing, StoreError> {
+        let mut attempt = 1;
+        loop {
+            match self.pages(prefix, revision, keys_only).await {
+                Err(StoreError::Compacted { revision: at, .. })
+                    if revision.is_none() && attempt < LIST_ATTEMPTS =>
+                {
+                    info!(
+                        prefix,
+                        revision = at,
+                        "etcd compacted during a listing; listing again"
+                    );
+                    attempt += 1;
+                }
+                other => return other,
             }
         }
     }
@@ -244,28 +360,20 @@ impl Store for EtcdStore {
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<Kv>, StoreError> {
-        let resp = self
-            .read(|mut c| {
-                let prefix = prefix.to_string();
-                async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await }
-            })
-            .await?;
-        Ok(resp.kvs().iter().map(to_kv).collect())
+        Ok(self.listing(prefix, None, false).await?.kvs)
     }
 
     async fn list_keys(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
-        let resp = self
-            .read(|mut c| {
-                let prefix = prefix.to_string();
-                let opts = GetOptions::new().with_prefix().with_keys_only();
-                async move { c.get(prefix, Some(opts)).await }
-            })
-            .await?;
-        Ok(resp
-            .kvs()
-            .iter()
-            .map(|kv| String::from_utf8_lossy(kv.key()).into_owned())
-            .collect())
+        let listing = self.listing(prefix, None, true).await?;
+        Ok(listing.kvs.into_iter().map(|kv| kv.key).collect())
+    }
+
+    async fn list_at(&self, prefix: &str, revision: Option<i64>) -> Result<Listing, StoreError> {
+        self.listing(prefix, revision, false).await
+    }
+
+    fn watch(&self, prefix: &str, start_revision: i64) -> Watch {
+        watch::spawn(self.clone(), prefix.to_string(), start_revision)
     }
 
     async fn txn(&self, txn: Txn) -> Result<TxnOutcome, StoreError> {

@@ -1,21 +1,91 @@
-//! An in-process store with etcd's revision and compare-and-swap semantics.
+//! An in-process store with etcd's revision, compare-and-swap, listing and watch
+//! semantics.
+//!
+//! Every committed write gets the next revision (a transaction that changes nothing
+//! does not, as in etcd) and is kept in a bounded history with the values it replaced.
+//! The history lets a listing read each page at the revision of its first, as etcd
+//! does, and lets a watch start from a past revision; a revision that fell out of the
+//! history gives [`StoreError::Compacted`], as a compacted etcd does.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
-use super::{Compare, Kv, Op, Store, StoreError, Txn, TxnOutcome};
+use super::{
+    Compare, Kv, Listing, Op, Store, StoreError, Txn, TxnOutcome, Watch, WatchBatch, WatchEvent,
+    DEFAULT_PAGE_SIZE,
+};
+
+/// How many revisions the history keeps unless told otherwise.
+pub const DEFAULT_HISTORY: usize = 1000;
+
+/// At most this many revisions go into one watch batch.
+const BATCH_REVISIONS: usize = 1000;
 
 /// A cheaply cloneable in-memory store; clones share the same data, as clients of one
 /// etcd cluster do.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct MemoryStore {
     inner: Arc<Mutex<Inner>>,
+    /// The current revision, for watches waiting for the next write.
+    revision: Arc<tokio::sync::watch::Sender<i64>>,
+    page_size: usize,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Inner {
     revision: i64,
     data: BTreeMap<String, (Vec<u8>, i64)>,
+    /// Every revision after `compacted`, oldest first.
+    history: VecDeque<Revision>,
+    /// History up to and including this revision is gone: reads at an older revision
+    /// and watches from this one or before fail with [`StoreError::Compacted`].
+    compacted: i64,
+    history_limit: usize,
+}
+
+/// The changes one transaction made.
+#[derive(Debug)]
+struct Revision {
+    revision: i64,
+    changes: Vec<Change>,
+}
+
+#[derive(Debug)]
+struct Change {
+    key: String,
+    /// The new value; `None` for a delete.
+    value: Option<Vec<u8>>,
+    /// The value and mod revision before the change; `None` when the key was absent.
+    prev: Option<(Vec<u8>, i64)>,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        // As etcd: a fresh store is at revision 1, the first write makes revision 2.
+        let (revision, _) = tokio::sync::watch::channel(1);
+        Self {
+            inner: Arc::new(Mutex::new(Inner {
+                revision: 1,
+                data: BTreeMap::new(),
+                history: VecDeque::new(),
+                compacted: 0,
+                history_limit: DEFAULT_HISTORY,
+            })),
+            revision: Arc::new(revision),
+            page_size: DEFAULT_PAGE_SIZE,
+        }
+    }
+}
+
+/// etcd's answer to a read at a revision it has not reached.
+fn future_revision() -> StoreError {
+    StoreError::Etcd {
+        endpoints: "memory".into(),
+        source: Box::new(etcd_client::Error::GRpcStatus(tonic::Status::out_of_range(
+            "etcdserver: mvcc: required revision is a future revision",
+        ))),
+    }
 }
 
 impl Inner {
@@ -26,6 +96,119 @@ impl Inner {
             mod_revision: *rev,
         })
     }
+
+    /// Drop the history up to and including `revision`.
+    fn compact(&mut self, revision: i64) {
+        let revision = revision.min(self.revision);
+        while self.history.front().is_some_and(|r| r.revision <= revision) {
+            self.history.pop_front();
+        }
+        self.compacted = self.compacted.max(revision);
+    }
+
+    /// Compact what exceeds the history limit.
+    fn trim(&mut self) {
+        let excess = self.history.len().saturating_sub(self.history_limit);
+        if excess > 0 {
+            let last_dropped = self.history[excess - 1].revision;
+            self.compact(last_dropped);
+        }
+    }
+
+    /// One page of `prefix` from key `from` on, as of `revision`: at most `limit`
+    /// keys, and whether more follow.
+    fn page(
+        &self,
+        prefix: &str,
+        from: &str,
+        revision: i64,
+        limit: usize,
+    ) -> Result<(Vec<Kv>, bool), StoreError> {
+        if revision < self.compacted {
+            return Err(StoreError::Compacted {
+                revision,
+                compacted: self.compacted,
+            });
+        }
+        if revision > self.revision {
+            return Err(future_revision());
+        }
+        let in_range = |k: &str| k >= from && k.starts_with(prefix);
+        // What every key changed after `revision` was at `revision`: the value before
+        // its first later change.
+        let mut then: BTreeMap<&str, Option<(&[u8], i64)>> = BTreeMap::new();
+        let later = self.history.partition_point(|r| r.revision <= revision);
+        for change in self.history.range(later..).flat_map(|r| &r.changes) {
+            if in_range(&change.key) {
+                then.entry(change.key.as_str())
+                    .or_insert_with(|| change.prev.as_ref().map(|(v, r)| (v.as_slice(), *r)));
+            }
+        }
+        // Current keys from `from` on; each changed key can remove at most one of them,
+        // so this many are enough to know the first `limit + 1` keys at `revision`.
+        let take = limit + 1 + then.len();
+        let mut view: BTreeMap<&str, (&[u8], i64)> = self
+            .data
+            .range::<str, _>((std::ops::Bound::Included(from), std::ops::Bound::Unbounded))
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .take(take)
+            .map(|(k, (v, r))| (k.as_str(), (v.as_slice(), *r)))
+            .collect();
+        let bound = (view.len() == take)
+            .then(|| view.keys().next_back().map(|k| k.to_string()))
+            .flatten();
+        for (key, value) in then {
+            if bound.as_deref().is_some_and(|b| key > b) {
+                continue;
+            }
+            match value {
+                Some(v) => view.insert(key, v),
+                None => view.remove(key),
+            };
+        }
+        let more = view.len() > limit;
+        let kvs = view
+            .into_iter()
+            .take(limit)
+            .map(|(k, (v, r))| Kv {
+                key: k.to_string(),
+                value: v.to_vec(),
+                mod_revision: r,
+            })
+            .collect();
+        Ok((kvs, more))
+    }
+
+    /// The events under `prefix` from revision `next` on (whole revisions, at most
+    /// [`BATCH_REVISIONS`]), and the revision to continue from.
+    fn events_since(&self, prefix: &str, next: i64) -> Result<(WatchBatch, i64), StoreError> {
+        if next <= self.compacted {
+            return Err(StoreError::Compacted {
+                revision: next,
+                compacted: self.compacted,
+            });
+        }
+        let first = self.history.partition_point(|r| r.revision < next);
+        let mut batch = WatchBatch::default();
+        let mut resume = next;
+        for r in self.history.range(first..).take(BATCH_REVISIONS) {
+            for c in r.changes.iter().filter(|c| c.key.starts_with(prefix)) {
+                batch.events.push(match &c.value {
+                    Some(value) => WatchEvent::Put(Kv {
+                        key: c.key.clone(),
+                        value: value.clone(),
+                        mod_revision: r.revision,
+                    }),
+                    None => WatchEvent::Delete {
+                        key: c.key.clone(),
+                        mod_revision: r.revision,
+                    },
+                });
+            }
+            resume = r.revision + 1;
+        }
+        Ok((batch, resume))
+    }
 }
 
 impl MemoryStore {
@@ -33,10 +216,73 @@ impl MemoryStore {
         Self::default()
     }
 
+    /// The same store listing at most `keys` keys per page (at least 1); the default
+    /// is [`DEFAULT_PAGE_SIZE`].
+    pub fn with_page_size(mut self, keys: usize) -> Self {
+        self.page_size = keys.max(1);
+        self
+    }
+
+    /// Keep the last `revisions` revisions (at least 1) for listings at a past
+    /// revision and watches from one; older ones are compacted as they fall out.
+    pub fn with_history(self, revisions: usize) -> Self {
+        {
+            let mut inner = self.lock();
+            inner.history_limit = revisions.max(1);
+            inner.trim();
+        }
+        self
+    }
+
+    /// The current revision.
+    pub fn revision(&self) -> i64 {
+        self.lock().revision
+    }
+
+    /// Drop the history up to and including `revision` (at most the current one),
+    /// as `etcdctl compaction` does.
+    pub fn compact(&self, revision: i64) {
+        self.lock().compact(revision);
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         // A panic while holding the lock cannot leave the map half-written (every
-        // mutation is a single insert/remove), so a poisoned lock is still consistent.
+        // transaction is checked before its first mutation), so a poisoned lock is
+        // still consistent.
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// One page; `revision` `None` = the current one, returned with the page.
+    fn page(
+        &self,
+        prefix: &str,
+        from: &str,
+        revision: Option<i64>,
+    ) -> Result<(Vec<Kv>, bool, i64), StoreError> {
+        let inner = self.lock();
+        let at = revision.filter(|r| *r > 0).unwrap_or(inner.revision);
+        let (kvs, more) = inner.page(prefix, from, at, self.page_size)?;
+        Ok((kvs, more, at))
+    }
+
+    /// Every page of `prefix` at `revision` (or at the current one when the first
+    /// page is read), the lock released between pages.
+    async fn pages(&self, prefix: &str, revision: Option<i64>) -> Result<Listing, StoreError> {
+        let (mut kvs, mut more, at) = self.page(prefix, prefix, revision)?;
+        while more {
+            // Let other tasks write between pages, as they can between etcd requests.
+            tokio::task::yield_now().await;
+            let mut from = kvs.last().map(|kv| kv.key.clone()).unwrap_or_default();
+            from.push('\0');
+            let (page, next_more, _) = self.page(prefix, &from, Some(at))?;
+            kvs.extend(page);
+            more = next_more;
+        }
+        Ok(Listing { revision: at, kvs })
+    }
+
+    fn events_since(&self, prefix: &str, next: i64) -> Result<(WatchBatch, i64), StoreError> {
+        self.lock().events_since(prefix, next)
     }
 }
 
@@ -46,26 +292,57 @@ impl Store for MemoryStore {
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<Kv>, StoreError> {
-        let inner = self.lock();
-        Ok(inner
-            .data
-            .range(prefix.to_string()..)
-            .take_while(|(k, _)| k.starts_with(prefix))
-            .map(|(k, (v, rev))| Kv {
-                key: k.clone(),
-                value: v.clone(),
-                mod_revision: *rev,
-            })
-            .collect())
+        Ok(self.list_at(prefix, None).await?.kvs)
     }
 
     async fn list_keys(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
-        Ok(self
-            .list(prefix)
-            .await?
-            .into_iter()
-            .map(|kv| kv.key)
-            .collect())
+        let listing = self.list_at(prefix, None).await?;
+        Ok(listing.kvs.into_iter().map(|kv| kv.key).collect())
+    }
+
+    async fn list_at(&self, prefix: &str, revision: Option<i64>) -> Result<Listing, StoreError> {
+        let mut attempt = 1;
+        loop {
+            match self.pages(prefix, revision).await {
+                Err(StoreError::Compacted { .. }) if revision.is_none() && attempt < 3 => {
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn watch(&self, prefix: &str, start_revision: i64) -> Watch {
+        let changed = self.revision.subscribe();
+        let next = if start_revision > 0 {
+            start_revision
+        } else {
+            self.revision() + 1
+        };
+        let state = (self.clone(), prefix.to_string(), next, changed, false);
+        let stream = futures::stream::unfold(state, |state| async move {
+            let (store, prefix, mut next, mut changed, ended) = state;
+            if ended {
+                return None;
+            }
+            loop {
+                // Marked seen before reading, so a write after the read wakes us.
+                changed.borrow_and_update();
+                match store.events_since(&prefix, next) {
+                    Err(e) => return Some((Err(e), (store, prefix, next, changed, true))),
+                    Ok((batch, resume)) => {
+                        next = resume;
+                        if !batch.events.is_empty() {
+                            return Some((Ok(batch), (store, prefix, next, changed, false)));
+                        }
+                    }
+                }
+                if changed.changed().await.is_err() {
+                    return None;
+                }
+            }
+        });
+        Watch::new(Box::pin(stream), Arc::new(AtomicU64::new(0)), None)
     }
 
     async fn txn(&self, txn: Txn) -> Result<TxnOutcome, StoreError> {
@@ -83,75 +360,43 @@ impl Store for MemoryStore {
                 .collect();
             return Ok(TxnOutcome::Conflict { current });
         }
-        inner.revision += 1;
-        let revision = inner.revision;
+        let revision = inner.revision + 1;
+        let mut changes = Vec::new();
         for op in txn.ops {
             match op {
                 Op::Put { key, value } => {
-                    inner.data.insert(key, (value, revision));
+                    let prev = inner.data.insert(key.clone(), (value.clone(), revision));
+                    changes.push(Change {
+                        key,
+                        value: Some(value),
+                        prev,
+                    });
                 }
                 Op::Delete { key } => {
-                    inner.data.remove(&key);
+                    if let Some(prev) = inner.data.remove(&key) {
+                        changes.push(Change {
+                            key,
+                            value: None,
+                            prev: Some(prev),
+                        });
+                    }
                 }
             }
         }
+        if changes.is_empty() {
+            // Nothing changed: etcd keeps the revision.
+            return Ok(TxnOutcome::Committed {
+                revision: inner.revision,
+            });
+        }
+        inner.revision = revision;
+        inner.history.push_back(Revision { revision, changes });
+        inner.trim();
+        // Under the lock, so watches never see the revision go backwards.
+        self.revision.send_replace(revision);
         Ok(TxnOutcome::Committed { revision })
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn put(key: &str, value: &str) -> Op {
-        Op::Put {
-            key: key.into(),
-            value: value.as_bytes().to_vec(),
-        }
-    }
-
-    #[tokio::test]
-    async fn create_if_absent_succeeds_once() {
-        let store = MemoryStore::new();
-        let claim = Txn {
-            compares: vec![Compare::unchanged("/k", None)],
-            ops: vec![put("/k", "a")],
-            read_on_conflict: vec!["/k".into()],
-        };
-        assert!(matches!(
-            store.txn(claim.clone()).await.unwrap(),
-            TxnOutcome::Committed { revision: 1 }
-        ));
-        match store.txn(claim).await.unwrap() {
-            TxnOutcome::Conflict { current } => {
-                assert_eq!(current[0].1.as_ref().unwrap().value, b"a");
-                assert_eq!(current[0].1.as_ref().unwrap().mod_revision, 1);
-            }
-            other => panic!("second claim must conflict, got {other:?}"),
-        }
-    }
-
-    #[tokio::test]
-    async fn stale_revision_conflicts_and_writes_nothing() {
-        let store = MemoryStore::new();
-        store
-            .txn(Txn {
-                ops: vec![put("/a", "1"), put("/b", "1")],
-                ..Txn::default()
-            })
-            .await
-            .unwrap();
-        let stale = Txn {
-            compares: vec![Compare::unchanged("/a", Some(0))],
-            ops: vec![put("/b", "2")],
-            read_on_conflict: vec![],
-        };
-        assert!(matches!(
-            store.txn(stale).await.unwrap(),
-            TxnOutcome::Conflict { .. }
-        ));
-        assert_eq!(store.get("/b").await.unwrap().unwrap().value, b"1");
-        assert_eq!(store.list("/").await.unwrap().len(), 2);
-        assert_eq!(store.list_keys("/b").await.unwrap(), vec!["/b".to_string()]);
-    }
-}
+mod tests;

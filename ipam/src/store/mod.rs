@@ -4,18 +4,30 @@
 //! Every write goes through [`Store::txn`]: a list of revision compares, the writes to apply
 //! when all compares hold, and the keys to read back in the same round trip when one does
 //! not, so a conflicting writer costs no extra read.
+//!
+//! Reads of a whole prefix are paginated ([`DEFAULT_PAGE_SIZE`] keys per request, all
+//! pages at the revision of the first), so a listing never exceeds etcd's response
+//! limit and is still consistent. [`Store::list_at`] returns that revision, and
+//! [`Store::watch`] follows changes from the next one: load-then-watch without a gap.
 
 mod etcd;
 mod memory;
+mod watch;
 
 use std::future::Future;
 use std::time::Duration;
 
 pub use etcd::{EtcdConfig, EtcdStore, MemberClient};
 pub use memory::MemoryStore;
+pub use watch::{Watch, WatchBatch, WatchEvent};
 
 /// How long any single store request may take before the store counts as unreachable.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How many keys one listing request returns at most (`with_page_size` changes it):
+/// small enough that a page of the largest records stays far below etcd's 4 MiB
+/// response limit, large enough that listing 100,000 keys takes 200 round trips.
+pub const DEFAULT_PAGE_SIZE: usize = 500;
 
 /// One stored key with the revision of its last write.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,6 +36,16 @@ pub struct Kv {
     pub value: Vec<u8>,
     /// etcd `mod_revision`: the store revision of the last write of this key.
     pub mod_revision: i64,
+}
+
+/// The keys under a prefix as of one store revision.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Listing {
+    /// The store revision the listing reflects: every write up to it, none after.
+    /// Watching from `revision + 1` continues it without a gap.
+    pub revision: i64,
+    /// The keys, sorted, each exactly once.
+    pub kvs: Vec<Kv>,
 }
 
 /// A precondition of a transaction.
@@ -93,19 +115,64 @@ pub enum StoreError {
     },
     #[error("invalid etcd endpoint {0:?}: expected http://HOST:PORT or https://HOST:PORT")]
     BadEndpoint(String),
+    /// The history at `revision` was compacted away: read the state again at the
+    /// current revision (and watch from there).
+    #[error("store revision {revision} was compacted (history is kept from revision {compacted} on); load the state again")]
+    Compacted {
+        /// The revision asked for.
+        revision: i64,
+        /// The oldest revision still available (0 when the store did not say).
+        compacted: i64,
+    },
 }
 
 /// The operations IPAM needs from a key-value store.
 pub trait Store: Send + Sync + 'static {
     /// The current value of one key.
     fn get(&self, key: &str) -> impl Future<Output = Result<Option<Kv>, StoreError>> + Send;
-    /// Every key under a prefix, with values, sorted by key.
+    /// Every key under a prefix, with values, sorted by key: one consistent listing,
+    /// read page by page (see [`Store::list_at`]).
     fn list(&self, prefix: &str) -> impl Future<Output = Result<Vec<Kv>, StoreError>> + Send;
-    /// Every key under a prefix, without values, sorted.
+    /// Every key under a prefix, without values, sorted; paginated and consistent as
+    /// [`Store::list`].
     fn list_keys(
         &self,
         prefix: &str,
     ) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
+    /// Every key under a prefix as of one revision: `Some(r)` reads at revision `r`
+    /// (several prefixes read at one revision form one consistent view), `None` at the
+    /// current one, which the listing reports. Read in pages of the store's page size,
+    /// each page at the revision of the first, so every key present at that revision
+    /// is listed exactly once however many writes happen meanwhile.
+    ///
+    /// [`StoreError::Compacted`] when `r` is no longer available (with `None`, only
+    /// if compaction overtook the listing several times in a row).
+    fn list_at(
+        &self,
+        prefix: &str,
+        revision: Option<i64>,
+    ) -> impl Future<Output = Result<Listing, StoreError>> + Send;
+    /// Follow every change under `prefix` from `start_revision` on (events of that
+    /// revision included): batches in revision order, each revision's events whole in
+    /// one batch. The store keeps the watch going across member failures and
+    /// outages, resuming after the last revision delivered. The stream ends after an
+    /// error item: [`StoreError::Compacted`] when the next revision to deliver is no
+    /// longer in the history (the consumer loads again and watches from there).
+    /// Call within a Tokio runtime; dropping the [`Watch`] stops it.
+    fn watch(&self, prefix: &str, start_revision: i64) -> Watch;
     /// Apply a transaction atomically.
     fn txn(&self, txn: Txn) -> impl Future<Output = Result<TxnOutcome, StoreError>> + Send;
+}
+
+/// The first key after every key that starts with `prefix` (etcd's range end for a
+/// prefix); `[0]` (no upper bound) when there is none.
+pub(crate) fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
 }

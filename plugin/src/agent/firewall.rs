@@ -1,4 +1,4 @@
-//! Keeps the host firewall in force for this node (see `dataplane::firewall`):
+//! Keeps the host firewall in force for this node (see `brindle_dataplane::firewall`):
 //! - FORWARD's accept path is checked every [`CHECK`] and restored when dockerd's
 //!   restart or an admin's flush removed it;
 //! - brindle's nftables table follows the snapshot: a new or removed endpoint is a set
@@ -11,12 +11,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
+use brindle_dataplane::firewall::{Firewall, FirewallSpec, Guard, SetDelta};
+use brindle_dataplane::DataplaneError;
 use tracing::{info, warn};
 
 use super::metrics::METRICS;
 use super::snapshot::Snapshot;
-use crate::dataplane::firewall::{Firewall, FirewallSpec, Guard, SetDelta};
-use crate::dataplane::DataplaneError;
 
 /// How often FORWARD and the table are checked for outside changes: well inside the
 /// 5 s in which reachability must come back after dockerd rewrites its chains.
@@ -207,9 +207,9 @@ impl FirewallReconciler {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dataplane::FakeFirewall;
     use crate::endpoints::EndpointRecord;
-    use brindle_ipam::Pool;
+    use brindle_dataplane::FakeFirewall;
+    use brindle_ipam::{Keys, Pool};
 
     fn ep(id: &str, node: &str, container: &str, segment: &str, ip: &str) -> EndpointRecord {
         EndpointRecord {
@@ -246,7 +246,7 @@ mod tests {
         );
         for e in endpoints {
             s.endpoints
-                .insert(format!("/b/v1/endpoints/{}/{}", e.node, e.id), e.clone());
+                .insert(Keys::new("/b").endpoint(&e.node, &e.id), e.clone());
         }
         s
     }

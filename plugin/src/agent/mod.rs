@@ -31,12 +31,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use brindle_bgp::{render_bird, validate_bird_input, BgpNode, BirdInput};
-use brindle_ipam::Store;
+use brindle_dataplane::{Dataplane, Firewall};
+use brindle_ipam::{Keys, Store};
 use tracing::{info, warn};
 
-use crate::bgpstore::BgpKeys;
 use crate::daemon::NodeState;
-use crate::dataplane::{Dataplane, Firewall};
 use bird::{BirdManager, BirdPaths, SyncState};
 use firewall::FirewallReconciler;
 use metrics::METRICS;
@@ -243,7 +242,7 @@ impl Agent {
 /// register), false when it should be retried.
 async fn try_register<S: Store>(
     store: &S,
-    keys: &BgpKeys,
+    keys: &Keys,
     cfg: &AgentConfig,
     failures: &mut u32,
 ) -> bool {
@@ -281,7 +280,24 @@ pub async fn run(state: Arc<NodeState>) -> anyhow::Result<()> {
     let cfg = AgentConfig::from_state(&state);
     let store = state.ipam.store().clone();
     let keys = state.ipam.keys().clone();
-    let bgp_keys = BgpKeys::new(&keys);
+    run_on(
+        store,
+        keys,
+        cfg,
+        state.dataplane.clone(),
+        state.firewall.clone(),
+    )
+    .await
+}
+
+/// The agent loop on any store: etcd in brindled, the in-process store in tests.
+pub async fn run_on<S: Store + Clone>(
+    store: S,
+    keys: Keys,
+    cfg: AgentConfig,
+    dataplane: Arc<dyn Dataplane>,
+    firewall: Arc<dyn Firewall>,
+) -> anyhow::Result<()> {
     match &cfg.bird {
         Some(b) => {
             info!(config = %b.config.display(), socket = %b.socket.display(), "managing BIRD")
@@ -293,13 +309,13 @@ pub async fn run(state: Arc<NodeState>) -> anyhow::Result<()> {
     let prefixes = Prefixes::new(&keys);
     let _watch = AbortOnDrop(tokio::spawn(watch::run(store.clone(), prefixes, tx)));
 
-    let mut agent = Agent::new(cfg.clone(), state.dataplane.clone(), state.firewall.clone());
+    let mut agent = Agent::new(cfg.clone(), dataplane, firewall);
     let mut registered = false;
     let mut register_failures = 0;
     let mut next_full = Instant::now();
     loop {
         if !registered {
-            registered = try_register(&store, &bgp_keys, &cfg, &mut register_failures).await;
+            registered = try_register(&store, &keys, &cfg, &mut register_failures).await;
         }
         let snap = rx.borrow_and_update().clone();
         let mut wait = if registered { RESYNC } else { RETRY };
@@ -315,7 +331,7 @@ pub async fn run(state: Arc<NodeState>) -> anyhow::Result<()> {
         tokio::select! {
             changed = rx.changed() => {
                 if changed.is_err() {
-                    anyhow::bail!("the etcd watch task stopped");
+                    anyhow::bail!("the store watch task stopped");
                 }
                 tokio::time::sleep(DEBOUNCE).await;
             }
@@ -327,7 +343,7 @@ pub async fn run(state: Arc<NodeState>) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dataplane::FakeDataplane;
+    use brindle_dataplane::FakeDataplane;
     use brindle_ipam::Block;
     use std::os::unix::fs::PermissionsExt;
     use std::path::PathBuf;
@@ -389,7 +405,7 @@ mod tests {
             firewall: true,
         };
         let dp = Arc::new(FakeDataplane::new());
-        let fw = Arc::new(crate::dataplane::FakeFirewall::new());
+        let fw = Arc::new(brindle_dataplane::FakeFirewall::new());
         let mut agent = Agent::new(cfg, dp.clone(), fw.clone());
         let snap = snap_with(
             &[("a", "10.0.0.1"), ("b", "10.0.0.2")],
@@ -439,11 +455,85 @@ mod tests {
             bird: None,
             firewall: true,
         };
-        let fw = Arc::new(crate::dataplane::FakeFirewall::new());
+        let fw = Arc::new(brindle_dataplane::FakeFirewall::new());
         let mut agent = Agent::new(cfg, dp.clone(), fw.clone());
         let snap = snap_with(&[], &[("10.5.0.0/26", "a")]);
         assert!(agent.me(&snap).is_none());
         agent.pass(&snap, true).await;
         assert_eq!(dp.blackholes().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn the_agent_loop_runs_on_the_in_process_store() {
+        use brindle_ipam::store::{Op, Txn};
+        use brindle_ipam::MemoryStore;
+
+        let store = MemoryStore::new().with_page_size(2);
+        let keys = Keys::new("/brindle");
+        let prefixes = Prefixes::new(&keys);
+        let cfg = AgentConfig {
+            node: "a".into(),
+            node_ip: Some("10.0.0.1".parse().unwrap()),
+            as_num: None,
+            bird: None,
+            firewall: false,
+        };
+        let dp = Arc::new(FakeDataplane::new());
+        let fw = Arc::new(brindle_dataplane::FakeFirewall::new());
+        let agent = tokio::spawn(run_on(store.clone(), keys, cfg, dp.clone(), fw));
+        let _stop = AbortOnDrop(tokio::spawn(async move {
+            let _ = agent.await;
+        }));
+
+        let block = |cidr: &str, node: &str| Op::Put {
+            key: format!("{}{}", prefixes.blocks, cidr.replace('/', "-")),
+            value: serde_json::to_vec(&Block {
+                cidr: cidr.parse().unwrap(),
+                pool: "p".into(),
+                affinity: Some(node.into()),
+                allocations: Default::default(),
+                cursor: 0,
+            })
+            .unwrap(),
+        };
+        let ops = vec![block("10.5.0.0/26", "a"), block("10.5.0.64/26", "b")];
+        store
+            .txn(Txn {
+                ops,
+                ..Txn::default()
+            })
+            .await
+            .unwrap();
+
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while dp.blackholes() != vec!["10.5.0.0/26".parse().unwrap()] {
+            assert!(
+                Instant::now() < deadline,
+                "blackholes: {:?}",
+                dp.blackholes()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let registered = store.get(&format!("{}a", prefixes.nodes)).await.unwrap();
+        assert!(registered.is_some(), "the node registered itself");
+        assert!(dp.ip_forward_enabled());
+
+        // The block moves to another node: its blackhole goes.
+        let ops = vec![block("10.5.0.0/26", "b")];
+        store
+            .txn(Txn {
+                ops,
+                ..Txn::default()
+            })
+            .await
+            .unwrap();
+        while !dp.blackholes().is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "blackholes: {:?}",
+                dp.blackholes()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 }

@@ -8,7 +8,9 @@ use std::net::Ipv4Addr;
 use brindle_bgp::BgpNode;
 use brindle_ipam::Store;
 
-use crate::bgpstore::{self, BgpKeys, BgpStoreError, NodeUpdate};
+use brindle_ipam::Keys;
+
+use crate::bgpstore::{self, BgpStoreError, NodeUpdate};
 
 /// What registration did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,7 +25,7 @@ pub enum Registered {
 /// Registers node `name` with `ip`/`as_num` (each `None` = keep the stored value).
 pub async fn register<S: Store>(
     store: &S,
-    keys: &BgpKeys,
+    keys: &Keys,
     name: &str,
     ip: Option<Ipv4Addr>,
     as_num: Option<u32>,
@@ -43,12 +45,12 @@ pub async fn register<S: Store>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use brindle_ipam::{Keys, MemoryStore};
+    use brindle_ipam::MemoryStore;
 
     #[tokio::test]
     async fn registers_keeps_unset_fields_and_refuses_a_taken_ip() {
         let store = MemoryStore::new();
-        let keys = BgpKeys::new(&Keys::new("/b"));
+        let keys = Keys::new("/b");
         assert_eq!(
             register(&store, &keys, "n1", None, None).await.unwrap(),
             Registered::NoIp

@@ -17,12 +17,12 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
+use brindle_dataplane::{Dataplane, DataplaneError, RouteTarget};
 use ipnetwork::Ipv4Network;
 use tracing::{debug, info, warn};
 
 use super::metrics::METRICS;
 use super::snapshot::Snapshot;
-use crate::dataplane::{Dataplane, DataplaneError, RouteTarget};
 
 /// How long a /32 of ours may exist without an endpoint record before it is removed.
 pub const ORPHAN_GRACE: Duration = Duration::from_secs(30);
@@ -241,8 +241,8 @@ impl RouteReconciler {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dataplane::{EndpointSpec, FakeCall, FakeDataplane, FakeOp};
     use crate::endpoints::EndpointRecord;
+    use brindle_dataplane::{EndpointSpec, FakeCall, FakeDataplane, FakeOp};
     use brindle_ipam::Block;
 
     fn block(cidr: &str, node: Option<&str>) -> Block {

@@ -5,13 +5,14 @@
 use std::collections::BTreeMap;
 
 use brindle_bgp::{BgpGlobal, BgpNode, BgpPeer, RoutingView};
+use brindle_ipam::state::decode_value;
 use brindle_ipam::{Block, Keys, Pool};
 use tracing::warn;
 
-use crate::bgpstore::{self, BgpKeys};
+use crate::bgpstore;
 use crate::endpoints::EndpointRecord;
 
-/// Where the watched records live.
+/// Where the watched records live (each taken from [`Keys`]; the layout is its own).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Prefixes {
     /// `PREFIX/v1/`: the one watch covers everything below.
@@ -34,15 +35,14 @@ pub struct Prefixes {
 impl Prefixes {
     /// The prefixes under `keys`.
     pub fn new(keys: &Keys) -> Self {
-        let bgp = BgpKeys::new(keys);
         Self {
-            root: format!("{}/", keys.root()),
-            nodes: bgp.nodes(),
-            global: bgp.global(),
-            peers: bgp.peers(),
+            root: keys.all(),
+            nodes: keys.nodes(),
+            global: keys.bgp_global(),
+            peers: keys.bgp_peers(),
             pools: keys.pools(),
             blocks: keys.blocks(),
-            endpoints: format!("{}/endpoints/", keys.root()),
+            endpoints: keys.endpoints(),
         }
     }
 
@@ -127,7 +127,7 @@ impl Snapshot {
             key: &str,
             value: Option<&[u8]>,
         ) {
-            match value.map(|v| bgpstore::decode::<T>(key, v)) {
+            match value.map(|v| decode_value::<T>(key, v)) {
                 Some(Ok(v)) => {
                     map.insert(key.to_string(), v);
                 }
@@ -142,7 +142,7 @@ impl Snapshot {
         }
         match kind {
             KeyKind::Global => {
-                self.global = match value.map(|v| bgpstore::decode::<BgpGlobal>(key, v)) {
+                self.global = match value.map(|v| decode_value::<BgpGlobal>(key, v)) {
                     Some(Ok(g)) => g,
                     Some(Err(e)) => {
                         warn!(error = %e, "ignoring the global BGP settings; using defaults");

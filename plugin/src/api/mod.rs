@@ -27,16 +27,16 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
+use brindle_dataplane::{Dataplane, LinuxDataplane};
 use brindle_ipam::{EtcdStore, Keys};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::cni::error::{code, CniError};
 use crate::cni::ops::{
-    self, AddRequest, CheckRequest, Ctx, DelRequest, GcRequest, Reaper, StatusRequest, Target,
+    self, AddRequest, CheckRequest, Ctx, DelRequest, GcRequest, StatusRequest, Target,
 };
 use crate::daemon::NodeState;
-use crate::dataplane::{Dataplane, LinuxDataplane};
 
 /// Paths of the API, shared with the client.
 pub mod paths {
@@ -47,12 +47,11 @@ pub mod paths {
     pub const STATUS: &str = "/v1/cni/status";
 }
 
-/// What the handlers share: the node state, the dataplane CNI requests use, and the
-/// reaper that finishes veth deletions after DEL has answered.
+/// What the handlers share: the node state (with the reaper that finishes veth
+/// deletions after DEL has answered) and the dataplane CNI requests use.
 pub struct Api {
     pub node: Arc<NodeState>,
     pub dataplane: Arc<dyn Dataplane>,
-    pub reaper: Reaper,
 }
 
 /// The routes served on `--api-socket`.
@@ -68,12 +67,7 @@ pub fn router(state: Arc<NodeState>) -> Router {
             state.dataplane.clone()
         }
     };
-    let reaper = Reaper::dedicated().unwrap_or_else(|e| {
-        tracing::warn!(%e, "cni api: no reaper thread, deleting veths on the runtime");
-        Reaper::new(dataplane.clone())
-    });
     let state = Arc::new(Api {
-        reaper,
         dataplane,
         node: state,
     });
@@ -130,7 +124,7 @@ fn ctx(api: &Api) -> Ctx<'_, EtcdStore> {
         ipam: &api.node.ipam,
         dataplane: Some(api.dataplane.as_ref()),
         node: &api.node.node,
-        reaper: Some(&api.reaper),
+        reaper: Some(&api.node.reaper),
     }
 }
 

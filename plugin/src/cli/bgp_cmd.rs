@@ -14,7 +14,7 @@ use serde::Serialize;
 use super::node_cmd::parse_as_opt;
 use super::output::{print_json, print_table, Format};
 use super::Cli;
-use crate::bgpstore::{self, BgpKeys, BgpStoreError};
+use crate::bgpstore::{self, BgpStoreError};
 
 /// `on` or `off`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -304,18 +304,18 @@ fn print_global(cli: &Cli, g: &BgpGlobal, stored: bool) -> anyhow::Result<()> {
 pub async fn exec(cli: &Cli, cmd: &BgpCommand) -> anyhow::Result<ExitCode> {
     let ipam = cli.etcd.ipam().await?;
     let store = ipam.store();
-    let keys = BgpKeys::new(ipam.keys());
+    let keys = ipam.keys();
     match cmd {
         BgpCommand::Show => {
-            let (g, rev) = bgpstore::get_global(store, &keys).await?;
+            let (g, rev) = bgpstore::get_global(store, keys).await?;
             print_global(cli, &g, rev.is_some())?;
         }
         BgpCommand::Set(args) if args.is_empty() => {
-            let (g, rev) = bgpstore::get_global(store, &keys).await?;
+            let (g, rev) = bgpstore::get_global(store, keys).await?;
             print_global(cli, &g, rev.is_some())?;
         }
         BgpCommand::Set(args) => {
-            let g = bgpstore::update_global(store, &keys, |g| {
+            let g = bgpstore::update_global(store, keys, |g| {
                 args.apply(g)?;
                 Ok(())
             })
@@ -343,9 +343,9 @@ pub async fn exec(cli: &Cli, cmd: &BgpCommand) -> anyhow::Result<ExitCode> {
                 passive: *passive,
                 allow_local_as: *allow_local_as,
             };
-            bgpstore::add_peer(store, &keys, &peer).await?;
+            bgpstore::add_peer(store, keys, &peer).await?;
             if let Some(n) = &peer.node {
-                if bgpstore::get_node(store, &keys, n).await?.is_none() {
+                if bgpstore::get_node(store, keys, n).await?.is_none() {
                     eprintln!("brindle: warning: node {n:?} is not registered yet; the peer takes effect once it is");
                 }
             }
@@ -364,7 +364,7 @@ pub async fn exec(cli: &Cli, cmd: &BgpCommand) -> anyhow::Result<ExitCode> {
             }
         }
         BgpCommand::Peer(PeerCommand::List) => {
-            let peers = bgpstore::list_peers(store, &keys).await?;
+            let peers = bgpstore::list_peers(store, keys).await?;
             let rows: Vec<PeerRow> = peers.iter().map(PeerRow::from).collect();
             match cli.output {
                 Format::Json => print_json(&serde_json::json!({ "peers": rows }))?,
@@ -387,7 +387,7 @@ pub async fn exec(cli: &Cli, cmd: &BgpCommand) -> anyhow::Result<ExitCode> {
             }
         }
         BgpCommand::Peer(PeerCommand::Rm { name }) => {
-            let removed = bgpstore::remove_peer(store, &keys, name).await?;
+            let removed = bgpstore::remove_peer(store, keys, name).await?;
             match cli.output {
                 Format::Json => print_json(&serde_json::json!({ "removed": removed.name }))?,
                 Format::Table => println!("BGP peer {} removed", removed.name),
@@ -395,12 +395,12 @@ pub async fn exec(cli: &Cli, cmd: &BgpCommand) -> anyhow::Result<ExitCode> {
         }
         BgpCommand::Render { check, bird_bin } => {
             let node_name = cli.node();
-            let nodes = bgpstore::list_nodes(store, &keys).await?;
+            let nodes = bgpstore::list_nodes(store, keys).await?;
             let Some(me) = nodes.iter().find(|n| n.name == node_name).cloned() else {
                 return Err(BgpStoreError::NoSuchNode(node_name).into());
             };
-            let peers = bgpstore::list_peers(store, &keys).await?;
-            let (global, _) = bgpstore::get_global(store, &keys).await?;
+            let peers = bgpstore::list_peers(store, keys).await?;
+            let (global, _) = bgpstore::get_global(store, keys).await?;
             let blocks = ipam.all_blocks().await?;
             let pools = ipam.list_pools().await?;
             let view = bgpstore::routing_view(&blocks, &pools);
@@ -426,8 +426,8 @@ pub async fn exec(cli: &Cli, cmd: &BgpCommand) -> anyhow::Result<ExitCode> {
             }
         }
         BgpCommand::RouterConfig { format, as_num } => {
-            let nodes = bgpstore::list_nodes(store, &keys).await?;
-            let (global, _) = bgpstore::get_global(store, &keys).await?;
+            let nodes = bgpstore::list_nodes(store, keys).await?;
+            let (global, _) = bgpstore::get_global(store, keys).await?;
             let router_as = parse_as_opt(as_num.as_deref())?.unwrap_or(global.as_num);
             let f: RouterFormat = format.parse()?;
             if nodes.is_empty() {

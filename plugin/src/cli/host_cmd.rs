@@ -5,14 +5,14 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use brindle_dataplane::firewall::{nft, ForwardStatus};
+use brindle_dataplane::{Dataplane, Firewall, LinuxDataplane, LinuxFirewall, RouteTarget};
 use serde::Serialize;
 
 use super::output::{print_json, print_table, Format};
 use super::Cli;
 use crate::agent::firewall::desired;
 use crate::agent::Snapshot;
-use crate::dataplane::firewall::{nft, ForwardStatus};
-use crate::dataplane::{Dataplane, Firewall, LinuxDataplane, LinuxFirewall, RouteTarget};
 use crate::endpoints::list_endpoints;
 
 const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
@@ -83,7 +83,8 @@ pub async fn status(cli: &Cli) -> anyhow::Result<ExitCode> {
         snap.pools.insert(p.name.clone(), p);
     }
     for e in list_endpoints(ipam.store(), ipam.keys(), None).await? {
-        snap.endpoints.insert(format!("{}/{}", e.node, e.id), e);
+        snap.endpoints
+            .insert(ipam.keys().endpoint(&e.node, &e.id), e);
     }
     let spec = desired(&snap, &node);
     let listed = match fw.list_sets().await {
@@ -220,7 +221,7 @@ pub async fn cleanup(cli: &Cli, api_socket: &Path) -> anyhow::Result<ExitCode> {
     if routes > 0 {
         removed.push(format!(
             "{routes} routes with brindle's protocol ({})",
-            crate::dataplane::ROUTE_PROTOCOL
+            brindle_dataplane::ROUTE_PROTOCOL
         ));
     }
     let mut veths = Vec::new();

@@ -66,6 +66,7 @@ pub async fn exec(cli: &Cli, cmd: &IpamCommand) -> anyhow::Result<ExitCode> {
                 ip: *ip,
                 pool: pool.clone(),
                 attrs: parse_attrs(attrs)?,
+                ..AllocRequest::default()
             };
             let a = ipam.allocate(&req).await?;
             match cli.output {

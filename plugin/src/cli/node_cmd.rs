@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use super::output::{print_json, print_table, Format};
 use super::Cli;
-use crate::bgpstore::{self, BgpKeys, NodeUpdate};
+use crate::bgpstore::{self, NodeUpdate};
 
 #[derive(Debug, Subcommand)]
 pub enum NodeCommand {
@@ -87,11 +87,11 @@ pub async fn exec(cli: &Cli, cmd: &NodeCommand) -> anyhow::Result<ExitCode> {
     }
     let ipam = cli.etcd.ipam().await?;
     let store = ipam.store();
-    let keys = BgpKeys::new(ipam.keys());
+    let keys = ipam.keys();
     match cmd {
         NodeCommand::List => {
-            let nodes = bgpstore::list_nodes(store, &keys).await?;
-            let (global, _) = bgpstore::get_global(store, &keys).await?;
+            let nodes = bgpstore::list_nodes(store, keys).await?;
+            let (global, _) = bgpstore::get_global(store, keys).await?;
             let mut blocks: BTreeMap<String, Vec<String>> = BTreeMap::new();
             for b in ipam.all_blocks().await? {
                 if let Some(n) = b.affinity {
@@ -159,7 +159,7 @@ pub async fn exec(cli: &Cli, cmd: &NodeCommand) -> anyhow::Result<ExitCode> {
                     rr_cluster_id.map(Some)
                 },
             };
-            let w = bgpstore::set_node(store, &keys, name, &update).await?;
+            let w = bgpstore::set_node(store, keys, name, &update).await?;
             match cli.output {
                 Format::Json => print_json(&node_json(&w.node, w.created, w.changed))?,
                 Format::Table => {
@@ -173,7 +173,7 @@ pub async fn exec(cli: &Cli, cmd: &NodeCommand) -> anyhow::Result<ExitCode> {
             }
         }
         NodeCommand::Rm { name } => {
-            let removed = bgpstore::remove_node(store, &keys, name).await?;
+            let removed = bgpstore::remove_node(store, keys, name).await?;
             match cli.output {
                 Format::Json => print_json(&serde_json::json!({ "removed": removed }))?,
                 Format::Table => println!("node {} removed ({})", removed.name, removed.ip),

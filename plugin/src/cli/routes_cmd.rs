@@ -9,7 +9,7 @@ use clap::Args;
 
 use super::output::Format;
 use super::Cli;
-use crate::bgpstore::{self, BgpKeys};
+use crate::bgpstore;
 
 #[derive(Debug, Args)]
 pub struct RoutesArgs {
@@ -26,8 +26,8 @@ pub async fn exec(cli: &Cli, args: &RoutesArgs) -> anyhow::Result<ExitCode> {
         (None, Format::Table) => RouteFormat::Iproute2,
     };
     let ipam = cli.etcd.ipam().await?;
-    let keys = BgpKeys::new(ipam.keys());
-    let nodes = bgpstore::list_nodes(ipam.store(), &keys).await?;
+    let keys = ipam.keys();
+    let nodes = bgpstore::list_nodes(ipam.store(), keys).await?;
     let blocks = ipam.all_blocks().await?;
     let pools = ipam.list_pools().await?;
     let view = bgpstore::routing_view(&blocks, &pools);

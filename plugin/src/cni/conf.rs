@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 
+use brindle_dataplane::validate_ifname;
 use brindle_ipam::EtcdConfig;
 use ipnetwork::Ipv4Network;
 use serde::Deserialize;
@@ -17,7 +18,6 @@ use super::error::{code, CniError};
 use super::ops::{Attachment, Mode};
 use super::version;
 use crate::allow_from::{self, KEY as ALLOW_FROM};
-use crate::dataplane::validate_ifname;
 
 /// The main plugin's `type`.
 pub const MAIN_TYPE: &str = "brindle";
@@ -451,7 +451,7 @@ impl NetConf {
             settings,
             pool,
             mtu: raw.mtu,
-            ipam_gateway: ipam.gateway.unwrap_or(crate::dataplane::GATEWAY_IP),
+            ipam_gateway: ipam.gateway.unwrap_or(brindle_dataplane::GATEWAY_IP),
             ipam_routes: ipam.routes.unwrap_or_default(),
             dns: raw.dns,
             prev_result: raw.prev_result,
@@ -581,7 +581,7 @@ fn resolve_settings(layers: &[&RawSettings], env: &CniEnv) -> Result<Settings, C
             password: pick(&|l| l.etcd_password.clone(), "BRINDLE_ETCD_PASSWORD"),
         },
         prefix: pick(&|l| l.etcd_prefix.clone(), "BRINDLE_ETCD_PREFIX")
-            .unwrap_or_else(|| "/brindle".to_string()),
+            .unwrap_or_else(|| brindle_ipam::keys::DEFAULT_PREFIX.to_string()),
         node,
         api_socket: pick(&|l| l.api_socket.clone(), "BRINDLE_API_SOCKET")
             .unwrap_or_else(|| DEFAULT_API_SOCKET.to_string())

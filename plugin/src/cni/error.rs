@@ -1,10 +1,9 @@
 //! CNI errors: a code from the spec (or brindle's own, ≥ 100), a one-sentence message and
 //! optional details. Printed as the one JSON document on stdout when an operation fails.
 
+use brindle_dataplane::DataplaneError;
 use brindle_ipam::{IpamError, StoreError};
 use serde::{Deserialize, Serialize};
-
-use crate::dataplane::DataplaneError;
 
 /// Error codes: 1–99 from the CNI spec, 100+ brindle's own (documented in docs/cni.md).
 pub mod code {
@@ -105,7 +104,7 @@ impl From<StoreError> for CniError {
         let c = match e {
             StoreError::Unreachable { .. } => code::TRY_AGAIN,
             StoreError::TlsFile { .. } | StoreError::BadEndpoint(_) => code::INVALID_CONFIG,
-            StoreError::Etcd { .. } => code::INTERNAL,
+            StoreError::Etcd { .. } | StoreError::Compacted { .. } => code::INTERNAL,
         };
         CniError::new(c, e.to_string())
     }
@@ -122,6 +121,7 @@ impl From<IpamError> for CniError {
             }
             IpamError::PoolExhausted { .. }
             | IpamError::AllPoolsExhausted { .. }
+            | IpamError::RangeExhausted { .. }
             | IpamError::NoPools
             | IpamError::PoolDisabled(_)
             | IpamError::PoolDeleting(_) => code::NO_ADDRESS,
@@ -132,6 +132,7 @@ impl From<IpamError> for CniError {
             | IpamError::AddressTaken { .. }
             | IpamError::HandleHoldsOther { .. } => code::ADDRESS_REJECTED,
             IpamError::PoolNotFound { .. }
+            | IpamError::RangeOutsidePools { .. }
             | IpamError::InvalidHandle(_)
             | IpamError::InvalidAttribute(_) => code::INVALID_CONFIG,
             _ => code::INTERNAL,

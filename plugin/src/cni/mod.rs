@@ -18,26 +18,25 @@ pub mod version;
 use std::io::{Read, Write};
 use std::process::ExitCode;
 
+use brindle_dataplane::{Dataplane, LinuxDataplane, Reaper};
 use brindle_ipam::{EtcdStore, Ipam};
-use futures::future::BoxFuture;
 use serde_json::{json, Value};
 use tracing::debug;
 
 use crate::api::client::{self, CallError};
 use crate::api::paths;
-use crate::dataplane::{Dataplane, LinuxDataplane};
 use conf::{CniArgs, CniEnv, Command, NetConf, Settings};
 use error::{code, CniError};
 use ops::{
-    AddReply, AddRequest, CheckRequest, Ctx, DelRequest, Done, GcReply, GcRequest, Mode, Reap,
+    AddReply, AddRequest, CheckRequest, Ctx, DelRequest, Done, GcReply, GcRequest, Mode,
     StatusRequest, Target,
 };
 
 /// `api_socket` value that turns the fast path off.
 pub const NO_API_SOCKET: &str = "none";
 
-/// Set (to a host veth name) in the detached helper that finishes a direct-path DEL's
-/// veth deletion; see [`DetachedReaper`].
+/// Set (to the host veth, `NAME:INDEX`) in the detached copy of this binary that
+/// finishes a direct-path DEL's veth deletion; see [`Reaper::detached`].
 pub const REAP_ENV: &str = "BRINDLE_CNI_REAP";
 
 /// What one invocation prints and how it exits.
@@ -53,8 +52,14 @@ pub fn main() -> ExitCode {
     crate::logging::init_stderr("warn");
     let env = CniEnv::from_process();
     if env.command.is_none() {
-        if let Ok(host_ifname) = std::env::var(REAP_ENV) {
-            return reap(&host_ifname);
+        if let Ok(job) = std::env::var(REAP_ENV) {
+            return match Reaper::run_job(&job) {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::warn!(link = %job, %e, "deleting veth failed");
+                    ExitCode::FAILURE
+                }
+            };
         }
     }
     if env.command.is_none() {
@@ -306,11 +311,13 @@ pub async fn direct(settings: &Settings, request: &Request) -> Result<Reply, Cni
     } else {
         None
     };
+    // A detached copy of this binary deletes the veth while DEL has already answered.
+    let reaper = Reaper::detached(REAP_ENV);
     let ctx = Ctx {
         ipam: &ipam,
         dataplane: dataplane.as_ref().map(|d| d as &dyn Dataplane),
         node: &settings.node,
-        reaper: Some(&DetachedReaper),
+        reaper: Some(&reaper),
     };
     Ok(match request {
         Request::Add(r) => Reply::Add(ops::add(&ctx, r).await?),
@@ -319,67 +326,6 @@ pub async fn direct(settings: &Settings, request: &Request) -> Result<Reply, Cni
         Request::Gc(r) => Reply::Gc(ops::gc(&ctx, r).await?),
         Request::Status(r) => ops::status(&ctx, r).await.map(|_| Reply::Done)?,
     })
-}
-
-/// The direct path's [`Reap`]: a detached copy of this binary (own process group,
-/// no stdio, so the runtime neither waits for it nor reads from it) deletes the veth
-/// while the DEL has already answered. If it cannot be started, the veth is deleted
-/// before DEL returns.
-pub struct DetachedReaper;
-
-impl Reap for DetachedReaper {
-    fn schedule(&self, host_ifname: String) {
-        use std::os::unix::process::CommandExt;
-        use std::process::{Command as Process, Stdio};
-        let spawned = Process::new("/proc/self/exe")
-            .env_clear()
-            .env(REAP_ENV, &host_ifname)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .process_group(0)
-            .spawn();
-        match spawned {
-            // Not waited for: it is re-parented when we exit.
-            Ok(child) => debug!(host = %host_ifname, pid = child.id(), "veth deletion detached"),
-            Err(e) => {
-                debug!(host = %host_ifname, %e, "cannot detach the veth deletion; deleting now");
-                reap(&host_ifname);
-            }
-        }
-    }
-
-    fn settle<'a>(&'a self, _host_ifname: &'a str) -> BoxFuture<'a, ()> {
-        Box::pin(async {})
-    }
-}
-
-/// Delete one host veth (the detached helper's whole job, or the fallback inline).
-fn reap(host_ifname: &str) -> ExitCode {
-    let deleted = std::thread::scope(|s| {
-        // A thread of its own: the caller may itself be inside a runtime.
-        s.spawn(|| {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| e.to_string())?;
-            rt.block_on(async {
-                let dp = LinuxDataplane::connect().map_err(|e| e.to_string())?;
-                dp.delete_endpoint(host_ifname)
-                    .await
-                    .map_err(|e| e.to_string())
-            })
-        })
-        .join()
-        .unwrap_or_else(|_| Err("reaper thread panicked".into()))
-    });
-    match deleted {
-        Ok(_) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::warn!(host = %host_ifname, %e, "deleting veth failed");
-            ExitCode::FAILURE
-        }
-    }
 }
 
 #[cfg(test)]

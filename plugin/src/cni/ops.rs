@@ -3,21 +3,18 @@
 //! request types below as JSON); the plugin runs the very same code when it talks to
 //! etcd itself.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 
+use brindle_dataplane::{host_ifname_for_cni, Dataplane, EndpointSpec, Reaper};
 use brindle_ipam::{AllocRequest, Ipam, Store};
-use futures::future::BoxFuture;
 use ipnetwork::Ipv4Network;
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use super::error::{code, CniError};
-use crate::dataplane::{host_ifname_for_cni, Dataplane, EndpointSpec};
 use crate::endpoints::{delete_endpoint, list_endpoints, put_endpoint, EndpointRecord};
 
 /// Allocation attribute keys brindle's CNI plugin sets. GC only ever touches
@@ -160,156 +157,10 @@ pub struct Ctx<'a, S: Store> {
     /// Needed for main-mode ADD/DEL/CHECK/GC only.
     pub dataplane: Option<&'a dyn Dataplane>,
     pub node: &'a str,
-    /// Who finishes veth deletions after DEL has answered; `None` deletes the veth
-    /// before DEL returns.
-    pub reaper: Option<&'a dyn Reap>,
-}
-
-/// Finishing veth deletions in the background.
-///
-/// The kernel takes ~20 ms to tear a veth down (it waits for RCU grace periods inside
-/// the RTM_DELLINK call), longer than the rest of a DEL together. DEL therefore takes
-/// the endpoint off the network at once (its host /32 route is deleted, then the
-/// address released) and hands the link itself to a reaper. An ADD of the same
-/// attachment waits for a pending deletion it knows of, and an ADD that still finds a
-/// veth of an attachment holding no address removes it first (see [`add`]).
-pub trait Reap: Send + Sync {
-    /// Delete `host_ifname` later; returns at once.
-    fn schedule(&self, host_ifname: String);
-    /// Wait until no deletion of `host_ifname` that this reaper knows of is pending.
-    fn settle<'a>(&'a self, host_ifname: &'a str) -> BoxFuture<'a, ()>;
-}
-
-/// brindled's [`Reap`]: deletions tracked by name, run either on a thread of their own
-/// ([`Reaper::dedicated`]) or as tasks of the caller's runtime ([`Reaper::new`]).
-///
-/// The kernel does the ~20 ms of a veth teardown inside the RTM_DELLINK `sendmsg`, so
-/// whichever thread sends it is blocked that long, and so is every other request on
-/// that netlink socket: brindled gives the reaper its own thread and socket.
-pub struct Reaper {
-    backend: ReaperBackend,
-    pending: Pending,
-}
-
-type Pending = Arc<Mutex<HashMap<String, watch::Receiver<bool>>>>;
-type Job = (String, watch::Sender<bool>);
-
-enum ReaperBackend {
-    Tasks(Arc<dyn Dataplane>),
-    Thread(tokio::sync::mpsc::UnboundedSender<Job>),
-}
-
-impl Reaper {
-    /// Deletions as tasks of the current tokio runtime, through `dataplane`.
-    pub fn new(dataplane: Arc<dyn Dataplane>) -> Self {
-        Self {
-            backend: ReaperBackend::Tasks(dataplane),
-            pending: Arc::default(),
-        }
-    }
-
-    /// Deletions one after another on a thread of their own, with its own runtime and
-    /// netlink socket in the calling thread's network namespace.
-    pub fn dedicated() -> std::io::Result<Self> {
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Job>();
-        let pending: Pending = Arc::default();
-        let map = pending.clone();
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        std::thread::Builder::new()
-            .name("brindle-reaper".into())
-            .spawn(move || {
-                let rt = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(rt) => rt,
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e));
-                        return;
-                    }
-                };
-                rt.block_on(async move {
-                    let dp = match crate::dataplane::LinuxDataplane::connect() {
-                        Ok(dp) => dp,
-                        Err(e) => {
-                            let _ = ready_tx.send(Err(std::io::Error::other(e.to_string())));
-                            return;
-                        }
-                    };
-                    let _ = ready_tx.send(Ok(()));
-                    while let Some((name, done)) = rx.recv().await {
-                        reap_one(&dp, &name).await;
-                        map.lock().expect("reaper lock").remove(&name);
-                        let _ = done.send(true);
-                    }
-                });
-            })?;
-        ready_rx
-            .recv()
-            .map_err(|_| std::io::Error::other("reaper thread died"))??;
-        Ok(Self {
-            backend: ReaperBackend::Thread(tx),
-            pending,
-        })
-    }
-
-    /// Deletions still running.
-    pub fn pending(&self) -> usize {
-        self.pending.lock().expect("reaper lock").len()
-    }
-}
-
-async fn reap_one(dp: &dyn Dataplane, host_ifname: &str) {
-    match dp.delete_endpoint(host_ifname).await {
-        Ok(existed) => debug!(host = %host_ifname, existed, "reaper: veth deleted"),
-        Err(e) => warn!(host = %host_ifname, %e, "reaper: deleting veth failed"),
-    }
-}
-
-impl Reap for Reaper {
-    fn schedule(&self, host_ifname: String) {
-        let mut pending = self.pending.lock().expect("reaper lock");
-        if pending.contains_key(&host_ifname) {
-            return;
-        }
-        let (tx, rx) = watch::channel(false);
-        pending.insert(host_ifname.clone(), rx);
-        match &self.backend {
-            ReaperBackend::Thread(jobs) => {
-                if let Err(returned) = jobs.send((host_ifname, tx)) {
-                    // The thread is gone: nothing will delete it; an ADD of the same
-                    // attachment removes the leftover veth itself.
-                    let (name, done) = returned.0;
-                    warn!(host = %name, "reaper thread gone; veth left for the next ADD");
-                    pending.remove(&name);
-                    let _ = done.send(true);
-                }
-            }
-            ReaperBackend::Tasks(dp) => {
-                let dp = dp.clone();
-                let map = self.pending.clone();
-                tokio::spawn(async move {
-                    reap_one(dp.as_ref(), &host_ifname).await;
-                    map.lock().expect("reaper lock").remove(&host_ifname);
-                    let _ = tx.send(true);
-                });
-            }
-        }
-    }
-
-    fn settle<'a>(&'a self, host_ifname: &'a str) -> BoxFuture<'a, ()> {
-        let rx = self
-            .pending
-            .lock()
-            .expect("reaper lock")
-            .get(host_ifname)
-            .cloned();
-        Box::pin(async move {
-            if let Some(mut rx) = rx {
-                let _ = rx.wait_for(|done| *done).await;
-            }
-        })
-    }
+    /// Who finishes veth deletions after DEL has answered (see [`Reaper`]: DEL takes
+    /// the endpoint off the network at once, and the reaper deletes exactly the link
+    /// DEL saw); `None` deletes the veth before DEL returns.
+    pub reaper: Option<&'a Reaper>,
 }
 
 impl<S: Store> Ctx<'_, S> {
@@ -342,6 +193,7 @@ pub async fn add<S: Store>(ctx: &Ctx<'_, S>, req: &AddRequest) -> Result<AddRepl
             ip: req.ip,
             pool: req.pool.clone(),
             attrs,
+            ..AllocRequest::default()
         })
         .await?;
     info!(%handle, ip = %assigned.ip, existing = assigned.existing, "cni add: address");
@@ -411,20 +263,20 @@ pub async fn add<S: Store>(ctx: &Ctx<'_, S>, req: &AddRequest) -> Result<AddRepl
 }
 
 /// Create the veth; if the attachment held no address before this ADD, a veth already
-/// there is a leftover of an unfinished deletion: remove it and create again.
+/// there is a leftover of an unfinished deletion (a DEL's reaper that has not run yet,
+/// in another process): remove it and create again. Should that reaper have removed it
+/// in between, the name is free all the same.
 async fn create_veth(
     dp: &dyn Dataplane,
     spec: &EndpointSpec,
     existing: bool,
-) -> Result<crate::dataplane::MacAddr, CniError> {
+) -> Result<brindle_dataplane::MacAddr, CniError> {
     match dp.create_veth_into_netns(spec).await {
         Err(e) if !existing && e.errno() == Some(libc::EEXIST) => {
             if dp.delete_endpoint(&spec.host_ifname).await? {
                 warn!(host = %spec.host_ifname, "cni add: removed a leftover veth of this attachment");
-                Ok(dp.create_veth_into_netns(spec).await?)
-            } else {
-                Err(e.into())
             }
+            Ok(dp.create_veth_into_netns(spec).await?)
         }
         other => Ok(other?),
     }
@@ -448,13 +300,18 @@ pub async fn del<S: Store>(ctx: &Ctx<'_, S>, req: &DelRequest) -> Result<Done, C
     // the route still exists could hand the address to a new container that the stale
     // route would shadow. The record and the address then go in two concurrent writes.
     // (brindled's agent restores the route of a record it still sees only while the
-    // veth exists, and the reaper deletes the veth, route included, right away.)
+    // veth exists, and the reaper deletes the veth, route included, right away.) The
+    // reaper gets the link as it is now: should it run after the next ADD of this
+    // attachment (podman restart), it cannot take that ADD's veth of the same name.
     match ctx.reaper {
         Some(reaper) => {
-            for ip in ctx.ipam.addresses_of(&handle).await? {
-                dp.del_host_route(ip).await?;
+            let ips = ctx.ipam.addresses_of(&handle).await?;
+            for ip in &ips {
+                dp.del_host_route(*ip).await?;
             }
-            reaper.schedule(host);
+            if let Some(link) = dp.host_veth(&host).await? {
+                reaper.schedule(link, ips.first().copied());
+            }
         }
         None => {
             dp.delete_endpoint(&host).await?;
@@ -628,7 +485,9 @@ fn ensure_foreign_netns(netns: &str) -> Result<(), CniError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dataplane::{FakeDataplane, FakeOp};
+    use std::sync::Arc;
+
+    use brindle_dataplane::{FakeDataplane, FakeOp};
     use brindle_ipam::pools::NewPool;
     use brindle_ipam::MemoryStore;
 
@@ -855,7 +714,7 @@ mod tests {
     async fn reaper_defers_veth_deletion_and_add_waits_for_it() {
         let ipam = setup("10.9.4.0/24").await;
         let dp = Arc::new(FakeDataplane::new());
-        let reaper = Reaper::new(dp.clone());
+        let reaper = Reaper::tasks(dp.clone());
         let ctx = Ctx {
             ipam: &ipam,
             dataplane: Some(dp.as_ref()),
@@ -896,14 +755,56 @@ mod tests {
         assert!(!dp.has_endpoint(&host));
     }
 
+    /// `podman restart` on the direct path: the DEL's reaper (a detached process there,
+    /// which nothing settles) runs only after the next ADD of the same attachment, in
+    /// another process, has replaced the veth; it must leave the new one alone.
     #[tokio::test(flavor = "current_thread")]
-    async fn dedicated_reaper_thread_settles() {
-        let reaper = Reaper::dedicated().expect("reaper thread");
-        // A name that does not exist: deleting it is a no-op, but the bookkeeping runs.
-        reaper.schedule("brlnoexist0001".into());
-        reaper.settle("brlnoexist0001").await;
-        assert_eq!(reaper.pending(), 0);
-        reaper.settle("brlneverasked").await;
+    async fn late_reaper_of_a_del_spares_the_veth_of_the_next_add() {
+        let ipam = setup("10.9.5.0/24").await;
+        let dp = Arc::new(FakeDataplane::new());
+        let reaper = Reaper::tasks(dp.clone());
+        let del_ctx = Ctx {
+            ipam: &ipam,
+            dataplane: Some(dp.as_ref()),
+            node: "n1",
+            reaper: Some(&reaper),
+        };
+        // The next ADD runs elsewhere: it knows nothing of this reaper.
+        let add_ctx = Ctx {
+            reaper: None,
+            ..del_ctx
+        };
+        let host = att("c1").host_ifname();
+        add(&add_ctx, &add_req("c1", Mode::Main, None))
+            .await
+            .unwrap();
+        let del_req = DelRequest {
+            target: target(),
+            mode: Mode::Main,
+            attachment: att("c1"),
+        };
+        del(&del_ctx, &del_req).await.unwrap();
+        assert_eq!(reaper.pending(), 1, "the deletion has not run yet");
+        // The restarted container's ADD finds the old veth and replaces it.
+        let second = add(&add_ctx, &add_req("c1", Mode::Main, None))
+            .await
+            .unwrap();
+        assert!(dp.has_endpoint(&host));
+        // Only now does the DEL's reaper run.
+        reaper.settle(&host).await;
+        assert!(
+            dp.has_endpoint(&host),
+            "the late reaper deleted the veth of the following ADD"
+        );
+        assert!(dp
+            .host_routes()
+            .iter()
+            .any(|(ip, dev)| *ip == second.ip && *dev == host));
+        let rec = crate::endpoints::get_endpoint(ipam.store(), ipam.keys(), "n1", "c1+eth0")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(rec.ip, second.ip);
     }
 
     #[tokio::test(flavor = "current_thread")]

@@ -3,12 +3,12 @@
 
 use std::net::Ipv4Addr;
 
+use brindle_dataplane::{GATEWAY_IP, HOST_MAC};
 use serde_json::{json, Value};
 
 use super::conf::NetConf;
 use super::ops::{AddReply, Mode};
 use super::version;
-use crate::dataplane::{GATEWAY_IP, HOST_MAC};
 
 /// The result printed for an ADD.
 pub fn add_result(conf: &NetConf, reply: &AddReply, ifname: &str, netns: Option<&str>) -> Value {

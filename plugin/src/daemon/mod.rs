@@ -9,11 +9,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
+use brindle_dataplane::{Dataplane, Firewall, LinuxDataplane, LinuxFirewall};
 use clap::{Parser, ValueEnum};
 use tracing::info;
 
 use crate::config::{hostname, EtcdArgs};
-use crate::dataplane::{Dataplane, Firewall, LinuxDataplane, LinuxFirewall};
 pub use socket::{serve_unix, UnixPeer};
 pub use state::NodeState;
 

@@ -6,7 +6,8 @@ use axum::extract::State;
 use axum::Json;
 use tracing::debug;
 
-use super::http::{Caller, DockerError, DockerJson};
+use super::error::DockerError;
+use super::http::{Caller, DockerJson};
 use super::wire::*;
 use super::{Backend, Driver, GLOBAL_ADDRESS_SPACE, IMPLEMENTS, LOCAL_ADDRESS_SPACE};
 

@@ -1,5 +1,6 @@
 //! HTTP plumbing of the plugin socket: a lenient JSON body extractor, the one error reply
-//! both APIs understand, the caller's dockerd identity, and the 404 for unknown calls.
+//! both APIs understand (for any [`DockerError`]), the caller's dockerd identity, and the
+//! 404 for unknown calls.
 
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
@@ -11,6 +12,7 @@ use serde::de::DeserializeOwned;
 use tracing::{debug, warn};
 
 use super::dockerd;
+use super::error::DockerError;
 use crate::daemon::UnixPeer;
 
 /// A JSON request body, read whatever the `Content-Type` (Docker 20.10 sends none) and
@@ -29,7 +31,7 @@ where
         let path = req.uri().path().to_string();
         let bytes = Bytes::from_request(req, state)
             .await
-            .map_err(|e| DockerError::new(format!("cannot read the body of {path}: {e}")))?;
+            .map_err(|e| DockerError::BadRequest(format!("cannot read the body of {path}: {e}")))?;
         parse_body(&path, &bytes).map(DockerJson)
     }
 }
@@ -42,58 +44,22 @@ pub fn parse_body<T: DeserializeOwned>(path: &str, bytes: &[u8]) -> Result<T, Do
     } else {
         trimmed
     };
-    serde_json::from_slice(body)
-        .map_err(|e| DockerError::new(format!("invalid JSON in the request to {path}: {e}")))
+    serde_json::from_slice(body).map_err(|source| DockerError::BadJson {
+        path: path.to_string(),
+        source,
+    })
 }
 
-/// An error for Docker: HTTP 500 with `{"Err": message}`, which both the network driver
-/// and the IPAM client treat as a failure and show as `<Subsystem>.<Method>: message`.
-/// The message is one sentence naming the bad value.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DockerError {
-    pub message: String,
-}
-
-impl DockerError {
-    pub fn new(message: impl Into<String>) -> Self {
-        Self {
-            message: message.into(),
-        }
-    }
-}
-
-impl std::fmt::Display for DockerError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl std::error::Error for DockerError {}
-
-impl From<brindle_ipam::IpamError> for DockerError {
-    fn from(e: brindle_ipam::IpamError) -> Self {
-        Self::new(e.to_string())
-    }
-}
-
-impl From<brindle_ipam::StoreError> for DockerError {
-    fn from(e: brindle_ipam::StoreError) -> Self {
-        Self::new(e.to_string())
-    }
-}
-
-impl From<crate::dataplane::DataplaneError> for DockerError {
-    fn from(e: crate::dataplane::DataplaneError) -> Self {
-        Self::new(e.to_string())
-    }
-}
-
+/// Every error reaches Docker as HTTP 500 with `{"Err": message}`, which both the network
+/// driver and the IPAM client treat as a failure and show as `<Subsystem>.<Method>:
+/// message`.
 impl IntoResponse for DockerError {
     fn into_response(self) -> Response {
-        warn!(error = %self.message, "docker request failed");
+        let message = self.to_string();
+        warn!(error = %message, kind = self.kind(), errno = ?self.errno(), "docker request failed");
         (
             StatusCode::INTERNAL_SERVER_ERROR,
-            Json(serde_json::json!({ "Err": self.message })),
+            Json(serde_json::json!({ "Err": message })),
         )
             .into_response()
     }
@@ -158,8 +124,9 @@ mod tests {
     #[test]
     fn bad_json_names_the_call() {
         let e = parse_body::<RequestPoolRequest>("/IpamDriver.RequestPool", b"{nope").unwrap_err();
+        assert!(matches!(e, DockerError::BadJson { .. }));
         assert!(
-            e.message
+            e.to_string()
                 .starts_with("invalid JSON in the request to /IpamDriver.RequestPool:"),
             "{e}"
         );

@@ -12,16 +12,19 @@
 //!   address (`RequestPool` already returns it as the pool's gateway, so Docker only
 //!   asks when `--gateway G` was given; G is then reserved).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
-use brindle_ipam::cidr::{block_of, is_pool_edge, parse_cidr, DEFAULT_BLOCK_SIZE};
+use brindle_dataplane::GATEWAY_IP;
+use brindle_ipam::cidr::{overlaps, parse_cidr, within, DEFAULT_BLOCK_SIZE};
 use brindle_ipam::pools::NewPool;
-use brindle_ipam::{AllocRequest, Block, IpamError, Pool};
+use brindle_ipam::{AllocRequest, IpamError, Pool};
 use ipnetwork::Ipv4Network;
+use rand::Rng;
 use tracing::{info, warn};
 
-use super::http::{Caller, DockerError};
+use super::error::DockerError;
+use super::http::Caller;
 use super::pool_id::PoolId;
 use super::records::{self, PoolMarker, ORCHESTRATOR};
 use super::wire::{
@@ -29,7 +32,6 @@ use super::wire::{
     RequestPoolRequest, RequestPoolResponse,
 };
 use super::{Backend, Driver, DEFAULT_POOL, POOL_OPTION};
-use crate::dataplane::GATEWAY_IP;
 
 /// Allocation attribute keys.
 pub const ATTR_ORCHESTRATOR: &str = "orchestrator";
@@ -42,17 +44,14 @@ const GATEWAY_TYPE: &str = "com.docker.network.gateway";
 /// `RequestPool` data key telling Docker the gateway (so it does not request one).
 const GATEWAY_DATA: &str = "com.docker.network.gateway";
 
-/// How many taken candidates a range-restricted allocation skips before giving up.
-const RANGE_ATTEMPTS: usize = 32;
-
 impl<B: Backend> Driver<B> {
     pub async fn request_pool(
         &self,
         req: RequestPoolRequest,
     ) -> Result<RequestPoolResponse, DockerError> {
         if req.v6 {
-            return Err(DockerError::new(
-                "brindle networks are IPv4 only: remove --ipv6 and any IPv6 --subnet",
+            return Err(DockerError::BadOption(
+                "brindle networks are IPv4 only: remove --ipv6 and any IPv6 --subnet".into(),
             ));
         }
         let mut pool_opt = None;
@@ -60,28 +59,27 @@ impl<B: Backend> Driver<B> {
             if k == POOL_OPTION {
                 pool_opt = Some(v);
             } else {
-                return Err(DockerError::new(format!(
+                return Err(DockerError::BadOption(format!(
                     "unsupported IPAM option {k}={v}: brindle supports only --ipam-opt {POOL_OPTION}=NAME"
                 )));
             }
         }
-        let subnet =
-            match req.pool.as_str() {
-                "" => None,
-                s => Some(parse_cidr(s).map_err(|e| {
-                    DockerError::new(format!("invalid --subnet {s}: {}", reason(&e)))
-                })?),
-            };
+        let subnet = match req.pool.as_str() {
+            "" => None,
+            s => Some(parse_cidr(s).map_err(|e| {
+                DockerError::BadOption(format!("invalid --subnet {s}: {}", reason(&e)))
+            })?),
+        };
         let range = match req.sub_pool.as_str() {
             "" => None,
             r => Some(parse_cidr(r).map_err(|e| {
-                DockerError::new(format!("invalid --ip-range {r}: {}", reason(&e)))
+                DockerError::BadOption(format!("invalid --ip-range {r}: {}", reason(&e)))
             })?),
         };
         let id = match subnet {
             None => {
                 if let Some(r) = range {
-                    return Err(DockerError::new(format!(
+                    return Err(DockerError::BadOption(format!(
                         "--ip-range {r} needs a --subnet that contains it"
                     )));
                 }
@@ -95,7 +93,7 @@ impl<B: Backend> Driver<B> {
             Some(s) => {
                 if let Some(r) = range {
                     if !within(r, s) {
-                        return Err(DockerError::new(format!(
+                        return Err(DockerError::BadOption(format!(
                             "--ip-range {r} is not inside --subnet {s}"
                         )));
                     }
@@ -130,7 +128,7 @@ impl<B: Backend> Driver<B> {
                 .find(|p| p.name == name)
                 .cloned()
                 .ok_or_else(|| {
-                    DockerError::new(format!(
+                    DockerError::UnknownPool(format!(
                         "--ipam-opt {POOL_OPTION}={name}: no such pool; pools: {}",
                         names()
                     ))
@@ -141,7 +139,7 @@ impl<B: Backend> Driver<B> {
         }
         match pools.as_slice() {
             [only] => Ok(only.clone()),
-            _ => Err(DockerError::new(format!(
+            _ => Err(DockerError::UnknownPool(format!(
                 "no --subnet and no pool named {DEFAULT_POOL}: give --subnet, --ipam-opt {POOL_OPTION}=NAME or create pool {DEFAULT_POOL} (pools: {})",
                 names()
             ))),
@@ -160,11 +158,11 @@ impl<B: Backend> Driver<B> {
             if let Some(name) = named {
                 return match (containing, pools.iter().find(|p| p.name == name)) {
                     (Some(p), _) if p.name == name => Ok(p.clone()),
-                    (_, Some(p)) => Err(DockerError::new(format!(
+                    (_, Some(p)) => Err(DockerError::BadOption(format!(
                         "--subnet {s} is not inside pool {name} ({})",
                         p.cidr
                     ))),
-                    (_, None) => Err(DockerError::new(format!(
+                    (_, None) => Err(DockerError::UnknownPool(format!(
                         "--ipam-opt {POOL_OPTION}={name}: no such pool; pools: {}",
                         pool_list(&pools)
                     ))),
@@ -174,7 +172,7 @@ impl<B: Backend> Driver<B> {
                 return Ok(p.clone());
             }
             if let Some(p) = pools.iter().find(|p| overlaps(p.cidr, s)) {
-                return Err(DockerError::new(format!(
+                return Err(DockerError::BadOption(format!(
                     "--subnet {s} partly overlaps pool {} ({}); use a subnet equal to or inside one pool, or one that overlaps none",
                     p.name, p.cidr
                 )));
@@ -195,27 +193,19 @@ impl<B: Backend> Driver<B> {
                         cidr: s,
                         created_by: self.node().to_string(),
                     };
-                    records::put(
-                        self.store(),
-                        records::pool_marker_key(self.keys(), &name),
-                        &marker,
-                    )
-                    .await?;
+                    records::put(self.store(), self.keys().docker_pool_marker(&name), &marker)
+                        .await?;
                     return Ok(pool);
                 }
                 // Someone created an overlapping pool at the same moment: look again.
                 Err(IpamError::PoolExists { .. } | IpamError::PoolOverlap { .. })
                     if attempt == 0 => {}
-                Err(e) => {
-                    return Err(DockerError::new(format!(
-                        "cannot create a pool for --subnet {s}: {e}"
-                    )))
+                Err(source) => {
+                    return Err(DockerError::CreatePool { subnet: s, source });
                 }
             }
         }
-        Err(DockerError::new(format!(
-            "cannot create a pool for --subnet {s}: other writers keep changing the pools"
-        )))
+        Err(DockerError::PoolContention { subnet: s })
     }
 
     pub async fn release_pool(&self, req: ReleasePoolRequest) -> Result<(), DockerError> {
@@ -230,7 +220,7 @@ impl<B: Backend> Driver<B> {
     pub(super) async fn remove_created_pool(&self, pool: String) {
         let pool = pool.as_str();
         let result: Result<(), IpamError> = async {
-            let key = records::pool_marker_key(self.keys(), pool);
+            let key = self.keys().docker_pool_marker(pool);
             let Some(marker) = records::get::<_, PoolMarker>(self.store(), key.clone()).await?
             else {
                 return Ok(());
@@ -274,7 +264,7 @@ impl<B: Backend> Driver<B> {
         let wanted = match req.address.as_str() {
             "" => None,
             a => Some(a.parse::<Ipv4Addr>().map_err(|_| {
-                DockerError::new(format!("invalid address {a:?}: expected an IPv4 address"))
+                DockerError::BadOption(format!("invalid address {a:?}: expected an IPv4 address"))
             })?),
         };
         let ip = match (wanted, gateway) {
@@ -288,7 +278,7 @@ impl<B: Backend> Driver<B> {
             (Some(ip), _) => {
                 if let Some(s) = id.subnet {
                     if !s.contains(ip) {
-                        return Err(DockerError::new(format!(
+                        return Err(DockerError::BadOption(format!(
                             "address {ip} is outside subnet {s} of this network"
                         )));
                     }
@@ -327,6 +317,7 @@ impl<B: Backend> Driver<B> {
             ip,
             pool: Some(id.pool.clone()),
             attrs,
+            ..AllocRequest::default()
         }
     }
 
@@ -350,16 +341,12 @@ impl<B: Backend> Driver<B> {
                     return Ok(a.ip);
                 }
                 Err(IpamError::AddressTaken { handle, .. }) if attempt == 0 => {
-                    if let Some(in_use) = self.try_reclaim(ip, &handle, caller).await? {
-                        return Err(DockerError::new(format!(
-                            "address {ip} is already in use by {in_use}"
-                        )));
+                    if let Some(user) = self.try_reclaim(ip, &handle, caller).await? {
+                        return Err(DockerError::AddressInUse { ip, user });
                     }
                 }
                 Err(IpamError::AddressTaken { handle, .. }) => {
-                    return Err(DockerError::new(format!(
-                        "address {ip} is already in use (handle {handle})"
-                    )))
+                    return Err(DockerError::AddressTaken { ip, handle })
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -368,91 +355,20 @@ impl<B: Backend> Driver<B> {
     }
 
     /// A dynamic address: from this node's blocks of the pool, or, for a network with
-    /// a narrower `--subnet` or an `--ip-range`, from that range.
+    /// a narrower `--subnet` or an `--ip-range`, from that range (whose subnet's own
+    /// network and broadcast addresses are never handed out).
     async fn claim_dynamic(&self, id: &PoolId, caller: &Caller) -> Result<Ipv4Addr, DockerError> {
         let pool_cidr = self.pool_cidr(&id.pool).await?;
-        let range = id.range.or(id.subnet).filter(|r| *r != pool_cidr);
+        let mut req = self.alloc_request(id, None, false, caller);
+        req.range = id.range.or(id.subnet).filter(|r| *r != pool_cidr);
+        if let Some(s) = id.subnet.filter(|s| *s != pool_cidr && s.prefix() <= 30) {
+            req.exclude = BTreeSet::from([s.network(), s.broadcast()]);
+        }
         let _claims = self.claims.lock().await;
-        let ip = match range {
-            None => {
-                let req = self.alloc_request(id, None, false, caller);
-                let a = self.ipam().allocate(&req).await?;
-                self.cache().held.insert(a.ip, req.handle);
-                a.ip
-            }
-            Some(range) => self.claim_in_range(id, range, caller).await?,
-        };
-        info!(%ip, pool = %id.pool, "dynamic address allocated");
-        Ok(ip)
-    }
-
-    /// Pick a free address of `range` (this node's blocks first, then unclaimed blocks,
-    /// then other nodes' blocks) and claim it as a fixed address; the claim's
-    /// compare-and-swap settles races, a lost race moves on to the next candidate.
-    async fn claim_in_range(
-        &self,
-        id: &PoolId,
-        range: Ipv4Network,
-        caller: &Caller,
-    ) -> Result<Ipv4Addr, DockerError> {
-        let pool = self
-            .ipam()
-            .list_pools()
-            .await?
-            .into_iter()
-            .find(|p| p.name == id.pool)
-            .ok_or_else(|| DockerError::new(format!("pool {} no longer exists", id.pool)))?;
-        if pool.disabled {
-            return Err(IpamError::PoolDisabled(pool.name).into());
-        }
-        let subnet = id.subnet.unwrap_or(pool.cidr);
-        let mut blocks: Vec<(u8, Ipv4Network, Option<Block>)> = Vec::new();
-        for cidr in blocks_covering(&pool, range) {
-            let block: Option<Block> = records::get(self.store(), self.keys().block(cidr)).await?;
-            let rank = match block.as_ref().map(|b| b.affinity.as_deref()) {
-                Some(Some(n)) if n == self.node() => 0,
-                None => 1,
-                Some(_) => 2,
-            };
-            blocks.push((rank, cidr, block));
-        }
-        blocks.sort_by_key(|(rank, cidr, _)| (*rank, *cidr));
-        let mut tried = 0;
-        for (_, cidr, block) in &blocks {
-            let lo = u32::from(range.network()).max(u32::from(cidr.network()));
-            let hi = u32::from(range.broadcast()).min(u32::from(cidr.broadcast()));
-            for n in lo..=hi {
-                let ip = Ipv4Addr::from(n);
-                let taken = block
-                    .as_ref()
-                    .is_some_and(|b| b.allocations.contains_key(&ip));
-                if taken
-                    || is_pool_edge(pool.cidr, ip)
-                    || is_pool_edge(subnet, ip)
-                    || pool.reserved.contains(&ip)
-                {
-                    continue;
-                }
-                let req = self.alloc_request(id, Some(ip), false, caller);
-                match self.ipam().allocate(&req).await {
-                    Ok(a) => {
-                        self.cache().held.insert(a.ip, req.handle);
-                        return Ok(a.ip);
-                    }
-                    Err(IpamError::AddressTaken { .. }) => {
-                        tried += 1;
-                        if tried >= RANGE_ATTEMPTS {
-                            break;
-                        }
-                    }
-                    Err(e) => return Err(e.into()),
-                }
-            }
-        }
-        Err(DockerError::new(format!(
-            "no free address left in {range} (pool {}): every usable address there is allocated",
-            pool.name
-        )))
+        let a = self.ipam().allocate(&req).await?;
+        self.cache().held.insert(a.ip, req.handle);
+        info!(ip = %a.ip, pool = %id.pool, "dynamic address allocated");
+        Ok(a.ip)
     }
 
     /// A pool's CIDR, cached (pool CIDRs never change under a name).
@@ -466,7 +382,7 @@ impl<B: Backend> Driver<B> {
             cache.pools.insert(p.name.clone(), p.cidr);
         }
         cache.pools.get(name).copied().ok_or_else(|| {
-            DockerError::new(format!(
+            DockerError::UnknownPool(format!(
                 "pool {name} of this network no longer exists; pools: {}",
                 pool_list(&pools)
             ))
@@ -476,7 +392,7 @@ impl<B: Backend> Driver<B> {
     pub async fn release_address(&self, req: ReleaseAddressRequest) -> Result<(), DockerError> {
         let _id = PoolId::parse(&req.pool_id)?;
         let ip: Ipv4Addr = req.address.parse().map_err(|_| {
-            DockerError::new(format!(
+            DockerError::BadRequest(format!(
                 "invalid address {:?}: expected an IPv4 address",
                 req.address
             ))
@@ -511,34 +427,9 @@ impl<B: Backend> Driver<B> {
     }
 }
 
-/// `a` lies entirely inside `b`.
-pub(super) fn within(a: Ipv4Network, b: Ipv4Network) -> bool {
-    b.contains(a.network()) && a.prefix() >= b.prefix()
-}
-
-fn overlaps(a: Ipv4Network, b: Ipv4Network) -> bool {
-    a.contains(b.network()) || b.contains(a.network())
-}
-
 /// The name of the pool created for `--subnet s`: `docker-10.1.0.0-24`.
 pub(super) fn created_pool_name(s: Ipv4Network) -> String {
     format!("docker-{}-{}", s.network(), s.prefix())
-}
-
-/// The blocks of `pool` that `range` touches.
-fn blocks_covering(pool: &Pool, range: Ipv4Network) -> Vec<Ipv4Network> {
-    let first = block_of(pool, range.network());
-    if range.prefix() >= pool.block_size {
-        return vec![first];
-    }
-    let step = 1u64 << (32 - u32::from(pool.block_size));
-    let count = 1u64 << (u32::from(pool.block_size) - u32::from(range.prefix()));
-    (0..count)
-        .map(|i| {
-            let base = u64::from(u32::from(range.network())) + i * step;
-            Ipv4Network::new(Ipv4Addr::from(base as u32), pool.block_size).expect("valid block")
-        })
-        .collect()
 }
 
 fn pool_list(pools: &[Pool]) -> String {
@@ -562,29 +453,6 @@ fn reason(e: &IpamError) -> String {
 
 /// A fresh handle: `docker-` + 32 random hex digits.
 pub(super) fn new_handle() -> String {
-    let mut bytes = [0u8; 16];
-    let mut filled = 0;
-    while filled < bytes.len() {
-        // SAFETY: the pointer and length describe the unfilled tail of `bytes`.
-        let n = unsafe {
-            libc::getrandom(bytes[filled..].as_mut_ptr().cast(), bytes.len() - filled, 0)
-        };
-        if n <= 0 {
-            // getrandom cannot fail for 16 bytes once the pool is initialised; fall back
-            // to time and a counter rather than panic.
-            use std::sync::atomic::{AtomicU64, Ordering};
-            static COUNTER: AtomicU64 = AtomicU64::new(0);
-            let t = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(0);
-            let c = COUNTER.fetch_add(1, Ordering::Relaxed);
-            bytes[..8].copy_from_slice(&t.to_le_bytes());
-            bytes[8..].copy_from_slice(&(c ^ u64::from(std::process::id())).to_le_bytes());
-            break;
-        }
-        filled += n as usize;
-    }
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    format!("docker-{hex}")
+    let bits: u128 = rand::rng().random();
+    format!("docker-{bits:032x}")
 }

@@ -3,7 +3,8 @@
 //! both APIs; the driver name is `brindle` for `--driver` and `--ipam-driver`.
 //!
 //! - `wire.rs`: the JSON bodies; `http.rs`: lenient body extractor, `{"Err"}` replies,
-//!   the caller's dockerd identity; `handlers.rs`: one thin axum handler per call.
+//!   the caller's dockerd identity; `handlers.rs`: one thin axum handler per call;
+//!   `error.rs`: [`DockerError`], every failure by kind, with its one-sentence message.
 //! - `ipam_driver.rs`: pools (`--subnet`, `--ip-range`, `--ipam-opt pool=`) and
 //!   addresses (`--ip`, `--gateway`, `--aux-address`, dynamic ones from this node's
 //!   blocks); `pool_id.rs`: the self-describing `PoolID`.
@@ -18,6 +19,7 @@
 
 mod containers;
 mod dockerd;
+mod error;
 mod handlers;
 mod http;
 mod ipam_driver;
@@ -38,13 +40,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use axum::routing::post;
 use axum::Router;
+use brindle_dataplane::{Dataplane, Reaper};
 use brindle_ipam::pools::NewPool;
 use brindle_ipam::{EtcdStore, Ipam, IpamError, MemoryStore, Pool, Store};
-use futures::future::{BoxFuture, Shared};
 
 use crate::daemon::NodeState;
-use crate::dataplane::Dataplane;
-pub use http::DockerError;
+pub use error::DockerError;
 pub use pool_id::PoolId;
 use records::{DockerEndpoint, NetworkRecord};
 
@@ -64,12 +65,14 @@ pub const NAT_OUTGOING_OPTION: &str = "brindle.nat-outgoing";
 /// The only `--ipam-opt` networks accept.
 pub const POOL_OPTION: &str = "pool";
 
-/// What the driver needs from brindled: the node's name, IPAM and dataplane.
+/// What the driver needs from brindled: the node's name, IPAM, dataplane and reaper.
 pub trait Backend: Send + Sync + 'static {
     type Store: Store;
     fn node(&self) -> &str;
     fn ipam(&self) -> &Ipam<Self::Store>;
     fn dataplane(&self) -> &dyn Dataplane;
+    /// Who deletes an endpoint's veth after `DeleteEndpoint` has answered.
+    fn reaper(&self) -> &Reaper;
     /// dockerd's API socket, to learn each endpoint's container; `None`: never ask.
     fn docker_api_socket(&self) -> Option<&Path>;
 }
@@ -85,6 +88,9 @@ impl Backend for NodeState {
     fn dataplane(&self) -> &dyn Dataplane {
         self.dataplane.as_ref()
     }
+    fn reaper(&self) -> &Reaper {
+        &self.reaper
+    }
     fn docker_api_socket(&self) -> Option<&Path> {
         Some(&self.args.docker_api_socket)
     }
@@ -95,6 +101,8 @@ pub struct LocalBackend {
     pub node: String,
     pub ipam: Ipam<MemoryStore>,
     pub dataplane: Arc<dyn Dataplane>,
+    /// Usually `Reaper::tasks(dataplane)`.
+    pub reaper: Reaper,
     pub docker_api_socket: Option<PathBuf>,
 }
 
@@ -108,6 +116,9 @@ impl Backend for LocalBackend {
     }
     fn dataplane(&self) -> &dyn Dataplane {
         self.dataplane.as_ref()
+    }
+    fn reaper(&self) -> &Reaper {
+        &self.reaper
     }
     fn docker_api_socket(&self) -> Option<&Path> {
         self.docker_api_socket.as_deref()
@@ -142,8 +153,6 @@ struct Cache {
     requested: HashMap<ipnetwork::Ipv4Network, PoolId>,
     /// dockerd instances seen; the first request of each triggers an orphan sweep.
     dockerds: HashSet<String>,
-    /// Host veths being deleted in the background, by the address they served.
-    deleting: HashMap<Ipv4Addr, Shared<BoxFuture<'static, ()>>>,
 }
 
 impl<B: Backend> Driver<B> {

@@ -16,15 +16,15 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use brindle_ipam::store::{Compare, Op, Store, Txn, TxnOutcome};
+use brindle_dataplane::{host_ifname_for, temp_ifname_for, EndpointSpec};
+use brindle_ipam::state::{self, cas_loop, cas_put, Attempt};
+use brindle_ipam::IpamError;
 use ipnetwork::Ipv4Network;
 use tracing::{debug, info, warn};
 
-use futures::FutureExt;
-
 use super::containers;
-use super::http::{Caller, DockerError};
-use super::ipam_driver::within;
+use super::error::DockerError;
+use super::http::Caller;
 use super::net_options::{segment_of, NetworkOptions};
 use super::records::{self, DockerEndpoint, NetworkRecord, NetworkSubnet, ORCHESTRATOR};
 use super::wire::{
@@ -33,8 +33,8 @@ use super::wire::{
     StaticRoute,
 };
 use super::{Backend, Driver};
-use crate::dataplane::{host_ifname_for, temp_ifname_for, EndpointSpec};
 use crate::endpoints::EndpointRecord;
+use brindle_ipam::cidr::within;
 
 /// `Options` keys of `CreateNetwork`.
 const GENERIC: &str = "com.docker.network.generic";
@@ -49,7 +49,9 @@ impl<B: Backend> Driver<B> {
     pub async fn create_network(&self, req: CreateNetworkRequest) -> Result<(), DockerError> {
         let id = req.network_id;
         if id.is_empty() {
-            return Err(DockerError::new("CreateNetwork without a NetworkID"));
+            return Err(DockerError::BadRequest(
+                "CreateNetwork without a NetworkID".into(),
+            ));
         }
         let mut opts = NetworkOptions::default();
         for (key, value) in req.options.unwrap_or_default() {
@@ -60,17 +62,18 @@ impl<B: Backend> Driver<B> {
                     }
                 }
                 ENABLE_IPV6 if value.as_bool() == Some(true) => {
-                    return Err(DockerError::new(
-                        "brindle networks are IPv4 only: remove --ipv6",
+                    return Err(DockerError::BadOption(
+                        "brindle networks are IPv4 only: remove --ipv6".into(),
                     ))
                 }
                 ENABLE_IPV4 if value.as_bool() == Some(false) => {
-                    return Err(DockerError::new(
-                        "brindle networks need IPv4: remove --ipv4=false",
+                    return Err(DockerError::BadOption(
+                        "brindle networks need IPv4: remove --ipv4=false".into(),
                     ))
                 }
-                INTERNAL if value.as_bool() == Some(true) => return Err(DockerError::new(
-                    "brindle does not support --internal: its containers are routed and reachable",
+                INTERNAL if value.as_bool() == Some(true) => return Err(DockerError::BadOption(
+                    "brindle does not support --internal: its containers are routed and reachable"
+                        .into(),
                 )),
                 // Flags Docker always sends (enable_ipv6=false, ...) and newer daemons'
                 // private keys: nothing to do.
@@ -78,26 +81,26 @@ impl<B: Backend> Driver<B> {
             }
         }
         if req.ipv6_data.as_ref().is_some_and(|v| !v.is_empty()) {
-            return Err(DockerError::new(
-                "brindle networks are IPv4 only: remove the IPv6 --subnet",
+            return Err(DockerError::BadOption(
+                "brindle networks are IPv4 only: remove the IPv6 --subnet".into(),
             ));
         }
         let data = req.ipv4_data.unwrap_or_default();
         if data.is_empty() {
-            return Err(DockerError::new(
-                "the network has no IPv4 pool: create it with --ipam-driver brindle",
+            return Err(DockerError::BadOption(
+                "the network has no IPv4 pool: create it with --ipam-driver brindle".into(),
             ));
         }
         let mut subnets = Vec::new();
         for d in &data {
             if !d.address_space.starts_with("brindle") {
-                return Err(DockerError::new(format!(
+                return Err(DockerError::BadOption(format!(
                     "the brindle network driver needs the brindle IPAM driver (this network uses address space {:?}): add --ipam-driver brindle",
                     d.address_space
                 )));
             }
             let subnet: Ipv4Network = d.pool.parse().map_err(|_| {
-                DockerError::new(format!("invalid pool {:?} in CreateNetwork", d.pool))
+                DockerError::BadRequest(format!("invalid pool {:?} in CreateNetwork", d.pool))
             })?;
             let gateway = match d.gateway.as_deref() {
                 Some(g) => Some(cidr_ip(g)?).filter(|ip| !ip.is_link_local()),
@@ -136,12 +139,7 @@ impl<B: Backend> Driver<B> {
             // a pool created for this network.
             self.apply_nat_outgoing(&nat_changes, want).await?;
         }
-        records::put(
-            self.store(),
-            records::network_key(self.keys(), &id),
-            &record,
-        )
-        .await?;
+        records::put(self.store(), self.keys().docker_network(&id), &record).await?;
         info!(network = %id, mtu = ?record.mtu, segment = ?record.segment, allow_from = ?record.allow_from, nat_outgoing = ?opts.nat_outgoing, "network created");
         self.cache().networks.insert(id, record);
         Ok(())
@@ -153,14 +151,11 @@ impl<B: Backend> Driver<B> {
         let record = match cached {
             Some(r) => Some(r),
             None => {
-                records::get::<_, NetworkRecord>(
-                    self.store(),
-                    records::network_key(self.keys(), &id),
-                )
-                .await?
+                records::get::<_, NetworkRecord>(self.store(), self.keys().docker_network(&id))
+                    .await?
             }
         };
-        records::delete(self.store(), records::network_key(self.keys(), &id)).await?;
+        records::delete(self.store(), self.keys().docker_network(&id)).await?;
         info!(network = %id, "network deleted");
         // Docker released the network's pools before this call; pools created for
         // its subnets (or holding them) can go now that no record refers to them.
@@ -193,13 +188,9 @@ impl<B: Backend> Driver<B> {
             return Ok(n.clone());
         }
         let record: Option<NetworkRecord> =
-            records::get(self.store(), records::network_key(self.keys(), id)).await?;
-        let mut record = record.ok_or_else(|| {
-            DockerError::new(format!(
-                "network {} is not known to brindle (its record is missing from etcd); recreate the network",
-                short(id)
-            ))
-        })?;
+            records::get(self.store(), self.keys().docker_network(id)).await?;
+        let mut record =
+            record.ok_or_else(|| DockerError::UnknownNetwork { id: id.to_string() })?;
         if record.segment.is_none() {
             // Written before segments existed: the best identity the pools still give.
             let subnets: Vec<Ipv4Network> = record.subnets.iter().map(|s| s.subnet).collect();
@@ -216,7 +207,9 @@ impl<B: Backend> Driver<B> {
     ) -> Result<CreateEndpointResponse, DockerError> {
         let eid = req.endpoint_id;
         if eid.is_empty() {
-            return Err(DockerError::new("CreateEndpoint without an EndpointID"));
+            return Err(DockerError::BadRequest(
+                "CreateEndpoint without an EndpointID".into(),
+            ));
         }
         // Docker's own keys (port maps, DNS servers, MAC) are all `com.docker.*`; the
         // rest are the user's `--driver-opt`s, and brindle has none.
@@ -226,7 +219,7 @@ impl<B: Backend> Driver<B> {
                     .as_str()
                     .map(str::to_string)
                     .unwrap_or_else(|| v.to_string());
-                return Err(DockerError::new(format!(
+                return Err(DockerError::BadOption(format!(
                     "unsupported endpoint option {k}={v}: brindle takes no --driver-opt"
                 )));
             }
@@ -234,14 +227,15 @@ impl<B: Backend> Driver<B> {
         let net = self.network(&req.network_id).await?;
         let iface = req.interface.unwrap_or_default();
         if !iface.address_ipv6.is_empty() {
-            return Err(DockerError::new(format!(
+            return Err(DockerError::BadOption(format!(
                 "IPv6 address {} given, but brindle endpoints are IPv4 only",
                 iface.address_ipv6
             )));
         }
         if iface.address.is_empty() {
-            return Err(DockerError::new(
-                "the endpoint has no IPv4 address: the network must use --ipam-driver brindle",
+            return Err(DockerError::BadOption(
+                "the endpoint has no IPv4 address: the network must use --ipam-driver brindle"
+                    .into(),
             ));
         }
         let ip = cidr_ip(&iface.address)?;
@@ -258,7 +252,8 @@ impl<B: Backend> Driver<B> {
             return Ok(reply(ep.base.mac.as_deref().unwrap_or_default()));
         }
         let handle = self.handle_of(ip).await?;
-        self.settle_deletion(ip).await;
+        // A veth of a deleted endpoint that served this address may still be going.
+        self.backend.reaper().settle_ip(ip).await;
         let spec = EndpointSpec::for_docker(&eid, ip, net.mtu);
         let peer_mac = self.dataplane().create_veth_on_host(&spec).await?;
         let mac = if iface.mac_address.is_empty() {
@@ -297,7 +292,7 @@ impl<B: Backend> Driver<B> {
     }
 
     async fn persist_endpoint(&self, ep: &DockerEndpoint) -> Result<(), DockerError> {
-        let key = records::endpoint_record_key(self.keys(), &ep.base.node, &ep.base.id);
+        let key = self.keys().endpoint(&ep.base.node, &ep.base.id);
         records::put(self.store(), key, ep).await?;
         Ok(())
     }
@@ -309,9 +304,7 @@ impl<B: Backend> Driver<B> {
         }
         let report = self.ipam().address(ip).await?;
         let Some(handle) = report.handle else {
-            return Err(DockerError::new(format!(
-                "address {ip} is not allocated: endpoints of brindle networks get their address from --ipam-driver brindle"
-            )));
+            return Err(DockerError::AddressNotAllocated { ip });
         };
         let ours = report
             .attributes
@@ -320,10 +313,11 @@ impl<B: Backend> Driver<B> {
             == Some(ORCHESTRATOR)
             && report.node.as_deref() == Some(self.node());
         if !ours {
-            return Err(DockerError::new(format!(
-                "address {ip} belongs to handle {handle} (node {}), not to this node's Docker",
-                report.node.as_deref().unwrap_or("unknown")
-            )));
+            return Err(DockerError::AddressNotOurs {
+                ip,
+                handle,
+                node: report.node.unwrap_or_else(|| "unknown".into()),
+            });
         }
         self.cache().held.insert(ip, handle.clone());
         Ok(handle)
@@ -334,7 +328,7 @@ impl<B: Backend> Driver<B> {
         if let Some(ep) = self.cache().endpoints.get(id) {
             return Ok(Some(ep.clone()));
         }
-        let key = records::endpoint_record_key(self.keys(), self.node(), id);
+        let key = self.keys().endpoint(self.node(), id);
         let ep: Option<DockerEndpoint> = records::get(self.store(), key).await?;
         if let Some(ep) = &ep {
             self.cache().endpoints.insert(id.to_string(), ep.clone());
@@ -359,10 +353,7 @@ impl<B: Backend> Driver<B> {
     pub async fn join(&self, req: JoinRequest) -> Result<JoinResponse, DockerError> {
         let eid = req.endpoint_id;
         let Some(mut ep) = self.endpoint(&eid).await? else {
-            return Err(DockerError::new(format!(
-                "endpoint {} is not known to brindle (it was never created, or its record is gone)",
-                short(&eid)
-            )));
+            return Err(DockerError::UnknownEndpoint { id: eid });
         };
         let _joins = self.joins.lock().await;
         self.load_endpoints().await?;
@@ -380,9 +371,7 @@ impl<B: Backend> Driver<B> {
                 (1..=254u8)
                     .map(|n| Ipv4Addr::new(169, 254, 1, n))
                     .find(|gw| !used.contains(gw))
-                    .ok_or_else(|| {
-                        DockerError::new("a container can join at most 254 brindle networks")
-                    })?
+                    .ok_or(DockerError::TooManyNetworks)?
             }
         };
         ep.sandbox = Some(sandbox.clone());
@@ -415,10 +404,7 @@ impl<B: Backend> Driver<B> {
         info!(endpoint = %short(&req.endpoint_id), "endpoint left");
     }
 
-    pub async fn delete_endpoint(
-        self: &Arc<Self>,
-        req: EndpointRequest,
-    ) -> Result<(), DockerError> {
+    pub async fn delete_endpoint(&self, req: EndpointRequest) -> Result<(), DockerError> {
         let eid = req.endpoint_id;
         // The name derives from the id: the veth goes even if the record is lost.
         let host = host_ifname_for(&eid);
@@ -429,48 +415,28 @@ impl<B: Backend> Driver<B> {
         match ip {
             Some(ip) => {
                 // Unroute the address at once; the kernel's teardown of the veth pair
-                // (~20 ms, mostly waiting for RCU) need not hold Docker up.
+                // (~20 ms, mostly waiting for RCU) need not hold Docker up. The reaper
+                // deletes exactly this link; until it is gone, a `CreateEndpoint` of
+                // the same address waits for it.
                 self.dataplane().del_host_route(ip).await?;
-                self.delete_link_later(ip, host.clone());
+                if let Some(link) = self.dataplane().host_veth(&host).await? {
+                    self.backend.reaper().schedule(link, Some(ip));
+                }
             }
             None => {
                 self.dataplane().delete_endpoint(&host).await?;
             }
         }
-        let key = records::endpoint_record_key(self.keys(), self.node(), &eid);
-        records::delete(self.store(), key).await.map_err(|e| {
-            DockerError::new(format!(
-                "endpoint {} was removed from the host, but its record could not be deleted: {e}",
-                short(&eid)
-            ))
-        })?;
+        let key = self.keys().endpoint(self.node(), &eid);
+        records::delete(self.store(), key)
+            .await
+            .map_err(|source| DockerError::RecordNotDeleted {
+                endpoint: eid.clone(),
+                source,
+            })?;
         self.cache().endpoints.remove(&eid);
         info!(endpoint = %short(&eid), %host, "endpoint deleted");
         Ok(())
-    }
-
-    /// Delete a host veth in the background. Until it is gone, `CreateEndpoint` for the
-    /// same address waits for it (see [`Driver::settle_deletion`]).
-    fn delete_link_later(self: &Arc<Self>, ip: Ipv4Addr, host: String) {
-        let driver = self.clone();
-        let deletion = async move {
-            if let Err(e) = driver.dataplane().delete_endpoint(&host).await {
-                warn!(%host, error = %e, "cannot delete the veth of a deleted endpoint");
-            }
-            driver.cache().deleting.remove(&ip);
-        }
-        .boxed()
-        .shared();
-        self.cache().deleting.insert(ip, deletion.clone());
-        tokio::spawn(deletion);
-    }
-
-    /// Wait for a background deletion of a veth that served `ip`, if one is running.
-    async fn settle_deletion(&self, ip: Ipv4Addr) {
-        let pending = self.cache().deleting.get(&ip).cloned();
-        if let Some(p) = pending {
-            p.await;
-        }
     }
 
     /// Learn the endpoint's container from Docker's API once `Join` is answered (Docker
@@ -508,32 +474,27 @@ impl<B: Backend> Driver<B> {
     /// Set the container id of an endpoint record, unless the record is gone (a
     /// compare-and-swap, so a concurrent delete is never undone).
     async fn record_container(&self, endpoint: &str, container: String) -> Result<(), DockerError> {
-        let key = records::endpoint_record_key(self.keys(), self.node(), endpoint);
-        for _ in 0..5 {
-            let Some(kv) = self.store().get(&key).await? else {
-                return Ok(());
+        let key = &self.keys().endpoint(self.node(), endpoint);
+        let wanted = container.as_str();
+        let (_, committed) = cas_loop::<IpamError, _, _>(self.store(), || async move {
+            let Some(current) = state::read::<DockerEndpoint>(self.store(), key).await? else {
+                return Ok(Attempt::Done(()));
             };
-            let mut ep: DockerEndpoint = serde_json::from_slice(&kv.value).map_err(|e| {
-                DockerError::new(format!("endpoint record {key} is not valid JSON: {e}"))
-            })?;
-            if ep.base.container_id.as_deref() == Some(container.as_str()) {
-                return Ok(());
+            if current.value.base.container_id.as_deref() == Some(wanted) {
+                return Ok(Attempt::Done(()));
             }
-            ep.base.container_id = Some(container.clone());
-            let txn = Txn {
-                compares: vec![Compare::unchanged(&key, Some(kv.mod_revision))],
-                ops: vec![Op::Put {
-                    key: key.clone(),
-                    value: serde_json::to_vec(&ep).expect("endpoint records serialise"),
-                }],
-                read_on_conflict: Vec::new(),
-            };
-            if let TxnOutcome::Committed { .. } = self.store().txn(txn).await? {
-                debug!(endpoint = %short(endpoint), container = %short(&container), "endpoint's container recorded");
-                if let Some(cached) = self.cache().endpoints.get_mut(endpoint) {
-                    cached.base.container_id = Some(container);
-                }
-                return Ok(());
+            let mut ep = current.value;
+            ep.base.container_id = Some(wanted.to_string());
+            Ok(Attempt::Commit(
+                cas_put(key, Some(current.revision), &ep),
+                (),
+            ))
+        })
+        .await?;
+        if committed.is_some() {
+            debug!(endpoint = %short(endpoint), container = %short(&container), "endpoint's container recorded");
+            if let Some(cached) = self.cache().endpoints.get_mut(endpoint) {
+                cached.base.container_id = Some(container);
             }
         }
         Ok(())
@@ -558,7 +519,7 @@ fn cidr_ip(s: &str) -> Result<Ipv4Addr, DockerError> {
     s.parse::<Ipv4Network>()
         .map(|n| n.ip())
         .or_else(|_| s.parse::<Ipv4Addr>())
-        .map_err(|_| DockerError::new(format!("invalid IPv4 address {s:?}")))
+        .map_err(|_| DockerError::BadRequest(format!("invalid IPv4 address {s:?}")))
 }
 
 /// The first 12 characters of a Docker id, as `docker ps` shows them.

@@ -12,12 +12,12 @@ use tracing::warn;
 use brindle_ipam::pools::PoolUpdate;
 use brindle_ipam::Pool;
 
-use super::http::DockerError;
-use super::ipam_driver::within;
+use super::error::DockerError;
 use super::records::{self, PoolMarker};
 use super::wire::JsonMap;
 use super::{Backend, Driver, PoolId, ALLOW_FROM_OPTION, MTU_OPTION, NAT_OUTGOING_OPTION};
 use crate::allow_from;
+use brindle_ipam::cidr::within;
 
 /// Prefix of the segment of Docker endpoints.
 const SEGMENT_PREFIX: &str = "docker:";
@@ -44,7 +44,7 @@ impl NetworkOptions {
                 MTU_OPTION => opts.mtu = Some(parse_mtu(&text)?),
                 ALLOW_FROM_OPTION => {
                     opts.allow_from = allow_from::parse_list(&text).map_err(|e| {
-                        DockerError::new(format!(
+                        DockerError::BadOption(format!(
                             "invalid -o {ALLOW_FROM_OPTION} entry {:?}: {}; expected {}",
                             e.value,
                             e.reason,
@@ -54,7 +54,7 @@ impl NetworkOptions {
                 }
                 NAT_OUTGOING_OPTION => opts.nat_outgoing = Some(parse_bool(key, &text)?),
                 _ => {
-                    return Err(DockerError::new(format!(
+                    return Err(DockerError::BadOption(format!(
                         "unsupported driver option {key}={text}: brindle supports -o {MTU_OPTION}=N, -o {ALLOW_FROM_OPTION}=CIDR[,CIDR...] and -o {NAT_OUTGOING_OPTION}=true|false"
                     )))
                 }
@@ -70,7 +70,7 @@ pub(super) fn parse_mtu(text: &str) -> Result<u32, DockerError> {
         .ok()
         .filter(|m| (68..=65535).contains(m))
         .ok_or_else(|| {
-            DockerError::new(format!(
+            DockerError::BadOption(format!(
                 "invalid -o {MTU_OPTION}={text}: expected a number from 68 to 65535"
             ))
         })
@@ -80,7 +80,7 @@ fn parse_bool(key: &str, text: &str) -> Result<bool, DockerError> {
     match text {
         "true" => Ok(true),
         "false" => Ok(false),
-        _ => Err(DockerError::new(format!(
+        _ => Err(DockerError::BadOption(format!(
             "invalid -o {key}={text}: expected true or false"
         ))),
     }
@@ -178,7 +178,7 @@ impl<B: Backend> Driver<B> {
                 .as_ref()
                 .and_then(|id| pools.iter().find(|p| p.name == id.pool))
                 .ok_or_else(|| {
-                    DockerError::new(format!(
+                    DockerError::BadOption(format!(
                         "-o {NAT_OUTGOING_OPTION}={want}: no brindle pool holds subnet {subnet}"
                     ))
                 })?;
@@ -186,7 +186,7 @@ impl<B: Backend> Driver<B> {
                 continue;
             }
             if !self.created_for(network, pool).await? {
-                return Err(DockerError::new(format!(
+                return Err(DockerError::BadOption(format!(
                     "-o {NAT_OUTGOING_OPTION}={want}: the network uses the existing pool {} ({}), whose nat-outgoing is {}; change it for every network of that pool with `brindle pool set {} --nat-outgoing={want}`, or leave the option out",
                     pool.name, pool.cidr, pool.nat_outgoing, pool.name
                 )));
@@ -214,7 +214,7 @@ impl<B: Backend> Driver<B> {
     /// Whether `pool` was created by `RequestPool` for the network being created: it
     /// carries a marker and no other network (on any node) uses it yet.
     async fn created_for(&self, network: &str, pool: &Pool) -> Result<bool, DockerError> {
-        let key = records::pool_marker_key(self.keys(), &pool.name);
+        let key = self.keys().docker_pool_marker(&pool.name);
         let Some(marker) = records::get::<_, PoolMarker>(self.store(), key).await? else {
             return Ok(false);
         };
@@ -240,7 +240,10 @@ mod tests {
     #[test]
     fn mtu_bounds() {
         assert_eq!(parse_mtu("1400").unwrap(), 1400);
-        assert!(parse_mtu("9").unwrap_err().message.contains("68 to 65535"));
+        assert!(parse_mtu("9")
+            .unwrap_err()
+            .to_string()
+            .contains("68 to 65535"));
         assert!(parse_mtu("big").is_err());
     }
 
@@ -256,12 +259,12 @@ mod tests {
         assert_eq!(parse(json!({})).unwrap(), NetworkOptions::default());
         let e = parse(json!({"brindle.nat-outgoing":"maybe"})).unwrap_err();
         assert_eq!(
-            e.message,
+            e.to_string(),
             "invalid -o brindle.nat-outgoing=maybe: expected true or false"
         );
         let e = parse(json!({"brindle.allow-from":"192.0.2.0/24,192.0.2.300/32"})).unwrap_err();
         assert!(
-            e.message.starts_with(
+            e.to_string().starts_with(
                 "invalid -o brindle.allow-from entry \"192.0.2.300/32\": \"192.0.2.300\" is not an IPv4 address; expected IPv4 CIDRs"
             ),
             "{e}"

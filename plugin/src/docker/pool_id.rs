@@ -14,7 +14,7 @@ use std::net::Ipv4Addr;
 
 use ipnetwork::Ipv4Network;
 
-use super::http::DockerError;
+use super::error::DockerError;
 
 const TAG: &str = "brindle";
 
@@ -31,11 +31,7 @@ pub struct PoolId {
 
 impl PoolId {
     pub fn parse(id: &str) -> Result<Self, DockerError> {
-        let bad = || {
-            DockerError::new(format!(
-                "unknown pool id {id:?}: it was not issued by brindle's IPAM driver"
-            ))
-        };
+        let bad = || DockerError::UnknownPoolId { id: id.to_string() };
         let mut parts = id.split(':');
         if parts.next() != Some(TAG) {
             return Err(bad());
@@ -117,7 +113,8 @@ mod tests {
             "brindle:x:10.0.0.0/8:10.1.0.0/16:extra",
         ] {
             let e = PoolId::parse(id).unwrap_err();
-            assert!(e.message.starts_with("unknown pool id"), "{id}: {e}");
+            assert!(matches!(e, DockerError::UnknownPoolId { .. }), "{id}: {e}");
+            assert!(e.to_string().starts_with("unknown pool id"), "{id}: {e}");
         }
     }
 }

@@ -26,15 +26,16 @@ use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
+use brindle_dataplane::RouteTarget;
 use tracing::{info, warn};
 
 use super::dockerd;
-use super::http::{Caller, DockerError};
+use super::error::DockerError;
+use super::http::Caller;
 use super::ipam_driver::{ATTR_DOCKERD, ATTR_ORCHESTRATOR};
 use super::net_driver::short;
 use super::records::{self, NetworkRecord, ORCHESTRATOR};
 use super::{Backend, Driver};
-use crate::dataplane::RouteTarget;
 use crate::endpoints::list_endpoints;
 
 impl<B: Backend> Driver<B> {
@@ -175,7 +176,7 @@ impl<B: Backend> Driver<B> {
 
     /// Delete an endpoint record (its interface is already gone).
     async fn forget_endpoint(&self, id: &str) -> Result<(), DockerError> {
-        let key = records::endpoint_record_key(self.keys(), self.node(), id);
+        let key = self.keys().endpoint(self.node(), id);
         records::delete(self.store(), key).await?;
         self.cache().endpoints.remove(id);
         info!(endpoint = %short(id), "deleted the record of an endpoint whose container is gone");

@@ -1,5 +1,6 @@
 //! What the driver persists in etcd, written before Docker gets its answer (Docker
-//! never replays `CreateNetwork` or `CreateEndpoint`):
+//! never replays `CreateNetwork` or `CreateEndpoint`); keys from `brindle_ipam::Keys`
+//! (`docker_network`, `docker_pool_marker`, `endpoint`), JSON through its state layer:
 //!
 //! ```text
 //! PREFIX/v1/docker/networks/NETWORK_ID     NetworkRecord
@@ -15,12 +16,14 @@
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
-use brindle_ipam::store::{Op, Store, Txn};
+use brindle_ipam::state;
+use brindle_ipam::store::Store;
 use brindle_ipam::{IpamError, Keys};
 use ipnetwork::Ipv4Network;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::endpoints::{endpoint_key, endpoints_prefix, EndpointRecord};
+use crate::endpoints::EndpointRecord;
 
 /// `orchestrator` of endpoint records and allocation attributes written by the driver.
 pub const ORCHESTRATOR: &str = "docker";
@@ -97,43 +100,20 @@ pub struct DockerEndpoint {
     pub dockerd: Option<String>,
 }
 
-/// Key builders for the driver's own records.
-pub fn network_key(keys: &Keys, id: &str) -> String {
-    format!("{}/docker/networks/{id}", keys.root())
-}
-
-pub fn networks_prefix(keys: &Keys) -> String {
-    format!("{}/docker/networks/", keys.root())
-}
-
-pub fn pool_marker_key(keys: &Keys, pool: &str) -> String {
-    format!("{}/docker/pools/{pool}", keys.root())
-}
-
-pub fn pool_markers_prefix(keys: &Keys) -> String {
-    format!("{}/docker/pools/", keys.root())
-}
-
 /// Every pool the driver created, by name.
 pub async fn list_pool_markers<S: Store>(
     store: &S,
     keys: &Keys,
 ) -> Result<Vec<(String, PoolMarker)>, IpamError> {
-    let prefix = pool_markers_prefix(keys);
-    store
-        .list(&prefix)
-        .await?
+    let prefix = keys.docker_pool_markers();
+    let all = state::read_entries::<PoolMarker>(store, &prefix).await?;
+    Ok(all
         .into_iter()
-        .map(|kv| {
-            let name = kv.key.strip_prefix(&prefix).unwrap_or(&kv.key).to_string();
-            serde_json::from_slice(&kv.value)
-                .map(|m| (name, m))
-                .map_err(|source| IpamError::Corrupt {
-                    key: kv.key,
-                    source,
-                })
+        .map(|(key, m)| {
+            let name = Keys::name_in(&prefix, &key).unwrap_or(&key).to_string();
+            (name, m.value)
         })
-        .collect()
+        .collect())
 }
 
 /// Write (create or replace) one record.
@@ -142,48 +122,29 @@ pub async fn put<S: Store, T: Serialize>(
     key: String,
     value: &T,
 ) -> Result<(), IpamError> {
-    let value = serde_json::to_vec(value).expect("docker records serialise");
-    store
-        .txn(Txn {
-            compares: Vec::new(),
-            ops: vec![Op::Put { key, value }],
-            read_on_conflict: Vec::new(),
-        })
-        .await?;
-    Ok(())
+    Ok(state::put(store, &key, value).await?)
 }
 
 /// Delete one record; a missing one is fine.
 pub async fn delete<S: Store>(store: &S, key: String) -> Result<(), IpamError> {
-    store
-        .txn(Txn {
-            compares: Vec::new(),
-            ops: vec![Op::Delete { key }],
-            read_on_conflict: Vec::new(),
-        })
-        .await?;
-    Ok(())
+    Ok(state::delete(store, &key).await?)
 }
 
 /// Read one record.
-pub use crate::endpoints::get_json as get;
+pub async fn get<S: Store, T: DeserializeOwned>(
+    store: &S,
+    key: String,
+) -> Result<Option<T>, IpamError> {
+    Ok(state::read(store, &key).await?.map(|r| r.value))
+}
 
 /// Every network record (all nodes).
 pub async fn list_networks<S: Store>(
     store: &S,
     keys: &Keys,
 ) -> Result<Vec<NetworkRecord>, IpamError> {
-    store
-        .list(&networks_prefix(keys))
-        .await?
-        .into_iter()
-        .map(|kv| {
-            serde_json::from_slice(&kv.value).map_err(|source| IpamError::Corrupt {
-                key: kv.key,
-                source,
-            })
-        })
-        .collect()
+    let all = state::read_all(store, &keys.docker_networks()).await?;
+    Ok(all.into_iter().map(|r| r.value).collect())
 }
 
 /// The Docker endpoints of one node (records of other orchestrators are skipped).
@@ -192,24 +153,12 @@ pub async fn list_docker_endpoints<S: Store>(
     keys: &Keys,
     node: &str,
 ) -> Result<Vec<DockerEndpoint>, IpamError> {
-    let prefix = format!("{}{node}/", endpoints_prefix(keys));
-    let mut out = Vec::new();
-    for kv in store.list(&prefix).await? {
-        let ep: DockerEndpoint =
-            serde_json::from_slice(&kv.value).map_err(|source| IpamError::Corrupt {
-                key: kv.key.clone(),
-                source,
-            })?;
-        if ep.base.orchestrator == ORCHESTRATOR {
-            out.push(ep);
-        }
-    }
-    Ok(out)
-}
-
-/// The key of a Docker endpoint record.
-pub fn endpoint_record_key(keys: &Keys, node: &str, id: &str) -> String {
-    endpoint_key(keys, node, id)
+    let all = state::read_all::<DockerEndpoint>(store, &keys.node_endpoints(node)).await?;
+    Ok(all
+        .into_iter()
+        .map(|r| r.value)
+        .filter(|ep| ep.base.orchestrator == ORCHESTRATOR)
+        .collect())
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use brindle_dataplane::{Dataplane, FakeDataplane, FakeOp};
 use brindle_ipam::pools::NewPool;
 use brindle_ipam::{Ipam, MemoryStore};
 use serde_json::{json, Value};
@@ -19,7 +20,6 @@ use super::records::{self, DockerEndpoint, NetworkRecord};
 use super::wire::*;
 use super::{dockerd, driver_router, Driver, LocalBackend};
 use crate::daemon::serve_unix;
-use crate::dataplane::{Dataplane, FakeDataplane, FakeOp};
 use crate::endpoints::list_endpoints;
 
 const NODE: &str = "n1";
@@ -72,6 +72,7 @@ fn driver_on(
         node: node.into(),
         ipam: Ipam::new(store.clone(), "/brindle"),
         dataplane: dp.clone(),
+        reaper: brindle_dataplane::Reaper::tasks(dp.clone()),
         docker_api_socket: docker_api,
     })))
 }
@@ -225,12 +226,9 @@ impl Env {
     }
 
     async fn endpoint_record(&self, id: &str) -> Option<DockerEndpoint> {
-        records::get(
-            &self.store,
-            records::endpoint_record_key(self.driver.keys(), NODE, id),
-        )
-        .await
-        .unwrap()
+        records::get(&self.store, self.driver.keys().endpoint(NODE, id))
+            .await
+            .unwrap()
     }
 }
 
@@ -365,7 +363,7 @@ async fn container_lifecycle_as_docker_drives_it() {
         .await;
     assert_eq!(r["Address"], "169.254.1.1/32");
     env.network(NET, "10.50.0.0/24", json!({})).await;
-    let net: NetworkRecord = records::get(&env.store, records::network_key(env.driver.keys(), NET))
+    let net: NetworkRecord = records::get(&env.store, env.driver.keys().docker_network(NET))
         .await
         .unwrap()
         .expect("network persisted before the reply");
@@ -458,13 +456,12 @@ async fn container_lifecycle_as_docker_drives_it() {
         .await;
     env.ok("/NetworkDriver.DeleteNetwork", json!({"NetworkID":NET}))
         .await;
-    assert!(records::get::<_, NetworkRecord>(
-        &env.store,
-        records::network_key(env.driver.keys(), NET)
-    )
-    .await
-    .unwrap()
-    .is_none());
+    assert!(
+        records::get::<_, NetworkRecord>(&env.store, env.driver.keys().docker_network(NET))
+            .await
+            .unwrap()
+            .is_none()
+    );
     // A pool the admin created is never removed by the driver.
     assert_eq!(env.driver.ipam().list_pools().await.unwrap().len(), 1);
 }
@@ -724,13 +721,12 @@ async fn network_options_are_checked() {
         assert!(e.contains(needle), "{body}: {e}");
     }
     // Nothing was persisted for the refused network.
-    assert!(records::get::<_, NetworkRecord>(
-        &env.store,
-        records::network_key(env.driver.keys(), "n2")
-    )
-    .await
-    .unwrap()
-    .is_none());
+    assert!(
+        records::get::<_, NetworkRecord>(&env.store, env.driver.keys().docker_network("n2"))
+            .await
+            .unwrap()
+            .is_none()
+    );
     // --driver-opt on docker network connect.
     let e = env
         .err(
@@ -934,7 +930,7 @@ async fn fixed_address_comes_back_after_a_dockerd_restart_that_skipped_the_relea
         .await
         .unwrap_err();
     assert!(
-        e.message
+        e.to_string()
             .starts_with("address 10.77.0.5 is already in use by endpoint d7f55ee7720b"),
         "{e}"
     );
@@ -945,7 +941,7 @@ async fn fixed_address_comes_back_after_a_dockerd_restart_that_skipped_the_relea
         .request_address(request("10.77.0.5"), &me())
         .await
         .unwrap_err();
-    assert!(e.message.contains("already in use"), "{e}");
+    assert!(e.to_string().contains("already in use"), "{e}");
 
     // The container dies with the daemon; no Leave, DeleteEndpoint or ReleaseAddress.
     env.dp.delete_endpoint("brld7f55ee7720").await.unwrap();
@@ -1183,12 +1179,12 @@ async fn endpoint_on(
         )
         .await
         .unwrap();
-    let key = records::endpoint_record_key(driver.keys(), driver.node(), ep);
+    let key = driver.keys().endpoint(driver.node(), ep);
     records::get(driver.store(), key).await.unwrap().unwrap()
 }
 
 async fn network_record(env: &Env, id: &str) -> Option<NetworkRecord> {
-    records::get(&env.store, records::network_key(env.driver.keys(), id))
+    records::get(&env.store, env.driver.keys().docker_network(id))
         .await
         .unwrap()
 }
@@ -1327,7 +1323,7 @@ async fn nat_outgoing_goes_to_the_pool_created_for_the_subnet() {
     .await
     .unwrap_err();
     assert!(
-        e.message
+        e.to_string()
             .contains("brindle pool set docker-10.83.0.0-24 --nat-outgoing=false"),
         "{e}"
     );

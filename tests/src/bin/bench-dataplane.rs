@@ -329,6 +329,7 @@ fn claims(t: &Topology, n: u32) -> (Vec<f64>, Vec<f64>) {
             ip: Some(ip),
             pool: None,
             attrs: BTreeMap::new(),
+            ..AllocRequest::default()
         }))
         .expect("claim a block");
         let seen = monitor

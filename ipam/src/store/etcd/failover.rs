@@ -113,7 +113,14 @@ async fn pick(
         }
     }
     let left = deadline.saturating_duration_since(Instant::now());
-    let connect = members.client(index, CONNECT_TIMEOUT.min(left));
+    // A short connect limit only pays while another member may answer faster: a lone
+    // member, or the last resort after every member failed once, gets the rest of the
+    // budget (a loaded etcd checking a password with bcrypt can take over a second).
+    let limit = match members.len() == 1 || seen.0.len() >= members.len() {
+        true => left,
+        false => CONNECT_TIMEOUT.min(left),
+    };
+    let connect = members.client(index, limit);
     let result = match tokio::time::timeout(left, connect).await {
         Ok(r) => r,
         Err(_) => Err(ConnectError::Timeout(left)),

@@ -87,6 +87,19 @@ fn classify_status(code: Code, message: &str) -> Failure {
     }
 }
 
+/// etcd refused a read at a revision that compaction removed.
+pub(super) fn is_compacted(e: &etcd_client::Error) -> bool {
+    matches!(e, etcd_client::Error::GRpcStatus(s)
+        if s.code() == Code::OutOfRange && s.message().contains("required revision has been compacted"))
+}
+
+/// Our client refused an answer larger than its message limit (4 MiB by default):
+/// the same read asks for fewer keys.
+pub(super) fn is_too_large(e: &etcd_client::Error) -> bool {
+    matches!(e, etcd_client::Error::GRpcStatus(s)
+        if s.code() == Code::OutOfRange && s.message().contains("message length too large"))
+}
+
 /// "tcp connect error: Connection refused (os error 111)" rather than the outer layer only.
 pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut parts = vec![e.to_string()];
@@ -204,6 +217,25 @@ mod tests {
             assert_eq!(got.fault, c.fault, "{}", c.name);
             assert_eq!(got.maybe_applied, c.maybe_applied, "{}", c.name);
         }
+    }
+
+    #[test]
+    fn a_compacted_revision_is_recognised_and_not_retried() {
+        let e = status(
+            Code::OutOfRange,
+            "etcdserver: mvcc: required revision has been compacted",
+        );
+        assert!(is_compacted(&e));
+        assert_eq!(classify(&e).fault, Fault::Fatal);
+        assert!(!is_compacted(&status(
+            Code::OutOfRange,
+            "etcdserver: mvcc: required revision is a future revision"
+        )));
+        let big = status(
+            Code::OutOfRange,
+            "Error, decoded message length too large: found 6291456 bytes, the limit is: 4194304 bytes",
+        );
+        assert!(is_too_large(&big) && !is_compacted(&big));
     }
 
     #[test]

@@ -86,6 +86,11 @@ impl Members {
         }
     }
 
+    /// How many members are listed.
+    pub fn len(&self) -> usize {
+        self.list.len()
+    }
+
     pub fn url(&self, index: usize) -> &str {
         &self.list[index].url
     }

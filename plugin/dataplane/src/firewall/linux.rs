@@ -10,7 +10,7 @@ use super::exec::{find_program, require, run};
 use super::iptables::{self, FilterState};
 use super::nft;
 use super::{Backend, Firewall, FirewallSpec, ForwardStatus, SetDelta};
-use crate::dataplane::{DataplaneError, DpFuture};
+use crate::{DataplaneError, DpFuture};
 
 /// The legacy tables the kernel has loaded in this namespace.
 const LEGACY_TABLES: &str = "/proc/net/ip_tables_names";

@@ -12,8 +12,8 @@ use std::sync::{Mutex, MutexGuard};
 use ipnetwork::Ipv4Network;
 
 use super::{
-    validate_ifname, Dataplane, DataplaneError, DpFuture, EndpointSpec, MacAddr, OwnedRoute,
-    RouteTarget,
+    validate_ifname, Dataplane, DataplaneError, DpFuture, EndpointSpec, HostLink, MacAddr,
+    OwnedRoute, RouteTarget,
 };
 
 /// The operations of [`Dataplane`], to choose which one fails.
@@ -25,6 +25,10 @@ pub enum FakeOp {
     CreateVethIntoNetns,
     /// [`Dataplane::delete_endpoint`]
     DeleteEndpoint,
+    /// [`Dataplane::host_veth`]
+    HostVeth,
+    /// [`Dataplane::delete_host_link`]
+    DeleteHostLink,
     /// [`Dataplane::check_endpoint`]
     CheckEndpoint,
     /// [`Dataplane::add_blackhole_route`]
@@ -52,6 +56,10 @@ pub enum FakeCall {
     CreateVethIntoNetns(EndpointSpec),
     /// `delete_endpoint(host_ifname)`
     DeleteEndpoint(String),
+    /// `host_veth(host_ifname)`
+    HostVeth(String),
+    /// `delete_host_link(link)`
+    DeleteHostLink(HostLink),
     /// `check_endpoint(spec)`
     CheckEndpoint(EndpointSpec),
     /// `add_blackhole_route(cidr)`
@@ -77,6 +85,8 @@ impl FakeCall {
             Self::CreateVethOnHost(_) => FakeOp::CreateVethOnHost,
             Self::CreateVethIntoNetns(_) => FakeOp::CreateVethIntoNetns,
             Self::DeleteEndpoint(_) => FakeOp::DeleteEndpoint,
+            Self::HostVeth(_) => FakeOp::HostVeth,
+            Self::DeleteHostLink(_) => FakeOp::DeleteHostLink,
             Self::CheckEndpoint(_) => FakeOp::CheckEndpoint,
             Self::AddBlackholeRoute(_) => FakeOp::AddBlackholeRoute,
             Self::DelBlackholeRoute(_) => FakeOp::DelBlackholeRoute,
@@ -175,6 +185,18 @@ impl FakeDataplane {
             .values()
             .map(|(s, _, _)| s.clone())
             .collect()
+    }
+
+    /// The host veth of an endpoint as [`Dataplane::host_veth`] would return it, without
+    /// recording a call.
+    pub fn link_of(&self, host_ifname: &str) -> Option<HostLink> {
+        self.lock()
+            .endpoints
+            .get(host_ifname)
+            .map(|(_, index, _)| HostLink {
+                name: host_ifname.to_string(),
+                index: *index,
+            })
     }
 
     /// Whether an endpoint with this host interface exists.
@@ -350,6 +372,29 @@ impl Dataplane for FakeDataplane {
         })
     }
 
+    fn host_veth<'a>(&'a self, host_ifname: &'a str) -> DpFuture<'a, Option<HostLink>> {
+        self.call(FakeCall::HostVeth(host_ifname.to_string()), |st| {
+            validate_ifname(host_ifname)?;
+            Ok(st.endpoints.get(host_ifname).map(|(_, index, _)| HostLink {
+                name: host_ifname.to_string(),
+                index: *index,
+            }))
+        })
+    }
+
+    fn delete_host_link<'a>(&'a self, link: &'a HostLink) -> DpFuture<'a, bool> {
+        self.call(FakeCall::DeleteHostLink(link.clone()), |st| {
+            validate_ifname(&link.name)?;
+            if !matches!(st.endpoints.get(&link.name), Some((_, index, _)) if *index == link.index)
+            {
+                return Ok(false);
+            }
+            st.endpoints.remove(&link.name);
+            st.host_routes.retain(|_, dev| *dev != link.name);
+            Ok(true)
+        })
+    }
+
     fn check_endpoint<'a>(&'a self, spec: &'a EndpointSpec) -> DpFuture<'a, ()> {
         self.call(FakeCall::CheckEndpoint(spec.clone()), |st| check(st, spec))
     }
@@ -475,6 +520,24 @@ mod tests {
                 FakeCall::DeleteEndpoint(s.host_ifname.clone()),
             ]
         );
+    }
+
+    #[tokio::test]
+    async fn delete_host_link_spares_a_newer_link_with_the_name() {
+        let fake = FakeDataplane::new();
+        let s = spec("c1", [10, 1, 0, 5]);
+        fake.create_veth_into_netns(&s).await.unwrap();
+        let old = fake.host_veth(&s.host_ifname).await.unwrap().unwrap();
+        assert_eq!(fake.link_of(&s.host_ifname), Some(old.clone()));
+        assert!(fake.delete_endpoint(&s.host_ifname).await.unwrap());
+        fake.create_veth_into_netns(&s).await.unwrap();
+        let new = fake.host_veth(&s.host_ifname).await.unwrap().unwrap();
+        assert_ne!(old.index, new.index, "indexes are not reused");
+        assert!(!fake.delete_host_link(&old).await.unwrap());
+        assert!(fake.has_endpoint(&s.host_ifname), "the newer link stays");
+        assert!(fake.delete_host_link(&new).await.unwrap());
+        assert!(fake.host_routes().is_empty(), "routes go with the link");
+        assert!(fake.host_veth(&s.host_ifname).await.unwrap().is_none());
     }
 
     #[tokio::test]

@@ -25,7 +25,7 @@ use std::net::Ipv4Addr;
 use ipnetwork::Ipv4Network;
 
 use super::spec::{FirewallSpec, Guard, SetDelta};
-use crate::dataplane::names::HOST_PREFIX;
+use crate::names::HOST_PREFIX;
 
 /// The table's family and name.
 pub const TABLE: &str = "ip brindle";

@@ -11,7 +11,7 @@ use tracing::{debug, info, warn};
 use super::netlink::{Link, Netlink, Route, RouteKind};
 use super::netns::Netns;
 use super::{
-    sysctl, validate_ifname, Dataplane, DataplaneError, DpFuture, EndpointSpec, MacAddr,
+    sysctl, validate_ifname, Dataplane, DataplaneError, DpFuture, EndpointSpec, HostLink, MacAddr,
     OwnedRoute, RouteTarget, GATEWAY_IP, HOST_MAC, ROUTE_PROTOCOL,
 };
 
@@ -210,6 +210,39 @@ impl LinuxDataplane {
         }
         info!(host = %host_ifname, "deleting endpoint veth");
         self.nl.del_link(link.index, host_ifname).await
+    }
+
+    async fn find_veth(&self, host_ifname: &str) -> Result<Option<HostLink>, DataplaneError> {
+        validate_ifname(host_ifname)?;
+        Ok(match self.nl.get_link(host_ifname).await? {
+            Some(link) if link.is_veth => Some(HostLink {
+                name: link.name,
+                index: link.index,
+            }),
+            Some(_) => {
+                warn!(host = %host_ifname, "not a veth: left alone");
+                None
+            }
+            None => None,
+        })
+    }
+
+    async fn delete_exact(&self, link: &HostLink) -> Result<bool, DataplaneError> {
+        validate_ifname(&link.name)?;
+        match self.nl.get_link_by_index(link.index).await? {
+            Some(now) if now.name == link.name && now.is_veth => {
+                info!(host = %link.name, index = link.index, "deleting endpoint veth");
+                self.nl.del_link(link.index, &link.name).await
+            }
+            Some(now) => {
+                debug!(host = %link.name, index = link.index, now = %now.name, "link index now names another link: left alone");
+                Ok(false)
+            }
+            None => {
+                debug!(host = %link.name, index = link.index, "delete link: already gone");
+                Ok(false)
+            }
+        }
     }
 
     async fn check(&self, spec: &EndpointSpec) -> Result<(), DataplaneError> {
@@ -437,6 +470,14 @@ impl Dataplane for LinuxDataplane {
 
     fn delete_endpoint<'a>(&'a self, host_ifname: &'a str) -> DpFuture<'a, bool> {
         Box::pin(self.delete(host_ifname))
+    }
+
+    fn host_veth<'a>(&'a self, host_ifname: &'a str) -> DpFuture<'a, Option<HostLink>> {
+        Box::pin(self.find_veth(host_ifname))
+    }
+
+    fn delete_host_link<'a>(&'a self, link: &'a HostLink) -> DpFuture<'a, bool> {
+        Box::pin(self.delete_exact(link))
     }
 
     fn check_endpoint<'a>(&'a self, spec: &'a EndpointSpec) -> DpFuture<'a, ()> {

@@ -5,7 +5,7 @@
 use std::sync::{Mutex, MutexGuard};
 
 use super::{Backend, Firewall, FirewallSpec, ForwardStatus, ListedSet, SetDelta};
-use crate::dataplane::{DataplaneError, DpFuture};
+use crate::{DataplaneError, DpFuture};
 
 #[derive(Debug, Default)]
 struct State {

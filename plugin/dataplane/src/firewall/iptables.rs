@@ -8,7 +8,7 @@
 //! else first. Isolation between networks has already dropped what it must in brindle's
 //! nftables table, which sees the packet earlier.
 
-use crate::dataplane::names::HOST_PREFIX;
+use crate::names::HOST_PREFIX;
 
 /// brindle's chain in the filter table.
 pub const CHAIN: &str = "BRINDLE-FORWARD";

@@ -13,11 +13,12 @@ use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use brindle_plugin::dataplane::{
-    Dataplane, DataplaneError, EndpointSpec, LinuxDataplane, RouteTarget, GATEWAY_IP, HOST_MAC,
-    ROUTE_PROTOCOL,
+use brindle_dataplane::{
+    Dataplane, DataplaneError, EndpointSpec, LinuxDataplane, Reaper, RouteTarget, GATEWAY_IP,
+    HOST_MAC, ROUTE_PROTOCOL,
 };
 use ipnetwork::Ipv4Network;
 use nix::sched::{setns, unshare, CloneFlags};
@@ -422,6 +423,52 @@ fn delete_removes_everything_and_is_idempotent() {
         let err = dp.delete_endpoint("notaveth0").await.unwrap_err();
         assert!(matches!(err, DataplaneError::Invalid { .. }), "{err}");
         assert!(host_link_exists("notaveth0"));
+    });
+}
+
+/// The DEL → ADD → late reaper race of `podman restart`, on real veths: a reaper that
+/// runs after the next ADD of the same attachment deletes only the link it was given.
+#[test]
+fn late_reaper_spares_a_newer_veth_with_the_same_name() {
+    if !can_run("late_reaper_spares_a_newer_veth_with_the_same_name") {
+        return;
+    }
+    in_host_ns(|| async {
+        let ctr = TestNetns::new();
+        let dp = Arc::new(connect());
+        let spec = cni_spec(&ctr, "ctr-late", [10, 99, 0, 13], None);
+        dp.create_veth_into_netns(&spec).await.expect("create");
+        let old = dp
+            .host_veth(&spec.host_ifname)
+            .await
+            .expect("look up")
+            .expect("veth");
+        // Not a veth: never returned, so never handed to a reaper.
+        run_ok("ip", &["link", "add", "notaveth1", "type", "bridge"]);
+        assert_eq!(dp.host_veth("notaveth1").await.expect("look up"), None);
+
+        // DEL takes it off the network and decides its deletion; the ADD that follows
+        // replaces it before the deletion runs.
+        dp.del_host_route(spec.ip).await.expect("unroute");
+        assert!(dp
+            .delete_endpoint(&spec.host_ifname)
+            .await
+            .expect("replace"));
+        dp.create_veth_into_netns(&spec)
+            .await
+            .expect("create again");
+        let new = dp.host_veth(&spec.host_ifname).await.unwrap().unwrap();
+        assert_ne!(new.index, old.index);
+
+        // Only now does the DEL's reaper run.
+        let reaper = Reaper::tasks(dp.clone());
+        reaper.schedule(old.clone(), Some(spec.ip));
+        reaper.settle(&spec.host_ifname).await;
+        assert!(host_link_exists(&spec.host_ifname), "the new veth survives");
+        assert_eq!(host_routes_ours().len(), 1, "and its /32");
+        assert!(!dp.delete_host_link(&old).await.expect("old again"));
+        assert!(dp.delete_host_link(&new).await.expect("delete new"));
+        assert!(!host_link_exists(&spec.host_ifname));
     });
 }
 

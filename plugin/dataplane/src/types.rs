@@ -57,6 +57,40 @@ impl EndpointSpec {
 }
 
 /// An Ethernet MAC address; displays and parses as `ee:ee:ee:ee:ee:ee`.
+/// One host veth as it was when its deletion was decided: its name and the kernel's
+/// interface index. A name comes back (the next ADD of the same CNI attachment, e.g.
+/// `podman restart`); an index does not (the kernel hands them out cyclically), so
+/// deleting by both never touches a newer link that took the name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct HostLink {
+    pub name: String,
+    pub index: u32,
+}
+
+impl fmt::Display for HostLink {
+    /// `brl0123456789a:42`; `:` never occurs in an interface name.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.name, self.index)
+    }
+}
+
+impl FromStr for HostLink {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("invalid link {s:?}: expected NAME:INDEX");
+        let (name, index) = s.rsplit_once(':').ok_or_else(bad)?;
+        let index = index.parse().map_err(|_| bad())?;
+        if name.is_empty() || index == 0 {
+            return Err(bad());
+        }
+        Ok(Self {
+            name: name.to_string(),
+            index,
+        })
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct MacAddr(pub [u8; 6]);
 

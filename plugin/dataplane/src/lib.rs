@@ -10,9 +10,9 @@
 //! without root. Only `netlink.rs` builds netlink messages.
 //!
 //! ```no_run
-//! # async fn demo() -> Result<(), brindle_plugin::dataplane::DataplaneError> {
+//! # async fn demo() -> Result<(), brindle_dataplane::DataplaneError> {
 //! use std::sync::Arc;
-//! use brindle_plugin::dataplane::{Dataplane, EndpointSpec, LinuxDataplane};
+//! use brindle_dataplane::{Dataplane, EndpointSpec, LinuxDataplane};
 //!
 //! // In the host namespace, inside a tokio runtime (any flavour).
 //! let dp: Arc<dyn Dataplane> = Arc::new(LinuxDataplane::connect()?);
@@ -20,7 +20,8 @@
 //! let spec = EndpointSpec::for_cni("c0ffee", "eth0", "/run/netns/ctr", ip, None);
 //! let mac = dp.create_veth_into_netns(&spec).await?;
 //! dp.check_endpoint(&spec).await?;
-//! dp.delete_endpoint(&spec.host_ifname).await?; // idempotent
+//! let link = dp.host_veth(&spec.host_ifname).await?.expect("just created");
+//! dp.delete_host_link(&link).await?; // exactly that veth; idempotent
 //! # let _ = mac; Ok(()) }
 //! ```
 
@@ -31,6 +32,7 @@ mod linux;
 mod names;
 mod netlink;
 mod netns;
+mod reaper;
 mod sysctl;
 mod types;
 
@@ -39,7 +41,8 @@ pub use fake::{FakeCall, FakeDataplane, FakeOp};
 pub use firewall::{FakeFirewall, Firewall, FirewallSpec, LinuxFirewall};
 pub use linux::LinuxDataplane;
 pub use names::{host_ifname_for, host_ifname_for_cni, temp_ifname_for, validate_ifname};
-pub use types::{EndpointSpec, MacAddr, OwnedRoute, RouteTarget};
+pub use reaper::Reaper;
+pub use types::{EndpointSpec, HostLink, MacAddr, OwnedRoute, RouteTarget};
 
 use std::net::Ipv4Addr;
 
@@ -96,6 +99,15 @@ pub trait Dataplane: Send + Sync {
     /// Delete the host veth (the kernel removes its peer and its routes with it).
     /// Returns `false` when it was already gone. Refuses to delete a non-veth link.
     fn delete_endpoint<'a>(&'a self, host_ifname: &'a str) -> DpFuture<'a, bool>;
+
+    /// The host veth named `host_ifname` as it is now (name and index), to delete later
+    /// with [`Dataplane::delete_host_link`]; `None` when no veth has that name.
+    fn host_veth<'a>(&'a self, host_ifname: &'a str) -> DpFuture<'a, Option<HostLink>>;
+
+    /// Delete exactly `link`: the link with its index, and only while it is still a
+    /// veth with its name. Returns `false` when that link is gone; a newer link that
+    /// took the name is left alone.
+    fn delete_host_link<'a>(&'a self, link: &'a HostLink) -> DpFuture<'a, bool>;
 
     /// CNI CHECK: verify what [`Dataplane::create_veth_into_netns`] made is still there.
     /// Fails with [`DataplaneError::Check`] listing everything missing or wrong.

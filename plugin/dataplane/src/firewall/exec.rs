@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
-use crate::dataplane::DataplaneError;
+use crate::DataplaneError;
 
 /// How long one tool run may take (iptables waits up to 5 s for the xtables lock).
 const DEADLINE: Duration = Duration::from_secs(10);
