@@ -20,6 +20,7 @@ release:
 lint: deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	python3 scripts/module-graph.py --quiet ipam/src bgp-config/src plugin/src plugin/dataplane/src
 
 # Everything: format, lint, unit tests, etcd integration tests and the root e2e suites
 # (dockerd, BIRD, podman, network namespaces). The suites find the binaries built here.

@@ -14,6 +14,7 @@ packages=(
   iperf3                 # dataplane benchmark
   nftables iptables      # host firewall: nft, iptables-restore, iptables-{nft,legacy}-save
   iproute2 openssl jq
+  python3-minimal        # scripts/module-graph.py: `make lint` checks for import cycles
 )
 
 missing=()

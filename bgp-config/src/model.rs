@@ -18,8 +18,8 @@ pub const DEFAULT_AS: u32 = 64512;
 /// (contract: agent and renderer must agree)
 pub const ROUTE_PROTOCOL: u8 = 98;
 
-/// Cluster-wide BGP settings (`brindle bgp set`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// Cluster-wide BGP settings (`brindle bgp set`). `Debug` hides the mesh password.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct BgpGlobal {
     /// AS number of nodes without their own `as_num` (default 64512).
@@ -40,6 +40,32 @@ pub struct BgpGlobal {
     pub restart_time: Option<u32>,
     /// Session timers for every BGP session of every node.
     pub timers: BgpTimers,
+}
+
+/// How `Debug` shows a password: whether there is one, never what it is.
+pub(crate) fn redacted(password: &Option<String>) -> Option<&'static str> {
+    password.as_ref().map(|_| "<redacted>")
+}
+
+impl std::fmt::Debug for BgpGlobal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Self {
+            as_num,
+            node_mesh,
+            mesh_password,
+            graceful_restart,
+            restart_time,
+            timers,
+        } = self;
+        f.debug_struct("BgpGlobal")
+            .field("as_num", as_num)
+            .field("node_mesh", node_mesh)
+            .field("mesh_password", &redacted(mesh_password))
+            .field("graceful_restart", graceful_restart)
+            .field("restart_time", restart_time)
+            .field("timers", timers)
+            .finish()
+    }
 }
 
 impl Default for BgpGlobal {
@@ -120,8 +146,9 @@ impl BgpNode {
 }
 
 /// A BGP peer outside the mesh: a router, a route reflector, another cluster
-/// (`brindle bgp peer add NAME --peer-ip ADDR --as N [--node NODE] [--password P]`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// (`brindle bgp peer add NAME --peer-ip ADDR --as N [--node NODE] [--password-file F]`).
+/// `Debug` hides the password.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BgpPeer {
     /// Peer name: 1 to 64 characters from `A-Z a-z 0-9 _ -`.
     pub name: String,
@@ -144,6 +171,29 @@ pub struct BgpPeer {
     /// `ROUTER_AS NODE_AS` is otherwise dropped as a loop.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allow_local_as: Option<u32>,
+}
+
+impl std::fmt::Debug for BgpPeer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Self {
+            name,
+            peer_ip,
+            as_num,
+            node,
+            password,
+            passive,
+            allow_local_as,
+        } = self;
+        f.debug_struct("BgpPeer")
+            .field("name", name)
+            .field("peer_ip", peer_ip)
+            .field("as_num", as_num)
+            .field("node", node)
+            .field("password", &redacted(password))
+            .field("passive", passive)
+            .field("allow_local_as", allow_local_as)
+            .finish()
+    }
 }
 
 /// What the renderers need from IPAM: who owns which block, which addresses are
@@ -271,5 +321,40 @@ mod tests {
             canonical("10.244.0.70/26".parse().unwrap()).to_string(),
             "10.244.0.64/26"
         );
+    }
+
+    #[test]
+    fn debug_hides_passwords() {
+        let g = BgpGlobal {
+            mesh_password: Some("m3sh-pw".into()),
+            ..BgpGlobal::default()
+        };
+        let p = BgpPeer {
+            name: "tor".into(),
+            peer_ip: "10.0.0.1".parse().unwrap(),
+            as_num: 65000,
+            node: None,
+            password: Some("t0r-pw".into()),
+            passive: false,
+            allow_local_as: None,
+        };
+        let s = crate::bird::BgpSession {
+            name: "Global_10_0_0_1".into(),
+            kind: crate::bird::SessionKind::Global,
+            neighbor: p.peer_ip,
+            neighbor_as: 65000,
+            description: "tor".into(),
+            password: Some("s3ss-pw".into()),
+            passive: false,
+            reflector: false,
+            rr_client: false,
+            allow_local_as: None,
+        };
+        let shown = format!("{g:?} {p:?} {s:#?}");
+        for secret in ["m3sh-pw", "t0r-pw", "s3ss-pw"] {
+            assert!(!shown.contains(secret), "{shown}");
+        }
+        assert_eq!(shown.matches("<redacted>").count(), 3, "{shown}");
+        assert!(shown.contains("tor") && shown.contains("65000"), "{shown}");
     }
 }

@@ -204,6 +204,7 @@ mod tests {
             disabled: false,
             reserved: Default::default(),
             deleting: false,
+            deleting_since: None,
             nat_outgoing: false,
         }
     }

@@ -41,7 +41,9 @@ pub enum IpamError {
     #[error("pool {0} is disabled, so it hands out no dynamic addresses; ask for a fixed address or enable it")]
     PoolDisabled(String),
 
-    #[error("pool {0} is being removed")]
+    /// The pool is marked for removal. A `pool rm` still running finishes soon; one
+    /// that failed or was interrupted left the mark, and running it again clears it.
+    #[error("pool {0} is being removed; if no `brindle pool rm {0}` is running any more (it failed or was interrupted), run `brindle pool rm {0}` again: it finishes the removal or, without --force, gives the pool back while it still has addresses (`brindle pool list` shows since when it is marked)")]
     PoolDeleting(String),
 
     #[error(

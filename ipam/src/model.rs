@@ -23,8 +23,15 @@ pub struct Pool {
     #[serde(default)]
     pub reserved: BTreeSet<Ipv4Addr>,
     /// Set while `pool rm` runs: allocations are refused so the removal sees a stable pool.
+    /// A removal that failed or was interrupted leaves it set; the next `pool rm`
+    /// finishes the removal, or clears it when the pool still has addresses and
+    /// `--force` is not given.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub deleting: bool,
+    /// When `deleting` was set (seconds since the Unix epoch, the remover's clock), so
+    /// `pool list` can tell a removal in progress from one left behind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleting_since: Option<u64>,
     /// Masquerade traffic from this pool to destinations outside every pool (Calico's
     /// natOutgoing). Off by default: a routed pool needs no NAT.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]

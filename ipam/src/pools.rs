@@ -60,6 +60,7 @@ impl<S: Store> Ipam<S> {
             disabled: new.disabled,
             reserved: new.reserved,
             deleting: false,
+            deleting_since: None,
             nat_outgoing: new.nat_outgoing,
         };
         let new = &pool;
@@ -121,14 +122,29 @@ impl<S: Store> Ipam<S> {
 
     /// Remove a pool. Without `force` a pool with allocations is refused and left as it
     /// was; with `force` its allocations are released. Returns how many were released.
+    ///
+    /// The pool is marked `deleting` first, so no allocation lands in it while its
+    /// blocks are taken apart. If a step fails (or the caller dies) the mark stays;
+    /// running `remove_pool` again resumes: it finishes the removal, or, without
+    /// `force`, clears the mark when the pool still has addresses. A pool visibly in
+    /// use is refused before it is marked, so a plain refusal can never leave the mark.
     pub async fn remove_pool(&self, name: &str, force: bool) -> Result<u64, IpamError> {
+        if !force {
+            let pool = self.modify_pool(name, |_| false).await?;
+            let count = allocated(&self.blocks_of(&pool.value).await?);
+            if count > 0 && !pool.value.deleting {
+                return Err(IpamError::PoolInUse {
+                    name: name.to_string(),
+                    count,
+                });
+            }
+        }
         let pool = self.mark_deleting(name, true).await?;
         let blocks = self.blocks_of(&pool.value).await?;
-        let count: u64 = blocks
-            .iter()
-            .map(|b| b.value.allocations.len() as u64)
-            .sum();
+        let count = allocated(&blocks);
         if count > 0 && !force {
+            // In use after all (an allocation won the race with the check above, or an
+            // interrupted removal left the mark): give the pool back.
             self.mark_deleting(name, false).await?;
             return Err(IpamError::PoolInUse {
                 name: name.to_string(),
@@ -183,8 +199,10 @@ impl<S: Store> Ipam<S> {
         deleting: bool,
     ) -> Result<Versioned<Pool>, IpamError> {
         // Always written: `remove_pool` relies on the pool's revision changing.
+        let since = deleting.then(unix_now);
         self.modify_pool(name, |pool| {
             pool.deleting = deleting;
+            pool.deleting_since = since;
             true
         })
         .await
@@ -327,4 +345,20 @@ impl<S: Store> Ipam<S> {
             }),
         }
     }
+}
+
+/// How many addresses the blocks hold.
+fn allocated(blocks: &[Versioned<Block>]) -> u64 {
+    blocks
+        .iter()
+        .map(|b| b.value.allocations.len() as u64)
+        .sum()
+}
+
+/// Seconds since the Unix epoch (0 if the clock is before it).
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }

@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! PREFIX/v1/nodes/NAME        BgpNode   (name, ip, as_num?, rr_cluster_id?)
+//! PREFIX/v1/node-identity/NAME NodeMachine (machine-id, boot id, hostname of its owner)
 //! PREFIX/v1/bgp/global        BgpGlobal (absent = defaults: AS 64512, mesh on)
 //! PREFIX/v1/bgp/peers/NAME    BgpPeer   (node = none: a global peer)
 //! ```
@@ -50,6 +51,23 @@ pub enum BgpStoreError {
         ip: Ipv4Addr,
         /// The node using it.
         other: String,
+    },
+    /// Another machine owns the node name (a cloned VM, a reinstalled host).
+    #[error(
+        "node name {name:?} is already used by another machine: host {} (machine-id {}, {}) registered it, and this host's machine-id is {mine}; if this host is a copy of it, give it a name of its own (--node or BRINDLE_NODE) and a machine-id of its own (systemd-machine-id-setup); if that machine is gone for good, run `brindle node rm {name}` and start brindled again",
+        other.hostname,
+        other.machine_id,
+        ip.map(|ip| format!("node IP {ip}")).unwrap_or_else(|| "no node IP".into())
+    )]
+    NodeNameTaken {
+        /// The node name.
+        name: String,
+        /// The machine owning it.
+        other: Box<NodeMachine>,
+        /// Its node IP, when it has a BGP record.
+        ip: Option<Ipv4Addr>,
+        /// This machine's machine-id.
+        mine: String,
     },
     /// The peer does not exist.
     #[error("BGP peer {0:?} does not exist; `brindle bgp peer list` shows the peers")]
@@ -239,17 +257,141 @@ pub async fn set_node<S: Store>(
     Ok(written)
 }
 
-/// Removes node `name`. Returns the removed record.
+/// What [`remove_node`] removed.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RemovedNode {
+    /// The BGP record (none for a node registered without an IP).
+    pub node: Option<BgpNode>,
+    /// The machine that owned the name.
+    pub machine: Option<NodeMachine>,
+}
+
+/// Removes node `name`: its BGP record and the claim of its machine, so another
+/// machine may use the name. Returns what was removed.
 pub async fn remove_node<S: Store>(
     store: &S,
     keys: &Keys,
     name: &str,
-) -> Result<BgpNode, BgpStoreError> {
+) -> Result<RemovedNode, BgpStoreError> {
     brindle_bgp::validate_node_name(name)?;
-    remove(store, &keys.node(name), || {
-        BgpStoreError::NoSuchNode(name.to_string())
+    let missing = || BgpStoreError::NoSuchNode(name.to_string());
+    let node = match remove(store, &keys.node(name), missing).await {
+        Ok(n) => Some(n),
+        Err(BgpStoreError::NoSuchNode(_)) => None,
+        Err(e) => return Err(e),
+    };
+    let machine = match remove(store, &keys.node_identity(name), missing).await {
+        Ok(m) => Some(m),
+        Err(BgpStoreError::NoSuchNode(_)) => None,
+        Err(e) => return Err(e),
+    };
+    if node.is_none() && machine.is_none() {
+        return Err(missing());
+    }
+    Ok(RemovedNode { node, machine })
+}
+
+// ------------------------------------------------------------------ node identity
+
+/// The machine behind a node name: two hosts must never act as one node (each
+/// would release and sweep the other's addresses), and a cloned VM keeps its
+/// original's hostname, so brindled claims its node name for its machine at start.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NodeMachine {
+    /// `/etc/machine-id`: stable across reboots, unique per installation.
+    pub machine_id: String,
+    /// `/proc/sys/kernel/random/boot_id`: new at every boot.
+    pub boot_id: String,
+    /// The hostname, for messages.
+    pub hostname: String,
+    /// When this boot claimed the name (seconds since the Unix epoch).
+    #[serde(default)]
+    pub since: u64,
+}
+
+/// What [`claim_node`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// The name was free (or its record predates machine identities).
+    New,
+    /// This machine, this boot: brindled restarted.
+    Restarted,
+    /// This machine after a reboot (the boot id it had before).
+    Rebooted(String),
+}
+
+/// Every node name's machine, by node name.
+pub async fn node_machines<S: Store>(
+    store: &S,
+    keys: &Keys,
+) -> Result<BTreeMap<String, NodeMachine>, BgpStoreError> {
+    let prefix = keys.node_identities();
+    Ok(state::read_entries::<NodeMachine>(store, &prefix)
+        .await?
+        .into_iter()
+        .filter_map(|(key, m)| Some((Keys::name_in(&prefix, &key)?.to_string(), m.value)))
+        .collect())
+}
+
+/// The machine owning node `name`, if any.
+pub async fn node_machine<S: Store>(
+    store: &S,
+    keys: &Keys,
+    name: &str,
+) -> Result<Option<NodeMachine>, BgpStoreError> {
+    brindle_bgp::validate_node_name(name)?;
+    Ok(state::read(store, &keys.node_identity(name))
+        .await?
+        .map(|r| r.value))
+}
+
+/// Claims node `name` for machine `me` (compare and swap on the identity record,
+/// retried): free names are taken, the same machine-id takes its own name back (a
+/// restart, or a reboot with a new boot id), and a name owned by another machine is
+/// refused with [`BgpStoreError::NodeNameTaken`]. A dead machine's claim goes only
+/// with `brindle node rm NAME` ([`remove_node`]).
+pub async fn claim_node<S: Store>(
+    store: &S,
+    keys: &Keys,
+    name: &str,
+    me: &NodeMachine,
+) -> Result<Claim, BgpStoreError> {
+    brindle_bgp::validate_node_name(name)?;
+    let key = &keys.node_identity(name);
+    let (claim, _) = cas_loop::<BgpStoreError, _, _>(store, || async move {
+        let current = state::read::<NodeMachine>(store, key).await?;
+        let claim = match &current {
+            None => Claim::New,
+            Some(r) if r.value.machine_id != me.machine_id => {
+                let ip = state::read::<BgpNode>(store, &keys.node(name))
+                    .await?
+                    .map(|n| n.value.ip);
+                return Err(BgpStoreError::NodeNameTaken {
+                    name: name.to_string(),
+                    other: Box::new(r.value.clone()),
+                    ip,
+                    mine: me.machine_id.clone(),
+                });
+            }
+            Some(r) if r.value.boot_id == me.boot_id => {
+                if r.value.hostname == me.hostname {
+                    return Ok(Attempt::Done(Claim::Restarted));
+                }
+                Claim::Restarted
+            }
+            Some(r) => Claim::Rebooted(r.value.boot_id.clone()),
+        };
+        let mut record = me.clone();
+        if claim == Claim::Restarted {
+            record.since = current.as_ref().map_or(me.since, |r| r.value.since);
+        }
+        Ok(Attempt::Commit(
+            cas_put(key, current.map(|r| r.revision), &record),
+            claim,
+        ))
     })
-    .await
+    .await?;
+    Ok(claim)
 }
 
 // ------------------------------------------------------------------ peers
@@ -455,7 +597,7 @@ mod tests {
         assert!(err.to_string().contains("0.0.0.0"), "{err}");
         assert_eq!(list_nodes(&store, &k).await.unwrap().len(), 1);
         let removed = remove_node(&store, &k, "a").await.unwrap();
-        assert_eq!(removed.name, "a");
+        assert_eq!(removed.node.map(|n| n.name).as_deref(), Some("a"));
         assert!(matches!(
             remove_node(&store, &k, "a").await,
             Err(BgpStoreError::NoSuchNode(_))
@@ -561,6 +703,7 @@ mod tests {
             disabled: true,
             reserved: Default::default(),
             deleting: false,
+            deleting_since: None,
             nat_outgoing: false,
         }];
         let v = routing_view(&blocks, &pools);

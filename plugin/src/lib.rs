@@ -12,3 +12,4 @@ pub mod daemon;
 pub mod docker;
 pub mod endpoints;
 pub mod logging;
+pub mod socket;

@@ -74,6 +74,9 @@ impl Default for HostConfig {
 pub struct Host {
     pub cfg: HostConfig,
     pub ns: Netns,
+    /// Extra environment of brindled (`BRINDLE_RECONCILE_GRACE`, ...), applied at its
+    /// next start.
+    pub brindled_env: Vec<(String, String)>,
     dir: tempfile::TempDir,
     etcd: Option<Child>,
     brindled: Option<Child>,
@@ -119,6 +122,7 @@ impl Host {
         let mut host = Host {
             cfg,
             ns,
+            brindled_env: Vec::new(),
             dir,
             etcd: None,
             brindled: None,
@@ -308,9 +312,10 @@ impl Host {
             .env("BRINDLE_ETCD_ENDPOINTS", "http://127.0.0.1:2379")
             .env("BRINDLE_NODE", &self.cfg.node)
             .env("BRINDLE_DOCKER_PLUGIN_DIR", self.plugin_dir())
-            .env("BRINDLE_API_SOCKET", self.dir().join("api.sock"))
+            .env("BRINDLE_API_SOCKET", self.api_socket())
             .env("BRINDLE_DOCKER_API_SOCKET", self.dir().join("docker.sock"))
             .env("BRINDLE_LOG", "info,brindle_plugin::docker=debug")
+            .envs(self.brindled_env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(self.log_file("brindled.log"))
             .stderr(self.log_file("brindled.log"))
@@ -342,6 +347,27 @@ impl Host {
         if let Some(c) = self.brindled.take() {
             stop_child(c, Duration::from_secs(10));
         }
+    }
+
+    /// SIGKILL brindled (kill -9: no cleanup of any kind) and reap it. Its stale plugin
+    /// socket is removed (dockerd retries either way) so that [`Host::start_brindled`]
+    /// waits for the next brindled's.
+    pub fn kill_brindled(&mut self) {
+        if let Some(mut c) = self.brindled.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+            let _ = std::fs::remove_file(self.plugin_socket());
+        }
+    }
+
+    /// brindled's PID, while it runs.
+    pub fn brindled_pid(&self) -> Option<u32> {
+        self.brindled.as_ref().map(Child::id)
+    }
+
+    /// `BRINDLE_API_SOCKET` of brindled (the CNI fast path).
+    pub fn api_socket(&self) -> PathBuf {
+        self.dir().join("api.sock")
     }
 
     // --- dockerd ------------------------------------------------------------------

@@ -1012,3 +1012,94 @@ fn cni_etcd_over_tls_from_keys_and_env() {
     del.run(&ipam, &minimal).ok();
     assert!(etcd.keys(&Keys::default_prefix().handles()).is_empty());
 }
+
+/// `etcd_password_file` in the netconf against etcd with auth (direct path): the file's
+/// password is used, the conflist holds none, and a missing or empty file is an
+/// invalid configuration (code 7) naming the path; `BRINDLE_ETCD_PASSWORD_FILE` too.
+#[test]
+fn cni_etcd_password_file() {
+    if !root_or_skip("cni_etcd_password_file") {
+        return;
+    }
+    const PW: &str = "cni-S3cret-k4";
+    let etcd = Etcd::start();
+    etcd.etcdctl(&["user", "add", &format!("root:{PW}")]);
+    etcd.etcdctl(&["auth", "enable"]);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let write = |name: &str, content: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, content).expect("write password file");
+        p.display().to_string()
+    };
+    let file = write("etcd-password", &format!("{PW}\n"));
+    let out = brindle(&etcd.endpoint, "n1")
+        .args(["--etcd-username", "root", "--etcd-password-file", &file])
+        .args(["pool", "add", "p", "--cidr", "10.241.11.0/24"])
+        .output()
+        .expect("brindle pool add");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let plugins = PluginDir::new();
+    let ipam = plugins.plugin("brindle-ipam");
+    let b = Brindle {
+        etcd: etcd.endpoint.clone(),
+        node: "n1".into(),
+        api_socket: "none".into(),
+        pool: Some("p".into()),
+    };
+    let with_file = |path: &str| {
+        let mut conf = b.ptp_conf("1.1.0", "pwnet");
+        conf["ipam"]["etcd_username"] = json!("root");
+        conf["ipam"]["etcd_password_file"] = json!(path);
+        conf
+    };
+    let conf = with_file(&file);
+    assert!(!conf.to_string().contains(PW));
+    Call::new("STATUS", "", "", "").run(&ipam, &conf).ok();
+    let r = Call::new("ADD", "pw1", "/run/netns/unused-by-ipam", "eth0")
+        .run(&ipam, &conf)
+        .ok();
+    assert!(r["ips"][0]["address"]
+        .as_str()
+        .unwrap()
+        .starts_with("10.241.11."));
+    // Without the password etcd refuses: an error, as JSON.
+    let mut bare = b.ptp_conf("1.1.0", "pwnet");
+    bare["ipam"]["etcd_username"] = json!("root");
+    let e = Call::new("STATUS", "", "", "").run(&ipam, &bare);
+    assert!(!e.success);
+    e.json();
+    // Missing and empty files: code 7, naming the path, before any etcd call.
+    let missing = dir.path().join("missing").display().to_string();
+    let e = Call::new("ADD", "pw2", "/run/netns/unused-by-ipam", "eth0")
+        .run(&ipam, &with_file(&missing))
+        .err(7);
+    let msg = e["msg"].as_str().unwrap();
+    assert!(
+        msg.contains("etcd_password_file") && msg.contains(&missing),
+        "{e}"
+    );
+    let empty = write("empty", "");
+    let e = Call::new("DEL", "pw1", "", "eth0")
+        .run(&ipam, &with_file(&empty))
+        .err(7);
+    assert!(e["msg"].as_str().unwrap().contains(&empty), "{e}");
+    // The file from the environment; DEL releases what ADD took.
+    Call::new("DEL", "pw1", "", "eth0")
+        .env("BRINDLE_ETCD_USERNAME", "root")
+        .env("BRINDLE_ETCD_PASSWORD_FILE", &file)
+        .run(&ipam, &b.ptp_conf("1.1.0", "pwnet"))
+        .ok();
+    let handles = etcd.etcdctl(&[
+        "--user",
+        &format!("root:{PW}"),
+        "get",
+        "--prefix",
+        "--keys-only",
+        &Keys::default_prefix().handles(),
+    ]);
+    assert!(handles.trim().is_empty(), "left behind: {handles}");
+}

@@ -402,6 +402,139 @@ fn tls_client_certificates_and_password_auth() {
     fails(&mut wrong, &["authentication failed"]);
 }
 
+/// `--etcd-password-file` (flag and `BRINDLE_ETCD_PASSWORD_FILE`) against etcd with
+/// auth; bad files are one sentence naming the path; and a running brindled given the
+/// file has the password nowhere `ps` looks (`/proc/PID/cmdline`, `/proc/PID/environ`)
+/// nor in its log.
+#[test]
+fn password_file_honoured_and_absent_from_ps() {
+    const PW: &str = "pf-S3cret-q7";
+    let etcd = Etcd::start();
+    etcd.etcdctl(&["user", "add", &format!("root:{PW}")]);
+    etcd.etcdctl(&["auth", "enable"]);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let write = |name: &str, content: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, content).expect("write password file");
+        p.display().to_string()
+    };
+    let file = write("etcd-password", &format!("{PW}\n"));
+    let with_file = |args: &[&str], path: &str| {
+        let mut c = cli(&etcd, "n1", args);
+        c.args(["--etcd-username", "root", "--etcd-password-file", path]);
+        c
+    };
+    ok(&mut with_file(
+        &["pool", "add", "pwfile", "--cidr", "10.97.0.0/24"],
+        &file,
+    ));
+    let mut from_env = cli(&etcd, "n1", &["pool", "list", "-o", "json"]);
+    from_env
+        .env("BRINDLE_ETCD_USERNAME", "root")
+        .env("BRINDLE_ETCD_PASSWORD_FILE", &file);
+    assert!(ok(&mut from_env).contains("10.97.0.0/24"));
+    // The file's content is what counts: another one is refused by etcd.
+    let wrong = write("wrong", "nope\n");
+    fails(
+        &mut with_file(&["pool", "list"], &wrong),
+        &["authentication failed"],
+    );
+    let missing = dir.path().join("missing").display().to_string();
+    fails(
+        &mut with_file(&["pool", "list"], &missing),
+        &["cannot read password file", &missing],
+    );
+    let empty = write("empty", "\n");
+    fails(
+        &mut with_file(&["pool", "list"], &empty),
+        &["password file", &empty, "is empty"],
+    );
+    let mut both = with_file(&["pool", "list"], &file);
+    both.args(["--etcd-password", PW]);
+    let out = run(&mut both);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cannot be used with"), "{stderr}");
+
+    if !brindle_tests::netns::is_root() {
+        eprintln!("skipping the brindled part: needs root");
+        return;
+    }
+    // brindled on the root namespace (as the CNI fast-path tests run it): firewall
+    // left alone, ip_forward held and restored by the guard.
+    let _forward = brindle_tests::netns::RootIpForward::hold();
+    let log_path = dir.path().join("brindled.log");
+    let mut daemon = Command::new(bin("brindled"))
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("BRINDLE_LOG", "debug")
+        .env("BRINDLE_ETCD_USERNAME", "root")
+        .arg("--etcd-password-file")
+        .arg(&file)
+        .arg("--etcd-endpoints")
+        .arg(&etcd.endpoint)
+        .args(["--node", "pwnode", "--node-ip", "192.0.2.77"])
+        .arg("--api-socket")
+        .arg(dir.path().join("brindled.sock"))
+        .arg("--docker-plugin-dir")
+        .arg(dir.path().join("plugins"))
+        .args(["--firewall", "false"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path).expect("log file"))
+        .spawn()
+        .expect("start brindled");
+    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    // Up and logged in: its node record appears.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(Some(status)) = daemon.try_wait() {
+            panic!("brindled exited with {status}:\n{}", log());
+        }
+        let nodes = run(&mut with_file(&["node", "list", "-o", "json"], &file));
+        if String::from_utf8_lossy(&nodes.stdout).contains("pwnode") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "brindled did not register:\n{}",
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let pid = daemon.id();
+    let proc_file = |name: &str| {
+        let raw = std::fs::read(format!("/proc/{pid}/{name}")).expect("read /proc");
+        String::from_utf8_lossy(&raw).replace('\0', " ")
+    };
+    let cmdline = proc_file("cmdline");
+    let environ = proc_file("environ");
+    let ps = Command::new("ps")
+        .args(["-ww", "-o", "args=", "-p", &pid.to_string()])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    assert!(ps.contains("brindled"), "ps: {ps}");
+    assert!(
+        cmdline.contains(&format!("--etcd-password-file {file}")),
+        "{cmdline}"
+    );
+    assert!(environ.contains("BRINDLE_ETCD_USERNAME=root"), "{environ}");
+    for (what, text) in [
+        ("cmdline", &cmdline),
+        ("environ", &environ),
+        ("ps", &ps),
+        ("log", &log()),
+    ] {
+        assert!(
+            !text.contains(PW),
+            "the password is in brindled's {what}: {text}"
+        );
+    }
+}
+
 fn spawn_nodes(etcd: &Etcd, mode: &str, nodes: usize, count: usize) -> Vec<(String, Child)> {
     (0..nodes)
         .map(|n| {
@@ -495,4 +628,80 @@ fn eight_processes_as_eight_nodes_never_share_an_address() {
         json(&mut cli(&etcd, "admin", &["ipam", "show"]))["pools"][0]["allocated"],
         0
     );
+}
+
+/// A `pool rm` that died half-way (etcd failing, the CLI killed) left its pool marked
+/// for removal: `pool list` says so, allocating names the way out, and `pool rm` run
+/// again gives the pool back (it still has addresses) or, with --force, finishes.
+#[test]
+fn a_pool_left_marked_by_an_interrupted_rm_is_explained_and_recovered() {
+    let etcd = Etcd::start();
+    ok(&mut cli(
+        &etcd,
+        "n1",
+        &["pool", "add", "p", "--cidr", "10.94.0.0/24"],
+    ));
+    ok(&mut cli(
+        &etcd,
+        "n1",
+        &["ipam", "alloc", "--handle", "h1", "--pool", "p"],
+    ));
+    // What the dead `pool rm` had written first, ten minutes ago.
+    let key = Keys::default_prefix().pool("p");
+    let mark = || {
+        let raw = etcd.etcdctl(&["get", &key, "--print-value-only"]);
+        let mut pool: Value = serde_json::from_str(raw.trim()).expect("pool JSON");
+        let ten_minutes_ago = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            - 600;
+        pool["deleting"] = true.into();
+        pool["deleting_since"] = ten_minutes_ago.into();
+        etcd.etcdctl(&["put", &key, &pool.to_string()]);
+    };
+    mark();
+
+    let out = run(&mut cli(&etcd, "n1", &["pool", "list"]));
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("deleting (10m"), "{stdout}");
+    assert!(
+        stderr.contains("pool p was marked for removal 10m")
+            && stderr.contains("brindle pool rm p"),
+        "{stderr}"
+    );
+    let listed = json(&mut cli(&etcd, "n1", &["pool", "list"]));
+    assert_eq!(listed["pools"][0]["deleting"], true);
+    fails(
+        &mut cli(
+            &etcd,
+            "n1",
+            &["ipam", "alloc", "--handle", "h2", "--pool", "p"],
+        ),
+        &["pool p is being removed", "run `brindle pool rm p` again"],
+    );
+
+    // Without --force: the pool still has an address, so it is given back.
+    fails(
+        &mut cli(&etcd, "n1", &["pool", "rm", "p"]),
+        &["pool p still has 1 allocated addresses"],
+    );
+    ok(&mut cli(
+        &etcd,
+        "n1",
+        &["ipam", "alloc", "--handle", "h2", "--pool", "p"],
+    ));
+    let listed = json(&mut cli(&etcd, "n1", &["pool", "list"]));
+    assert!(listed["pools"][0].get("deleting").is_none(), "{listed}");
+
+    // With --force the interrupted removal is run to its end.
+    mark();
+    let removed = json(&mut cli(&etcd, "n1", &["pool", "rm", "p", "--force"]));
+    assert_eq!(removed["released"], 2);
+    assert!(etcd.keys(&Keys::default_prefix().ipam()).is_empty());
+    assert!(etcd.keys(&Keys::default_prefix().pools()).is_empty());
 }

@@ -47,8 +47,8 @@ pub fn protocol_name(kind: SessionKind, neighbor: Ipv4Addr) -> String {
     format!("{}_{}", kind.prefix(), ip_symbol(neighbor))
 }
 
-/// One BGP session of a node, as rendered.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One BGP session of a node, as rendered. `Debug` hides the password.
+#[derive(Clone, PartialEq, Eq)]
 pub struct BgpSession {
     /// BIRD protocol name (the name `birdc show protocols` prints).
     pub name: String,
@@ -71,6 +71,35 @@ pub struct BgpSession {
     pub rr_client: bool,
     /// `allow local as N`.
     pub allow_local_as: Option<u32>,
+}
+
+impl std::fmt::Debug for BgpSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Self {
+            name,
+            kind,
+            neighbor,
+            neighbor_as,
+            description,
+            password,
+            passive,
+            reflector,
+            rr_client,
+            allow_local_as,
+        } = self;
+        f.debug_struct("BgpSession")
+            .field("name", name)
+            .field("kind", kind)
+            .field("neighbor", neighbor)
+            .field("neighbor_as", neighbor_as)
+            .field("description", description)
+            .field("password", &crate::model::redacted(password))
+            .field("passive", passive)
+            .field("reflector", reflector)
+            .field("rr_client", rr_client)
+            .field("allow_local_as", allow_local_as)
+            .finish()
+    }
 }
 
 /// What every BGP session of a node shares: BIRD's `template bgp brindle_peer`, and

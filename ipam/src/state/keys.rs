@@ -10,6 +10,7 @@
 //! PREFIX/v1/ipam/affinity/NODE/CIDR    Affinity                    the allocator (a node's claim on a block)
 //! PREFIX/v1/ipam/handles/ID            HandleRecord                the allocator
 //! PREFIX/v1/nodes/NAME                 BgpNode                     brindled at start, brindle node set
+//! PREFIX/v1/node-identity/NAME         NodeMachine                 brindled at start (the machine owning the name)
 //! PREFIX/v1/bgp/global                 BgpGlobal                   brindle bgp set (absent = defaults)
 //! PREFIX/v1/bgp/peers/NAME             BgpPeer                     brindle bgp peer add/rm
 //! PREFIX/v1/endpoints/NODE/ID          EndpointRecord              brindle-cni, the Docker driver
@@ -116,6 +117,15 @@ impl Keys {
     /// `PREFIX/v1/nodes/NAME`.
     pub fn node(&self, name: &str) -> String {
         format!("{}/nodes/{name}", self.root)
+    }
+    /// `PREFIX/v1/node-identity/`.
+    pub fn node_identities(&self) -> String {
+        format!("{}/node-identity/", self.root)
+    }
+    /// `PREFIX/v1/node-identity/NAME`: the machine that owns node name NAME (kept
+    /// apart from the BGP record, which a node without an IP does not have).
+    pub fn node_identity(&self, name: &str) -> String {
+        format!("{}/node-identity/{name}", self.root)
     }
     /// `PREFIX/v1/bgp/global`.
     pub fn bgp_global(&self) -> String {
@@ -239,6 +249,8 @@ mod tests {
             (k.handle("h"), "/brindle/v1/ipam/handles/h"),
             (k.nodes(), "/brindle/v1/nodes/"),
             (k.node("n1"), "/brindle/v1/nodes/n1"),
+            (k.node_identities(), "/brindle/v1/node-identity/"),
+            (k.node_identity("n1"), "/brindle/v1/node-identity/n1"),
             (k.bgp_global(), "/brindle/v1/bgp/global"),
             (k.bgp_peers(), "/brindle/v1/bgp/peers/"),
             (k.bgp_peer("tor"), "/brindle/v1/bgp/peers/tor"),

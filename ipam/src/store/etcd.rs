@@ -42,8 +42,8 @@ const FAILOVER_BUDGET: Duration = Duration::from_secs(4);
 /// overtakes it between two pages.
 const LIST_ATTEMPTS: usize = 3;
 
-/// How to reach etcd.
-#[derive(Debug, Clone, Default)]
+/// How to reach etcd. Its `Debug` shows `<redacted>` for the password.
+#[derive(Clone, Default)]
 pub struct EtcdConfig {
     /// `http://host:port` or `https://host:port`, one or more.
     pub endpoints: Vec<String>,
@@ -52,6 +52,27 @@ pub struct EtcdConfig {
     pub key_file: Option<String>,
     pub username: Option<String>,
     pub password: Option<String>,
+}
+
+impl std::fmt::Debug for EtcdConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Self {
+            endpoints,
+            ca_file,
+            cert_file,
+            key_file,
+            username,
+            password,
+        } = self;
+        f.debug_struct("EtcdConfig")
+            .field("endpoints", endpoints)
+            .field("ca_file", ca_file)
+            .field("cert_file", cert_file)
+            .field("key_file", key_file)
+            .field("username", username)
+            .field("password", &password.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 /// A store on an etcd v3 cluster. Cloning shares the members and their connections.
@@ -423,5 +444,28 @@ impl Store for EtcdStore {
         Ok(TxnOutcome::Conflict {
             current: pair_reads(txn.read_on_conflict, &resp),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_debug_redacts_the_password() {
+        let c = EtcdConfig {
+            endpoints: vec!["http://127.0.0.1:2379".into()],
+            username: Some("root".into()),
+            password: Some("hunter2".into()),
+            ..Default::default()
+        };
+        let shown = format!("{c:?} {c:#?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(
+            shown.contains("<redacted>") && shown.contains("root"),
+            "{shown}"
+        );
+        let none = format!("{:?}", EtcdConfig::default());
+        assert!(none.contains("password: None"), "{none}");
     }
 }

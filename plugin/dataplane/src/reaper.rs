@@ -227,6 +227,12 @@ impl Reaper {
         })
     }
 
+    /// Wait until every deletion pending here has finished: a graceful stop calls it,
+    /// so no veth is left behind by a deletion that was already decided.
+    pub fn settle_all(&self) -> BoxFuture<'_, ()> {
+        self.wait_for(|_| true)
+    }
+
     /// Deletions still running in this process.
     pub fn pending(&self) -> usize {
         lock(&self.pending).len()

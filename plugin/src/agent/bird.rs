@@ -3,7 +3,8 @@
 //! While BIRD is not up (no socket yet, or not answering), the reload is retried on
 //! every pass; the file is already in place, so a BIRD that starts later reads it.
 //! A configuration BIRD refuses is never installed and not retried until the
-//! rendered text changes.
+//! rendered text changes. The file holds TCP-MD5 passwords: it is always mode 0600,
+//! whatever mode an existing file had.
 
 use std::io::Write as _;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
@@ -14,6 +15,9 @@ use brindle_bgp::{validate_with_bird, BgpError};
 use tracing::{debug, error, info, warn};
 
 use super::metrics::METRICS;
+
+/// Mode of the BIRD configuration file: it holds TCP-MD5 passwords.
+pub const CONFIG_MODE: u32 = 0o600;
 
 /// Longest a `birdc configure` may take.
 const BIRDC_TIMEOUT: Duration = Duration::from_secs(10);
@@ -57,10 +61,14 @@ pub struct BirdManager {
 }
 
 impl BirdManager {
-    /// A manager for `paths`. Reads the current file, and asks for one reload so a
+    /// A manager for `paths`. Reads the current file (and makes it 0600 if it was
+    /// more open, even when its text needs no change), and asks for one reload so a
     /// running BIRD surely has what the file says.
     pub fn new(paths: BirdPaths) -> Self {
         let installed = std::fs::read_to_string(&paths.config).ok();
+        if installed.is_some() {
+            restrict_mode(&paths.config);
+        }
         Self {
             paths,
             installed,
@@ -191,10 +199,28 @@ pub async fn birdc_configure(paths: &BirdPaths) -> Result<String, String> {
     }
 }
 
+/// Makes an existing file at `path` mode 0600 if it is not; logs what it did.
+fn restrict_mode(path: &Path) {
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return;
+    };
+    let mode = meta.permissions().mode() & 0o7777;
+    if !meta.is_file() || mode == CONFIG_MODE {
+        return;
+    }
+    match std::fs::set_permissions(path, std::fs::Permissions::from_mode(CONFIG_MODE)) {
+        Ok(()) => info!(config = %path.display(), old_mode = format!("{mode:04o}"),
+            "BIRD configuration made 0600: it holds BGP passwords"),
+        Err(e) => warn!(config = %path.display(), error = %e,
+            "cannot make the BIRD configuration 0600"),
+    }
+}
+
 /// Writes `text` to `path` so readers see the old or the new file, never a mix:
-/// a temporary file in the same directory, synced, renamed over `path`. Keeps the
-/// existing file's mode and owner (BIRD may run as its own user and read the file
-/// through its group); a new file gets 0640 and the directory's group.
+/// a temporary file in the same directory, created 0600, synced, renamed over `path`.
+/// The result is always mode 0600 (it holds TCP-MD5 passwords), whatever mode an
+/// existing file had; the existing file's owner and group are kept (BIRD may run as
+/// its own user), a new file gets the directory's group.
 pub fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
@@ -206,27 +232,24 @@ pub fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "bird.conf".into());
     let tmp = dir.join(format!(".{name}.brindle-{}", std::process::id()));
-    let (mode, uid, gid) = match std::fs::metadata(path) {
-        Ok(m) => (
-            m.permissions().mode() & 0o7777,
-            Some(m.uid()),
-            Some(m.gid()),
-        ),
-        Err(_) => (0o640, None, std::fs::metadata(&dir).ok().map(|m| m.gid())),
+    let (uid, gid) = match std::fs::metadata(path) {
+        Ok(m) => (Some(m.uid()), Some(m.gid())),
+        Err(_) => (None, std::fs::metadata(&dir).ok().map(|m| m.gid())),
     };
     let result = (|| {
         let _ = std::fs::remove_file(&tmp);
         let mut f = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
-            .mode(0o600)
+            .mode(CONFIG_MODE)
             .open(&tmp)?;
         f.write_all(text.as_bytes())?;
         if uid.is_some() || gid.is_some() {
             // Only root may give a file away; otherwise keep our own ids.
             let _ = std::os::unix::fs::fchown(&f, uid, gid);
         }
-        f.set_permissions(std::fs::Permissions::from_mode(mode))?;
+        // Explicitly: the umask only narrows `mode()`, and fchown may clear bits.
+        f.set_permissions(std::fs::Permissions::from_mode(CONFIG_MODE))?;
         f.sync_all()?;
         drop(f);
         std::fs::rename(&tmp, path)?;
@@ -245,23 +268,21 @@ pub fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
 mod tests {
     use super::*;
 
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
+    }
+
     #[test]
-    fn atomic_write_replaces_and_keeps_mode() {
+    fn atomic_write_replaces_and_is_always_0600() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("bird.conf");
         write_atomically(&path, "one\n").unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "one\n");
-        assert_eq!(
-            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
-            0o640
-        );
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(mode(&path), 0o600);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         write_atomically(&path, "two\n").unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "two\n");
-        assert_eq!(
-            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
-            0o600
-        );
+        assert_eq!(mode(&path), 0o600);
         let leftovers: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()
             .map(|e| e.unwrap().file_name())
@@ -332,6 +353,28 @@ mod tests {
         );
         // Going back to what is installed needs nothing.
         assert_eq!(m.sync("good;\n").await, SyncState::InSync);
+    }
+
+    #[tokio::test]
+    async fn an_existing_0644_config_is_0600_after_a_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let bird = script(dir.path(), "bird", "", 0);
+        let birdc = script(dir.path(), "birdc", "Reconfigured", 0);
+        let conf = dir.path().join("bird.conf");
+        let open = || std::fs::set_permissions(&conf, std::fs::Permissions::from_mode(0o644));
+        // Text that changes: rewritten 0600.
+        std::fs::write(&conf, "old;\n").unwrap();
+        open().unwrap();
+        let mut m = BirdManager::new(paths(dir.path(), &bird, &birdc));
+        open().unwrap();
+        assert_eq!(m.sync("password \"x\";\n").await, SyncState::InSync);
+        assert_eq!(mode(&conf), 0o600);
+        // Text already current (nothing to write): made 0600 all the same.
+        open().unwrap();
+        let mut m = BirdManager::new(paths(dir.path(), &bird, &birdc));
+        assert_eq!(m.sync("password \"x\";\n").await, SyncState::InSync);
+        assert_eq!(mode(&conf), 0o600);
+        assert_eq!(std::fs::read_to_string(&conf).unwrap(), "password \"x\";\n");
     }
 
     #[tokio::test]

@@ -9,6 +9,7 @@
 //! container on two networks reaches both whichever of its addresses it sends from.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use brindle_dataplane::firewall::{Firewall, FirewallSpec, Guard, SetDelta};
@@ -21,6 +22,42 @@ use super::snapshot::Snapshot;
 /// How often FORWARD and the table are checked for outside changes: well inside the
 /// 5 s in which reachability must come back after dockerd rewrites its chains.
 pub const CHECK: Duration = Duration::from_secs(2);
+
+/// Pause before retrying a firewall change that failed.
+const RETRY: Duration = Duration::from_secs(1);
+
+/// The firewall's own loop beside the agent's (which keeps routes and BIRD): it wakes
+/// on every new snapshot and every [`CHECK`], until the snapshot channel closes.
+pub async fn run(
+    node: String,
+    fw: Arc<dyn Firewall>,
+    mut snapshots: tokio::sync::watch::Receiver<Arc<Snapshot>>,
+) {
+    let mut reconciler = FirewallReconciler::default();
+    loop {
+        let snap = snapshots.borrow_and_update().clone();
+        let mut wait = CHECK;
+        if snap.is_loaded() {
+            let spec = desired(&snap, &node);
+            let now = Instant::now();
+            wait = match reconciler.reconcile(fw.as_ref(), &spec, now).await {
+                true => reconciler
+                    .next_check
+                    .saturating_duration_since(Instant::now()),
+                false => RETRY,
+            };
+        }
+        tokio::select! {
+            changed = snapshots.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                tokio::time::sleep(super::DEBOUNCE).await;
+            }
+            _ = tokio::time::sleep(wait.max(Duration::from_millis(10))) => {}
+        }
+    }
+}
 
 /// What the firewall should hold on `node` according to `snap`.
 pub fn desired(snap: &Snapshot, node: &str) -> FirewallSpec {
@@ -206,6 +243,33 @@ impl FirewallReconciler {
 
 #[cfg(test)]
 mod tests {
+    /// Waits up to 5 s for `cond`.
+    async fn until(cond: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !cond() {
+            assert!(Instant::now() < deadline, "the firewall loop did not act");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn the_loop_follows_snapshots_and_repairs_on_its_own() {
+        let fw = Arc::new(FakeFirewall::new());
+        let (tx, rx) = tokio::sync::watch::channel(Arc::new(Snapshot::default()));
+        let task = tokio::spawn(run("n1".into(), fw.clone(), rx));
+        tx.send(Arc::new(snap(
+            &[ep("a1", "n1", "c1", "blue", "10.10.0.1")],
+            false,
+        )))
+        .unwrap();
+        until(|| fw.table().is_some_and(|t| t.local.len() == 1)).await;
+        // An admin flushes FORWARD: the next check (within CHECK) puts it back.
+        fw.flush_forward();
+        until(|| fw.counts().2 == 2).await;
+        drop(tx);
+        task.await.unwrap();
+    }
+
     use super::*;
     use crate::endpoints::EndpointRecord;
     use brindle_dataplane::FakeFirewall;
@@ -241,6 +305,7 @@ mod tests {
                 disabled: false,
                 reserved: Default::default(),
                 deleting: false,
+                deleting_since: None,
                 nat_outgoing: nat,
             },
         );

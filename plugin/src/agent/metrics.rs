@@ -66,6 +66,12 @@ pub struct AgentMetrics {
     pub firewall_repairs: Counter,
     pub firewall_errors: Counter,
     pub firewall_in_force: Gauge,
+    pub reconcile_passes: Counter,
+    pub reconcile_errors: Counter,
+    pub reconcile_veths_deleted: Counter,
+    pub reconcile_records_removed: Counter,
+    pub reconcile_addresses_released: Counter,
+    pub reconcile_waiting: Gauge,
 }
 
 /// The process-wide metrics.
@@ -91,6 +97,12 @@ pub static METRICS: AgentMetrics = AgentMetrics {
     firewall_repairs: Counter(AtomicU64::new(0)),
     firewall_errors: Counter(AtomicU64::new(0)),
     firewall_in_force: Gauge(AtomicI64::new(0)),
+    reconcile_passes: Counter(AtomicU64::new(0)),
+    reconcile_errors: Counter(AtomicU64::new(0)),
+    reconcile_veths_deleted: Counter(AtomicU64::new(0)),
+    reconcile_records_removed: Counter(AtomicU64::new(0)),
+    reconcile_addresses_released: Counter(AtomicU64::new(0)),
+    reconcile_waiting: Gauge(AtomicI64::new(0)),
 };
 
 impl AgentMetrics {
@@ -178,6 +190,31 @@ impl AgentMetrics {
             "Firewall changes that failed (retried).",
             self.firewall_errors.get(),
         );
+        counter(
+            "brindle_reconcile_passes_total",
+            "Crash-repair passes over this node's veths, endpoint records and allocations.",
+            self.reconcile_passes.get(),
+        );
+        counter(
+            "brindle_reconcile_errors_total",
+            "Crash-repair passes that failed or left a repair for the next pass.",
+            self.reconcile_errors.get(),
+        );
+        counter(
+            "brindle_reconcile_veths_deleted_total",
+            "Host veths deleted because no endpoint record named them.",
+            self.reconcile_veths_deleted.get(),
+        );
+        counter(
+            "brindle_reconcile_records_removed_total",
+            "Endpoint records removed because their container was gone.",
+            self.reconcile_records_removed.get(),
+        );
+        counter(
+            "brindle_reconcile_addresses_released_total",
+            "Addresses released because no endpoint, container or network held them.",
+            self.reconcile_addresses_released.get(),
+        );
         let mut gauge = |name: &str, help: &str, v: i64| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
         };
@@ -210,6 +247,11 @@ impl AgentMetrics {
             "brindle_firewall_in_force",
             "1 while FORWARD accepts endpoint traffic and the isolation table is current.",
             self.firewall_in_force.get(),
+        );
+        gauge(
+            "brindle_reconcile_waiting",
+            "Crash-repair findings waiting for their grace period.",
+            self.reconcile_waiting.get(),
         );
         out
     }

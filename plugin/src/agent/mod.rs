@@ -17,10 +17,15 @@
 //!    retried every [`RETRY`] while BIRD is not up.
 //!
 //! Registration (`register.rs`) writes this node's record at start, compare-and-swap.
+//!
+//! Beside the loop, brindled runs the crash repair (`reconcile.rs`) at start and every
+//! `--reconcile-period`: veths without records, records whose container is gone and
+//! allocations whose owner is gone, each repaired after `--reconcile-grace`.
 
 pub mod bird;
 pub mod firewall;
 pub mod metrics;
+pub mod reconcile;
 pub mod register;
 pub mod routes;
 pub mod snapshot;
@@ -35,9 +40,7 @@ use brindle_dataplane::{Dataplane, Firewall};
 use brindle_ipam::{Keys, Store};
 use tracing::{info, warn};
 
-use crate::daemon::NodeState;
 use bird::{BirdManager, BirdPaths, SyncState};
-use firewall::FirewallReconciler;
 use metrics::METRICS;
 use register::Registered;
 use routes::{Desired, RouteReconciler};
@@ -67,32 +70,11 @@ pub struct AgentConfig {
     pub firewall: bool,
 }
 
-impl AgentConfig {
-    /// From brindled's flags.
-    pub fn from_state(state: &NodeState) -> Self {
-        let a = &state.args;
-        Self {
-            node: state.node.clone(),
-            node_ip: a.node_ip,
-            as_num: a.as_num,
-            bird: a.bird_config.as_ref().map(|config| BirdPaths {
-                config: config.clone(),
-                socket: a.birdc_socket.clone(),
-                bird_bin: a.bird_bin.clone(),
-                birdc_bin: a.birdc_bin.clone(),
-            }),
-            firewall: a.firewall,
-        }
-    }
-}
-
 /// One node's reconcile state: what the passes remember between snapshots.
 pub struct Agent {
     cfg: AgentConfig,
     dataplane: Arc<dyn Dataplane>,
-    firewall: Arc<dyn Firewall>,
     routes: RouteReconciler,
-    fw: FirewallReconciler,
     bird: Option<BirdManager>,
     forwarding: bool,
     last_warning: Option<String>,
@@ -101,18 +83,12 @@ pub struct Agent {
 
 impl Agent {
     /// A fresh agent for `cfg`.
-    pub fn new(
-        cfg: AgentConfig,
-        dataplane: Arc<dyn Dataplane>,
-        firewall: Arc<dyn Firewall>,
-    ) -> Self {
+    pub fn new(cfg: AgentConfig, dataplane: Arc<dyn Dataplane>) -> Self {
         let bird = cfg.bird.clone().map(BirdManager::new);
         Self {
             cfg,
             dataplane,
-            firewall,
             routes: RouteReconciler::default(),
-            fw: FirewallReconciler::default(),
             bird,
             forwarding: false,
             last_warning: None,
@@ -204,15 +180,6 @@ impl Agent {
             }
         }
 
-        if self.cfg.firewall {
-            let spec = firewall::desired(snap, &self.cfg.node);
-            let fw = self.firewall.as_ref();
-            if !self.fw.reconcile(fw, &spec, Instant::now()).await {
-                wait = RETRY;
-            }
-            wait = wait.min(firewall::CHECK);
-        }
-
         if self.bird.is_some() {
             match self.render(snap) {
                 Some(text) => {
@@ -275,21 +242,6 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Run the agent until an unrecoverable error.
-pub async fn run(state: Arc<NodeState>) -> anyhow::Result<()> {
-    let cfg = AgentConfig::from_state(&state);
-    let store = state.ipam.store().clone();
-    let keys = state.ipam.keys().clone();
-    run_on(
-        store,
-        keys,
-        cfg,
-        state.dataplane.clone(),
-        state.firewall.clone(),
-    )
-    .await
-}
-
 /// The agent loop on any store: etcd in brindled, the in-process store in tests.
 pub async fn run_on<S: Store + Clone>(
     store: S,
@@ -297,6 +249,18 @@ pub async fn run_on<S: Store + Clone>(
     cfg: AgentConfig,
     dataplane: Arc<dyn Dataplane>,
     firewall: Arc<dyn Firewall>,
+) -> anyhow::Result<()> {
+    run_with(store, keys, cfg, dataplane, firewall, None).await
+}
+
+/// [`run_on`], with the crash repair beside the loop when `repair` is given.
+pub async fn run_with<S: Store + Clone>(
+    store: S,
+    keys: Keys,
+    cfg: AgentConfig,
+    dataplane: Arc<dyn Dataplane>,
+    firewall: Arc<dyn Firewall>,
+    repair: Option<reconcile::Task<S>>,
 ) -> anyhow::Result<()> {
     match &cfg.bird {
         Some(b) => {
@@ -308,8 +272,19 @@ pub async fn run_on<S: Store + Clone>(
     let (tx, mut rx) = tokio::sync::watch::channel(Arc::new(Snapshot::default()));
     let prefixes = Prefixes::new(&keys);
     let _watch = AbortOnDrop(tokio::spawn(watch::run(store.clone(), prefixes, tx)));
+    let _repair = repair.map(|task| {
+        let (node, dp, snapshots) = (cfg.node.clone(), dataplane.clone(), rx.clone());
+        AbortOnDrop(tokio::spawn(reconcile::run(task, node, dp, snapshots)))
+    });
 
-    let mut agent = Agent::new(cfg.clone(), dataplane, firewall);
+    // The firewall has its own task: a slow `iptables-save` on a busy host must not
+    // delay routes or BIRD, nor they the firewall.
+    let _firewall = cfg.firewall.then(|| {
+        let (node, snapshots) = (cfg.node.clone(), rx.clone());
+        AbortOnDrop(tokio::spawn(firewall::run(node, firewall, snapshots)))
+    });
+
+    let mut agent = Agent::new(cfg.clone(), dataplane);
     let mut registered = false;
     let mut register_failures = 0;
     let mut next_full = Instant::now();
@@ -405,20 +380,14 @@ mod tests {
             firewall: true,
         };
         let dp = Arc::new(FakeDataplane::new());
-        let fw = Arc::new(brindle_dataplane::FakeFirewall::new());
-        let mut agent = Agent::new(cfg, dp.clone(), fw.clone());
+        let mut agent = Agent::new(cfg, dp.clone());
         let snap = snap_with(
             &[("a", "10.0.0.1"), ("b", "10.0.0.2")],
             &[("10.5.0.0/26", "a"), ("10.5.0.64/26", "b")],
         );
         let wait = agent.pass(&snap, true).await;
-        assert_eq!(
-            wait,
-            firewall::CHECK,
-            "the firewall is checked more often than routes"
-        );
+        assert_eq!(wait, RESYNC);
         assert!(dp.ip_forward_enabled());
-        assert!(fw.table().is_some(), "the firewall table is in place");
         assert_eq!(dp.blackholes(), vec!["10.5.0.0/26".parse().unwrap()]);
         let conf = std::fs::read_to_string(dir.path().join("bird.conf")).unwrap();
         assert!(conf.contains("router id 10.0.0.1;"), "{conf}");
@@ -455,8 +424,7 @@ mod tests {
             bird: None,
             firewall: true,
         };
-        let fw = Arc::new(brindle_dataplane::FakeFirewall::new());
-        let mut agent = Agent::new(cfg, dp.clone(), fw.clone());
+        let mut agent = Agent::new(cfg, dp.clone());
         let snap = snap_with(&[], &[("10.5.0.0/26", "a")]);
         assert!(agent.me(&snap).is_none());
         agent.pass(&snap, true).await;

@@ -17,8 +17,6 @@
 //! brindled serves, or naming a netns path brindled cannot see, answers 409, and a
 //! body that does not decode 400: the plugin then does the work itself against etcd.
 
-pub mod client;
-
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -27,30 +25,35 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
-use brindle_dataplane::{Dataplane, LinuxDataplane};
-use brindle_ipam::{EtcdStore, Keys};
+use brindle_dataplane::{Dataplane, LinuxDataplane, Reaper};
+use brindle_ipam::{Ipam, Keys, Store};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::cni::client::paths;
 use crate::cni::error::{code, CniError};
 use crate::cni::ops::{
     self, AddRequest, CheckRequest, Ctx, DelRequest, GcRequest, StatusRequest, Target,
 };
-use crate::daemon::NodeState;
 
-/// Paths of the API, shared with the client.
-pub mod paths {
-    pub const ADD: &str = "/v1/cni/add";
-    pub const DEL: &str = "/v1/cni/del";
-    pub const CHECK: &str = "/v1/cni/check";
-    pub const GC: &str = "/v1/cni/gc";
-    pub const STATUS: &str = "/v1/cni/status";
+/// What the API needs from brindled (which implements it on its node state).
+pub trait Backend: Send + Sync + 'static {
+    type Store: Store;
+    /// The node brindled serves.
+    fn node(&self) -> &str;
+    /// The etcd key prefix brindled serves.
+    fn prefix(&self) -> &str;
+    /// brindled's IPAM (its warm etcd connection and cached blocks).
+    fn ipam(&self) -> &Ipam<Self::Store>;
+    /// The shared dataplane, used when the API cannot open a netlink socket of its own.
+    fn dataplane(&self) -> Arc<dyn Dataplane>;
+    /// Who finishes veth deletions after DEL has answered.
+    fn reaper(&self) -> &Reaper;
 }
 
-/// What the handlers share: the node state (with the reaper that finishes veth
-/// deletions after DEL has answered) and the dataplane CNI requests use.
-pub struct Api {
-    pub node: Arc<NodeState>,
+/// What the handlers share: the backend and the dataplane CNI requests use.
+pub struct Api<B: Backend> {
+    pub backend: Arc<B>,
     pub dataplane: Arc<dyn Dataplane>,
 }
 
@@ -59,24 +62,21 @@ pub struct Api {
 /// CNI requests get a netlink socket of their own (when one can be opened here, in the
 /// host namespace, inside the runtime), so a veth being built never queues behind the
 /// agent's route and link dumps on the shared one.
-pub fn router(state: Arc<NodeState>) -> Router {
+pub fn router<B: Backend>(backend: Arc<B>) -> Router {
     let dataplane: Arc<dyn Dataplane> = match LinuxDataplane::connect() {
         Ok(dp) => Arc::new(dp),
         Err(e) => {
             tracing::warn!(%e, "cni api: no netlink socket of its own, sharing the agent's");
-            state.dataplane.clone()
+            backend.dataplane()
         }
     };
-    let state = Arc::new(Api {
-        dataplane,
-        node: state,
-    });
+    let state = Arc::new(Api { backend, dataplane });
     Router::new()
-        .route(paths::ADD, post(add))
-        .route(paths::DEL, post(del))
-        .route(paths::CHECK, post(check))
-        .route(paths::GC, post(gc))
-        .route(paths::STATUS, post(status))
+        .route(paths::ADD, post(add::<B>))
+        .route(paths::DEL, post(del::<B>))
+        .route(paths::CHECK, post(check::<B>))
+        .route(paths::GC, post(gc::<B>))
+        .route(paths::STATUS, post(status::<B>))
         .with_state(state)
 }
 
@@ -87,8 +87,8 @@ fn error_response(status: StatusCode, e: CniError) -> Response {
 }
 
 /// Decode the body and make sure it is meant for this brindled.
-fn accept<T: DeserializeOwned>(
-    api: &Api,
+fn accept<T: DeserializeOwned, B: Backend>(
+    api: &Api<B>,
     body: &[u8],
     target: impl Fn(&T) -> &Target,
 ) -> Result<T, Rejection> {
@@ -101,17 +101,20 @@ fn accept<T: DeserializeOwned>(
             ),
         ))
     })?;
-    let st = &api.node;
+    let st = &api.backend;
     let t = target(&req);
-    let ours = Keys::new(&st.args.etcd.etcd_prefix);
-    if t.node != st.node || Keys::new(&t.prefix) != ours {
+    let ours = Keys::new(st.prefix());
+    if t.node != st.node() || Keys::new(&t.prefix) != ours {
         return Err(Box::new(error_response(
             StatusCode::CONFLICT,
             CniError::new(
                 code::BRINDLED,
                 format!(
                     "brindled serves node {} with prefix {}, not node {} with prefix {}",
-                    st.node, st.args.etcd.etcd_prefix, t.node, t.prefix
+                    st.node(),
+                    st.prefix(),
+                    t.node,
+                    t.prefix
                 ),
             ),
         )));
@@ -119,12 +122,12 @@ fn accept<T: DeserializeOwned>(
     Ok(req)
 }
 
-fn ctx(api: &Api) -> Ctx<'_, EtcdStore> {
+fn ctx<B: Backend>(api: &Api<B>) -> Ctx<'_, B::Store> {
     Ctx {
-        ipam: &api.node.ipam,
+        ipam: api.backend.ipam(),
         dataplane: Some(api.dataplane.as_ref()),
-        node: &api.node.node,
-        reaper: Some(&api.node.reaper),
+        node: api.backend.node(),
+        reaper: Some(api.backend.reaper()),
     }
 }
 
@@ -135,7 +138,7 @@ fn answer<T: Serialize>(r: Result<T, CniError>) -> Response {
     }
 }
 
-async fn add(State(st): State<Arc<Api>>, body: Bytes) -> Response {
+async fn add<B: Backend>(State(st): State<Arc<Api<B>>>, body: Bytes) -> Response {
     match accept(&st, &body, |r: &AddRequest| &r.target) {
         Ok(req) => match netns_visible(req.mode, req.netns.as_deref()) {
             Ok(()) => answer(ops::add(&ctx(&st), &req).await),
@@ -160,14 +163,14 @@ fn netns_visible(mode: ops::Mode, netns: Option<&str>) -> Result<(), Rejection> 
     }
 }
 
-async fn del(State(st): State<Arc<Api>>, body: Bytes) -> Response {
+async fn del<B: Backend>(State(st): State<Arc<Api<B>>>, body: Bytes) -> Response {
     match accept(&st, &body, |r: &DelRequest| &r.target) {
         Ok(req) => answer(ops::del(&ctx(&st), &req).await),
         Err(r) => *r,
     }
 }
 
-async fn check(State(st): State<Arc<Api>>, body: Bytes) -> Response {
+async fn check<B: Backend>(State(st): State<Arc<Api<B>>>, body: Bytes) -> Response {
     match accept(&st, &body, |r: &CheckRequest| &r.target) {
         Ok(req) => match netns_visible(req.mode, req.netns.as_deref()) {
             Ok(()) => answer(ops::check(&ctx(&st), &req).await),
@@ -177,14 +180,14 @@ async fn check(State(st): State<Arc<Api>>, body: Bytes) -> Response {
     }
 }
 
-async fn gc(State(st): State<Arc<Api>>, body: Bytes) -> Response {
+async fn gc<B: Backend>(State(st): State<Arc<Api<B>>>, body: Bytes) -> Response {
     match accept(&st, &body, |r: &GcRequest| &r.target) {
         Ok(req) => answer(ops::gc(&ctx(&st), &req).await),
         Err(r) => *r,
     }
 }
 
-async fn status(State(st): State<Arc<Api>>, body: Bytes) -> Response {
+async fn status<B: Backend>(State(st): State<Arc<Api<B>>>, body: Bytes) -> Response {
     match accept(&st, &body, |r: &StatusRequest| &r.target) {
         Ok(req) => answer(ops::status(&ctx(&st), &req).await),
         Err(r) => *r,

@@ -15,6 +15,7 @@ use super::node_cmd::parse_as_opt;
 use super::output::{print_json, print_table, Format};
 use super::Cli;
 use crate::bgpstore::{self, BgpStoreError};
+use crate::config::{read_password_file, PasswordFileError, Secret};
 
 /// `on` or `off`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -70,7 +71,7 @@ pub struct SetArgs {
     mesh: Option<OnOff>,
     /// TCP-MD5 password of the mesh and route-reflector sessions.
     #[arg(long, conflicts_with = "clear_mesh_password")]
-    mesh_password: Option<String>,
+    mesh_password: Option<Secret>,
     /// Remove the mesh password.
     #[arg(long)]
     clear_mesh_password: bool,
@@ -120,7 +121,7 @@ impl SetArgs {
             g.node_mesh = m.on();
         }
         if let Some(p) = &self.mesh_password {
-            g.mesh_password = Some(p.clone());
+            g.mesh_password = Some(p.expose().to_string());
         }
         if self.clear_mesh_password {
             g.mesh_password = None;
@@ -161,6 +162,17 @@ fn node_flag_on_command_line() -> bool {
     })
 }
 
+/// The peer password of `--password` or `--password-file` (clap refuses both).
+fn peer_password(
+    password: &Option<Secret>,
+    file: &Option<PathBuf>,
+) -> Result<Option<Secret>, PasswordFileError> {
+    match file {
+        Some(path) => read_password_file(path).map(Some),
+        None => Ok(password.clone()),
+    }
+}
+
 /// `MIN,MAX` seconds.
 fn parse_pair(s: &str) -> Result<(u32, u32), BgpError> {
     let bad = || BgpError::InvalidSetting {
@@ -191,9 +203,12 @@ pub enum PeerCommand {
         /// --node the peer is global).
         #[arg(long)]
         node: Option<String>,
-        /// TCP-MD5 password.
+        /// TCP-MD5 password; visible in `ps`: prefer --password-file.
         #[arg(long)]
-        password: Option<String>,
+        password: Option<Secret>,
+        /// File holding the TCP-MD5 password (one trailing newline is ignored).
+        #[arg(long, value_name = "PATH", conflicts_with = "password")]
+        password_file: Option<PathBuf>,
         /// Wait for the peer to connect.
         #[arg(long)]
         passive: bool,
@@ -328,9 +343,11 @@ pub async fn exec(cli: &Cli, cmd: &BgpCommand) -> anyhow::Result<ExitCode> {
             as_num,
             node,
             password,
+            password_file,
             passive,
             allow_local_as,
         }) => {
+            let password = peer_password(password, password_file)?;
             // This `--node` shares its id with the global `--node`, whose
             // BRINDLE_NODE would otherwise silently scope the peer to one node.
             let node = node.clone().filter(|_| node_flag_on_command_line());
@@ -339,7 +356,7 @@ pub async fn exec(cli: &Cli, cmd: &BgpCommand) -> anyhow::Result<ExitCode> {
                 peer_ip: *peer_ip,
                 as_num: parse_as(as_num)?,
                 node,
-                password: password.clone(),
+                password: password.map(|p| p.expose().to_string()),
                 passive: *passive,
                 allow_local_as: *allow_local_as,
             };
@@ -443,4 +460,90 @@ pub async fn exec(cli: &Cli, cmd: &BgpCommand) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(["brindle", "bgp"].iter().chain(args))
+    }
+
+    fn peer_add(cli: &Cli) -> (&Option<Secret>, &Option<PathBuf>) {
+        match &cli.command {
+            super::super::Command::Bgp(BgpCommand::Peer(PeerCommand::Add {
+                password,
+                password_file,
+                ..
+            })) => (password, password_file),
+            other => panic!("not peer add: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn peer_password_from_a_file_or_the_flag_never_both() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("md5");
+        std::fs::write(&file, "t0r-secret\n").unwrap();
+        let file = file.display().to_string();
+        let add = [
+            "peer",
+            "add",
+            "tor",
+            "--peer-ip",
+            "10.0.0.1",
+            "--as",
+            "65000",
+        ];
+
+        let cli = parse(&[&add[..], &["--password-file", &file]].concat()).unwrap();
+        let (p, f) = peer_add(&cli);
+        let got = peer_password(p, f).unwrap().unwrap();
+        assert_eq!(got.expose(), "t0r-secret");
+
+        let cli = parse(&[&add[..], &["--password", "fl4g"]].concat()).unwrap();
+        let (p, f) = peer_add(&cli);
+        assert_eq!(peer_password(p, f).unwrap().unwrap().expose(), "fl4g");
+        let cli = parse(&add).unwrap();
+        let (p, f) = peer_add(&cli);
+        assert!(peer_password(p, f).unwrap().is_none());
+
+        let both = [&add[..], &["--password", "x", "--password-file", &file]].concat();
+        let e = parse(&both).unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::ArgumentConflict);
+
+        let missing = dir.path().join("missing").display().to_string();
+        let cli = parse(&[&add[..], &["--password-file", &missing]].concat()).unwrap();
+        let (p, f) = peer_add(&cli);
+        let e = peer_password(p, f).unwrap_err().to_string();
+        assert!(e.contains(&missing), "{e}");
+    }
+
+    #[test]
+    fn debug_of_the_command_line_hides_passwords() {
+        let add = [
+            "peer",
+            "add",
+            "tor",
+            "--peer-ip",
+            "10.0.0.1",
+            "--as",
+            "65000",
+            "--password",
+            "fl4g",
+            "--etcd-password",
+            "etcd-pw",
+        ];
+        let shown = format!("{:?}", parse(&add).unwrap());
+        assert!(
+            !shown.contains("fl4g") && !shown.contains("etcd-pw"),
+            "{shown}"
+        );
+        assert!(shown.contains("<redacted>"), "{shown}");
+        let shown = format!("{:?}", parse(&["set", "--mesh-password", "m3sh"]).unwrap());
+        assert!(!shown.contains("m3sh"), "{shown}");
+    }
 }

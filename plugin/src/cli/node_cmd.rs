@@ -75,6 +75,11 @@ struct NodeRow {
     rr_cluster_id: Option<Ipv4Addr>,
     /// Blocks affine to the node.
     blocks: Vec<String>,
+    /// The host that owns the node name (its brindled claimed it), if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    host: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    machine_id: Option<String>,
 }
 
 pub async fn exec(cli: &Cli, cmd: &NodeCommand) -> anyhow::Result<ExitCode> {
@@ -91,6 +96,7 @@ pub async fn exec(cli: &Cli, cmd: &NodeCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         NodeCommand::List => {
             let nodes = bgpstore::list_nodes(store, keys).await?;
+            let mut machines = bgpstore::node_machines(store, keys).await?;
             let (global, _) = bgpstore::get_global(store, keys).await?;
             let mut blocks: BTreeMap<String, Vec<String>> = BTreeMap::new();
             for b in ipam.all_blocks().await? {
@@ -107,12 +113,14 @@ pub async fn exec(cli: &Cli, cmd: &NodeCommand) -> anyhow::Result<ExitCode> {
                     own_as: n.as_num.is_some(),
                     rr_cluster_id: n.rr_cluster_id,
                     blocks: blocks.remove(&n.name).unwrap_or_default(),
+                    host: machines.get(&n.name).map(|m| m.hostname.clone()),
+                    machine_id: machines.remove(&n.name).map(|m| m.machine_id),
                 })
                 .collect();
             match cli.output {
                 Format::Json => print_json(&serde_json::json!({ "nodes": rows }))?,
                 Format::Table => print_table(
-                    &["NAME", "IP", "AS", "ROUTE-REFLECTOR", "BLOCKS"],
+                    &["NAME", "IP", "AS", "ROUTE-REFLECTOR", "BLOCKS", "HOST"],
                     &rows
                         .iter()
                         .map(|r| {
@@ -126,6 +134,7 @@ pub async fn exec(cli: &Cli, cmd: &NodeCommand) -> anyhow::Result<ExitCode> {
                                 },
                                 r.rr_cluster_id.map(|c| c.to_string()).unwrap_or_default(),
                                 r.blocks.join(","),
+                                r.host.clone().unwrap_or_default(),
                             ]
                         })
                         .collect::<Vec<_>>(),
@@ -175,8 +184,20 @@ pub async fn exec(cli: &Cli, cmd: &NodeCommand) -> anyhow::Result<ExitCode> {
         NodeCommand::Rm { name } => {
             let removed = bgpstore::remove_node(store, keys, name).await?;
             match cli.output {
-                Format::Json => print_json(&serde_json::json!({ "removed": removed }))?,
-                Format::Table => println!("node {} removed ({})", removed.name, removed.ip),
+                Format::Json => print_json(&serde_json::json!({
+                    "removed": removed.node,
+                    "machine": removed.machine,
+                }))?,
+                Format::Table => {
+                    let mut what = Vec::new();
+                    if let Some(n) = &removed.node {
+                        what.push(n.ip.to_string());
+                    }
+                    if let Some(m) = &removed.machine {
+                        what.push(format!("host {}, machine-id {}", m.hostname, m.machine_id));
+                    }
+                    println!("node {name} removed ({})", what.join("; "));
+                }
             }
         }
         NodeCommand::Status | NodeCommand::Cleanup { .. } => unreachable!("handled above"),

@@ -70,6 +70,12 @@ struct PoolRow {
     reserved: BTreeSet<Ipv4Addr>,
     size: u64,
     allocated: u64,
+    /// Marked for removal by `pool rm`: it hands out no addresses.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    deleting: bool,
+    /// Since when (seconds since the Unix epoch).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    deleting_since: Option<u64>,
 }
 
 pub async fn exec(cli: &Cli, cmd: &PoolCommand) -> anyhow::Result<ExitCode> {
@@ -134,6 +140,8 @@ pub async fn exec(cli: &Cli, cmd: &PoolCommand) -> anyhow::Result<ExitCode> {
                     reserved: p.reserved,
                     size: u.size,
                     allocated: u.allocated,
+                    deleting: p.deleting,
+                    deleting_since: p.deleting_since,
                 })
                 .collect();
             match cli.output {
@@ -147,6 +155,7 @@ pub async fn exec(cli: &Cli, cmd: &PoolCommand) -> anyhow::Result<ExitCode> {
                         "ALLOCATED",
                         "DISABLED",
                         "NAT-OUTGOING",
+                        "STATE",
                     ],
                     &rows
                         .iter()
@@ -159,10 +168,25 @@ pub async fn exec(cli: &Cli, cmd: &PoolCommand) -> anyhow::Result<ExitCode> {
                                 r.allocated.to_string(),
                                 r.disabled.to_string(),
                                 r.nat_outgoing.to_string(),
+                                match (r.deleting, r.deleting_since) {
+                                    (false, _) => "active".to_string(),
+                                    (true, Some(t)) => format!("deleting ({} ago)", ago(t)),
+                                    (true, None) => "deleting".to_string(),
+                                },
                             ]
                         })
                         .collect::<Vec<_>>(),
                 ),
+            }
+            for r in rows.iter().filter(|r| r.deleting) {
+                let since = r
+                    .deleting_since
+                    .map(|t| format!(" {} ago", ago(t)))
+                    .unwrap_or_default();
+                eprintln!(
+                    "brindle: warning: pool {} was marked for removal{since} and hands out no addresses; if no `brindle pool rm {}` is running any more, run it again: it finishes the removal or, without --force, gives the pool back while it still has addresses",
+                    r.name, r.name
+                );
             }
         }
         PoolCommand::Rm { name, force } => {
@@ -179,6 +203,21 @@ pub async fn exec(cli: &Cli, cmd: &PoolCommand) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `3m12s`: how long ago `t` (seconds since the Unix epoch) was.
+fn ago(t: u64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let s = now.saturating_sub(t);
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{}s", s / 60, s % 60),
+        3600..86400 => format!("{}h{}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d{}h", s / 86400, s % 86400 / 3600),
+    }
 }
 
 #[cfg(test)]

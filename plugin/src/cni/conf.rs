@@ -18,6 +18,7 @@ use super::error::{code, CniError};
 use super::ops::{Attachment, Mode};
 use super::version;
 use crate::allow_from::{self, KEY as ALLOW_FROM};
+use crate::config::{read_password_file, Secret};
 
 /// The main plugin's `type`.
 pub const MAIN_TYPE: &str = "brindle";
@@ -55,8 +56,9 @@ impl Command {
     }
 }
 
-/// The `CNI_*` variables; empty strings count as absent (libcni sets all six).
-#[derive(Debug, Clone, Default)]
+/// The `CNI_*` variables; empty strings count as absent (libcni sets all six). Its
+/// `Debug` hides the value of every `BRINDLE_*PASSWORD*` variable.
+#[derive(Clone, Default)]
 pub struct CniEnv {
     pub command: Option<String>,
     pub container_id: Option<String>,
@@ -66,6 +68,36 @@ pub struct CniEnv {
     pub path: Option<String>,
     /// `BRINDLE_*` fallbacks for the settings.
     pub brindle: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for CniEnv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Self {
+            command,
+            container_id,
+            netns,
+            ifname,
+            args,
+            path,
+            brindle,
+        } = self;
+        let brindle: BTreeMap<&str, &str> = brindle
+            .iter()
+            .map(|(k, v)| {
+                let secret = k.contains("PASSWORD") && !k.ends_with("_FILE");
+                (k.as_str(), if secret { "<redacted>" } else { v.as_str() })
+            })
+            .collect();
+        f.debug_struct("CniEnv")
+            .field("command", command)
+            .field("container_id", container_id)
+            .field("netns", netns)
+            .field("ifname", ifname)
+            .field("args", args)
+            .field("path", path)
+            .field("brindle", &brindle)
+            .finish()
+    }
 }
 
 impl CniEnv {
@@ -232,7 +264,10 @@ struct RawSettings {
     etcd_cert_file: Option<String>,
     etcd_key_file: Option<String>,
     etcd_username: Option<String>,
-    etcd_password: Option<String>,
+    /// Shown as `<redacted>` by `Debug`.
+    etcd_password: Option<Secret>,
+    /// A file holding the password (so the conflist need not).
+    etcd_password_file: Option<PathBuf>,
     /// brindled's local API socket (the fast path).
     api_socket: Option<String>,
 }
@@ -578,7 +613,7 @@ fn resolve_settings(layers: &[&RawSettings], env: &CniEnv) -> Result<Settings, C
             cert_file: pick(&|l| l.etcd_cert_file.clone(), "BRINDLE_ETCD_CERT_FILE"),
             key_file: pick(&|l| l.etcd_key_file.clone(), "BRINDLE_ETCD_KEY_FILE"),
             username: pick(&|l| l.etcd_username.clone(), "BRINDLE_ETCD_USERNAME"),
-            password: pick(&|l| l.etcd_password.clone(), "BRINDLE_ETCD_PASSWORD"),
+            password: resolve_password(layers, env)?,
         },
         prefix: pick(&|l| l.etcd_prefix.clone(), "BRINDLE_ETCD_PREFIX")
             .unwrap_or_else(|| brindle_ipam::keys::DEFAULT_PREFIX.to_string()),
@@ -587,6 +622,54 @@ fn resolve_settings(layers: &[&RawSettings], env: &CniEnv) -> Result<Settings, C
             .unwrap_or_else(|| DEFAULT_API_SOCKET.to_string())
             .into(),
     })
+}
+
+/// The etcd password: `etcd_password` or `etcd_password_file` of the first layer that
+/// has either, else `BRINDLE_ETCD_PASSWORD` or `BRINDLE_ETCD_PASSWORD_FILE`. Both in
+/// one place, or a file that gives no password, is an invalid configuration (code 7)
+/// naming the key and the path.
+fn resolve_password(layers: &[&RawSettings], env: &CniEnv) -> Result<Option<String>, CniError> {
+    let from_env = RawSettings {
+        etcd_password: env
+            .brindle
+            .get("BRINDLE_ETCD_PASSWORD")
+            .cloned()
+            .map(Secret::from),
+        etcd_password_file: env
+            .brindle
+            .get("BRINDLE_ETCD_PASSWORD_FILE")
+            .map(PathBuf::from),
+        ..RawSettings::default()
+    };
+    let sources = layers
+        .iter()
+        .map(|l| (*l, ("etcd_password", "etcd_password_file")))
+        .chain(std::iter::once((
+            &from_env,
+            ("BRINDLE_ETCD_PASSWORD", "BRINDLE_ETCD_PASSWORD_FILE"),
+        )));
+    for (layer, (key, file_key)) in sources {
+        let password = layer.etcd_password.as_ref().filter(|p| !p.is_empty());
+        let file = layer
+            .etcd_password_file
+            .as_ref()
+            .filter(|f| !f.as_os_str().is_empty());
+        match (password, file) {
+            (Some(_), Some(_)) => {
+                return Err(CniError::config(format!(
+                    "{key} and {file_key} are both set: give one"
+                )))
+            }
+            (Some(p), None) => return Ok(Some(p.expose().to_string())),
+            (None, Some(path)) => {
+                return read_password_file(path)
+                    .map(|p| Some(p.expose().to_string()))
+                    .map_err(|e| CniError::config(format!("{file_key}: {e}")))
+            }
+            (None, None) => {}
+        }
+    }
+    Ok(None)
 }
 
 #[cfg(test)]
@@ -747,5 +830,82 @@ mod tests {
         assert_eq!(a[0].container_id, "a");
         let b = NetConf::parse(old, &e).unwrap().valid_attachments.unwrap();
         assert_eq!(b[0].ifname, "eth1");
+    }
+
+    #[test]
+    fn etcd_password_from_a_file_key_or_env() {
+        let dir = tempfile::tempdir().unwrap();
+        let pw = dir.path().join("pw");
+        std::fs::write(&pw, "fr0m-file\n").unwrap();
+        let pw = pw.display().to_string();
+        let conf = |keys: &str| {
+            format!(
+                r#"{{"cniVersion":"1.0.0","name":"n","type":"ptp","ipam":{{"type":"brindle-ipam"{keys}}}}}"#
+            )
+        };
+        let parse = |keys: &str, e: &CniEnv| NetConf::parse(conf(keys).as_bytes(), e);
+        let none = CniEnv::default();
+
+        let c = parse(
+            &format!(r#","etcd_username":"root","etcd_password_file":"{pw}""#),
+            &none,
+        )
+        .unwrap();
+        assert_eq!(c.settings.etcd.password.as_deref(), Some("fr0m-file"));
+        assert_eq!(c.settings.etcd.username.as_deref(), Some("root"));
+        // Debug of the whole request never shows it.
+        let shown = format!("{c:?}");
+        assert!(
+            !shown.contains("fr0m-file") && shown.contains("<redacted>"),
+            "{shown}"
+        );
+
+        // From the environment; a key in the netconf wins over it.
+        let e = env(&[("BRINDLE_ETCD_PASSWORD_FILE", &pw)]);
+        assert_eq!(
+            parse("", &e).unwrap().settings.etcd.password.as_deref(),
+            Some("fr0m-file")
+        );
+        let c = parse(r#","etcd_password":"fr0m-key""#, &e).unwrap();
+        assert_eq!(c.settings.etcd.password.as_deref(), Some("fr0m-key"));
+        let e = env(&[("BRINDLE_ETCD_PASSWORD", "fr0m-env")]);
+        assert_eq!(
+            parse("", &e).unwrap().settings.etcd.password.as_deref(),
+            Some("fr0m-env")
+        );
+        assert!(!format!("{e:?}").contains("fr0m-env"), "{e:?}");
+
+        // Missing, empty: invalid configuration naming the path.
+        let missing = dir.path().join("missing").display().to_string();
+        let err = parse(&format!(r#","etcd_password_file":"{missing}""#), &none).unwrap_err();
+        assert_eq!(err.code, code::INVALID_CONFIG, "{err}");
+        assert!(
+            err.msg
+                .starts_with("etcd_password_file: cannot read password file")
+                && err.msg.contains(&missing),
+            "{err}"
+        );
+        let empty = dir.path().join("empty");
+        std::fs::write(&empty, "\n").unwrap();
+        let empty = empty.display().to_string();
+        let err = parse("", &env(&[("BRINDLE_ETCD_PASSWORD_FILE", &empty)])).unwrap_err();
+        assert_eq!(err.code, code::INVALID_CONFIG, "{err}");
+        assert_eq!(
+            err.msg,
+            format!("BRINDLE_ETCD_PASSWORD_FILE: password file {empty} is empty")
+        );
+        // Both in one place.
+        let err = parse(
+            &format!(r#","etcd_password":"x","etcd_password_file":"{pw}""#),
+            &none,
+        )
+        .unwrap_err();
+        assert_eq!(err.code, code::INVALID_CONFIG);
+        assert_eq!(
+            err.msg,
+            "etcd_password and etcd_password_file are both set: give one"
+        );
+        let err = parse(r#","etcd_password_file":7"#, &none).unwrap_err();
+        assert_eq!(err.code, code::INVALID_CONFIG, "{err}");
     }
 }

@@ -9,6 +9,7 @@
 //! dedicated thread (see `dataplane`). stdout carries exactly one JSON document (the
 //! result or the error) or nothing; logs go to stderr (`BRINDLE_LOG=debug` for more).
 
+pub mod client;
 pub mod conf;
 pub mod error;
 pub mod ops;
@@ -23,8 +24,7 @@ use brindle_ipam::{EtcdStore, Ipam};
 use serde_json::{json, Value};
 use tracing::debug;
 
-use crate::api::client::{self, CallError};
-use crate::api::paths;
+use client::{paths, CallError};
 use conf::{CniArgs, CniEnv, Command, NetConf, Settings};
 use error::{code, CniError};
 use ops::{

@@ -1,20 +1,20 @@
 //! `brindled`, the node agent: the Docker network + IPAM driver socket, the local API
 //! socket for brindle-cni, and the agent loops (routes, BIRD).
 
-mod socket;
 mod state;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use brindle_dataplane::{Dataplane, Firewall, LinuxDataplane, LinuxFirewall};
 use clap::{Parser, ValueEnum};
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::config::{hostname, EtcdArgs};
-pub use socket::{serve_unix, UnixPeer};
+use crate::socket::serve_unix_until;
 pub use state::NodeState;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -42,6 +42,21 @@ pub struct DaemonArgs {
     /// This node's AS number (default: the global AS).
     #[arg(long = "as", env = "BRINDLE_AS")]
     pub as_num: Option<u32>,
+    /// The machine's identity: brindled claims its node name for this machine-id at
+    /// start and refuses a name another machine owns (a cloned VM).
+    #[arg(
+        long,
+        env = "BRINDLE_MACHINE_ID_FILE",
+        default_value = "/etc/machine-id"
+    )]
+    pub machine_id_file: PathBuf,
+    /// The boot id: a new one tells a reboot of the same machine.
+    #[arg(
+        long,
+        env = "BRINDLE_BOOT_ID_FILE",
+        default_value = "/proc/sys/kernel/random/boot_id"
+    )]
+    pub boot_id_file: PathBuf,
     /// Where Docker looks for plugin sockets; brindled serves `<dir>/brindle.sock`.
     #[arg(
         long,
@@ -90,6 +105,15 @@ pub struct DaemonArgs {
     pub firewall: bool,
     #[arg(long, env = "BRINDLE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// How often the crash repair checks this node's veths, endpoint records and
+    /// allocations against each other and the runtimes (`10s`, `500ms`, `1m`).
+    #[arg(long, env = "BRINDLE_RECONCILE_PERIOD", default_value = "10s", value_parser = crate::agent::reconcile::parse_duration)]
+    pub reconcile_period: Duration,
+    /// How long a finding of the crash repair (a veth without a record, a record
+    /// whose container is gone, an address nobody holds) must last before it is
+    /// repaired: longer than any create or delete takes between two of its steps.
+    #[arg(long, env = "BRINDLE_RECONCILE_GRACE", default_value = "60s", value_parser = crate::agent::reconcile::parse_duration)]
+    pub reconcile_grace: Duration,
 }
 
 impl DaemonArgs {
@@ -98,7 +122,17 @@ impl DaemonArgs {
     }
 }
 
+/// How long a stop waits for the requests in flight, and then for the veth deletions
+/// they deferred.
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// Run brindled until SIGTERM or SIGINT.
+///
+/// A stop is graceful: both sockets stop accepting (Docker retries its calls until the
+/// next brindled answers; brindle-cni works directly against etcd meanwhile), every
+/// request in flight finishes, then the veth deletions those requests deferred to the
+/// reaper. Whatever a kill -9 interrupts instead is found by the next start's
+/// reconcile (`agent/reconcile.rs`).
 pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     let ipam = args.etcd.ipam().await.context("connect to etcd")?;
     let dataplane: Arc<dyn Dataplane> =
@@ -106,11 +140,36 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     let firewall: Arc<dyn Firewall> = Arc::new(LinuxFirewall::new());
     let state = Arc::new(NodeState::new(args.clone(), ipam, dataplane, firewall));
     info!(node = %state.node, "brindled starting");
+    // Before serving anything: the node name must be this machine's (agent/register.rs).
+    let me = crate::agent::register::machine_identity(
+        &args.machine_id_file,
+        &args.boot_id_file,
+        hostname(),
+    )?;
+    let claim =
+        crate::agent::register::claim_name(state.ipam.store(), state.ipam.keys(), &state.node, &me);
+    tokio::select! {
+        r = claim => { r?; }
+        _ = shutdown_signal() => {
+            info!("brindled stopped before its node name was claimed");
+            return Ok(());
+        }
+    }
 
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopping = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    };
     let docker_sock = args.docker_plugin_dir.join("brindle.sock");
-    let docker = serve_unix(docker_sock, crate::docker::router(state.clone()));
-    let api = serve_unix(args.api_socket.clone(), crate::api::router(state.clone()));
-    let agent = crate::agent::run(state.clone());
+    let docker_router = crate::docker::router(state.clone());
+    let mut docker = tokio::spawn(serve_unix_until(docker_sock, docker_router, stopping()));
+    let api_router = crate::api::router(state.clone());
+    let api_sock = args.api_socket.clone();
+    let mut api = tokio::spawn(serve_unix_until(api_sock, api_router, stopping()));
+    let agent = state::run_agent(state.clone());
     let metrics = async {
         match args.metrics_addr {
             Some(addr) => crate::agent::metrics::serve(addr).await,
@@ -118,15 +177,42 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
         }
     };
     let stop = shutdown_signal();
+    let served = |r: Result<anyhow::Result<()>, tokio::task::JoinError>| match r {
+        Ok(r) => r,
+        Err(e) => Err(anyhow::anyhow!("the server task ended: {e}")),
+    };
     tokio::select! {
-        r = docker => r.context("docker plugin socket")?,
-        r = api => r.context("local API socket")?,
+        r = &mut docker => served(r).context("docker plugin socket")?,
+        r = &mut api => served(r).context("local API socket")?,
         r = agent => r.context("agent")?,
         r = metrics => r.context("metrics")?,
-        _ = stop => info!("brindled stopping"),
+        _ = stop => info!("brindled stopping: finishing the requests in flight"),
+    }
+    let _ = stop_tx.send(true);
+    let drained = tokio::time::timeout(STOP_TIMEOUT, async {
+        let _ = (&mut docker).await;
+        let _ = (&mut api).await;
+    })
+    .await;
+    if drained.is_err() {
+        warn!(timeout = ?STOP_TIMEOUT, "requests still in flight; stopping anyway (the next start's reconcile repairs what they leave)");
+    }
+    let pending = state.reaper.pending();
+    if pending > 0 {
+        info!(pending, "finishing deferred veth deletions");
+        if tokio::time::timeout(STOP_TIMEOUT, state.reaper.settle_all())
+            .await
+            .is_err()
+        {
+            warn!(
+                pending = state.reaper.pending(),
+                "veth deletions unfinished; the next start's reconcile removes the veths"
+            );
+        }
     }
     let _ = std::fs::remove_file(args.docker_plugin_dir.join("brindle.sock"));
     let _ = std::fs::remove_file(&args.api_socket);
+    info!("brindled stopped");
     Ok(())
 }
 

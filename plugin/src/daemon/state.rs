@@ -1,9 +1,14 @@
-//! What every brindled service shares.
+//! What every brindled service shares, and what each is handed from it: the Docker
+//! driver's and the local API's backends, the agent's configuration and stores.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use brindle_dataplane::{Dataplane, Firewall, Reaper};
 use brindle_ipam::{EtcdStore, Ipam};
+
+use crate::agent::bird::BirdPaths;
+use crate::agent::{reconcile, AgentConfig};
 
 use super::DaemonArgs;
 
@@ -40,4 +45,88 @@ impl NodeState {
             reaper,
         }
     }
+}
+
+/// What the Docker driver needs.
+impl crate::docker::Backend for NodeState {
+    type Store = EtcdStore;
+    fn node(&self) -> &str {
+        &self.node
+    }
+    fn ipam(&self) -> &Ipam<EtcdStore> {
+        &self.ipam
+    }
+    fn dataplane(&self) -> &dyn Dataplane {
+        self.dataplane.as_ref()
+    }
+    fn reaper(&self) -> &Reaper {
+        &self.reaper
+    }
+    fn docker_api_socket(&self) -> Option<&Path> {
+        Some(&self.args.docker_api_socket)
+    }
+}
+
+/// What the local API for brindle-cni needs.
+impl crate::api::Backend for NodeState {
+    type Store = EtcdStore;
+    fn node(&self) -> &str {
+        &self.node
+    }
+    fn prefix(&self) -> &str {
+        &self.args.etcd.etcd_prefix
+    }
+    fn ipam(&self) -> &Ipam<EtcdStore> {
+        &self.ipam
+    }
+    fn dataplane(&self) -> Arc<dyn Dataplane> {
+        self.dataplane.clone()
+    }
+    fn reaper(&self) -> &Reaper {
+        &self.reaper
+    }
+}
+
+impl NodeState {
+    /// What the agent needs to know about its node, from brindled's flags.
+    pub fn agent_config(&self) -> AgentConfig {
+        let a = &self.args;
+        AgentConfig {
+            node: self.node.clone(),
+            node_ip: a.node_ip,
+            as_num: a.as_num,
+            bird: a.bird_config.as_ref().map(|config| BirdPaths {
+                config: config.clone(),
+                socket: a.birdc_socket.clone(),
+                bird_bin: a.bird_bin.clone(),
+                birdc_bin: a.birdc_bin.clone(),
+            }),
+            firewall: a.firewall,
+        }
+    }
+}
+
+/// Run the agent (and the crash repair) until an unrecoverable error.
+pub async fn run_agent(state: Arc<NodeState>) -> anyhow::Result<()> {
+    let cfg = state.agent_config();
+    let store = state.ipam.store().clone();
+    let keys = state.ipam.keys().clone();
+    let a = &state.args;
+    let repair = reconcile::Task {
+        ipam: Ipam::new(store.clone(), &a.etcd.etcd_prefix),
+        settings: reconcile::Settings {
+            period: a.reconcile_period,
+            grace: a.reconcile_grace,
+        },
+        dockerd: Some(Arc::new(reconcile::DockerApi(a.docker_api_socket.clone()))),
+    };
+    crate::agent::run_with(
+        store,
+        keys,
+        cfg,
+        state.dataplane.clone(),
+        state.firewall.clone(),
+        Some(repair),
+    )
+    .await
 }

@@ -86,7 +86,9 @@ pub async fn release_address<B: Backend>(
     DockerJson(req): DockerJson<ReleaseAddressRequest>,
 ) -> Reply<Empty> {
     d.observe(&caller);
-    d.release_address(req).await.map(|()| Json(Empty {}))
+    d.release_address(req, &caller)
+        .await
+        .map(|()| Json(Empty {}))
 }
 
 pub async fn create_network<B: Backend>(

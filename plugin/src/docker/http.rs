@@ -13,7 +13,7 @@ use tracing::{debug, warn};
 
 use super::dockerd;
 use super::error::DockerError;
-use crate::daemon::UnixPeer;
+use crate::socket::UnixPeer;
 
 /// A JSON request body, read whatever the `Content-Type` (Docker 20.10 sends none) and
 /// taking an empty body (`Plugin.Activate`, the capability calls) or `null` as `{}`.

@@ -31,7 +31,7 @@ use super::wire::{
     ReleaseAddressRequest, ReleasePoolRequest, RequestAddressRequest, RequestAddressResponse,
     RequestPoolRequest, RequestPoolResponse,
 };
-use super::{Backend, Driver, DEFAULT_POOL, POOL_OPTION};
+use super::{Backend, Driver, Held, DEFAULT_POOL, POOL_OPTION};
 
 /// Allocation attribute keys.
 pub const ATTR_ORCHESTRATOR: &str = "orchestrator";
@@ -337,7 +337,7 @@ impl<B: Backend> Driver<B> {
             match self.ipam().allocate(&req).await {
                 Ok(a) => {
                     info!(%ip, pool = %a.pool, handle = %req.handle, "fixed address allocated");
-                    self.cache().held.insert(a.ip, req.handle);
+                    self.cache().held.insert(a.ip, held_by(&req));
                     return Ok(a.ip);
                 }
                 Err(IpamError::AddressTaken { handle, .. }) if attempt == 0 => {
@@ -366,7 +366,7 @@ impl<B: Backend> Driver<B> {
         }
         let _claims = self.claims.lock().await;
         let a = self.ipam().allocate(&req).await?;
-        self.cache().held.insert(a.ip, req.handle);
+        self.cache().held.insert(a.ip, held_by(&req));
         info!(ip = %a.ip, pool = %id.pool, "dynamic address allocated");
         Ok(a.ip)
     }
@@ -389,7 +389,14 @@ impl<B: Backend> Driver<B> {
         })
     }
 
-    pub async fn release_address(&self, req: ReleaseAddressRequest) -> Result<(), DockerError> {
+    /// Release the address, unless the request is a late one of an earlier holder of
+    /// it (see `stale_release` in `reclaim.rs`): Docker names only the address, and
+    /// after a takeover that address belongs to another container.
+    pub async fn release_address(
+        &self,
+        req: ReleaseAddressRequest,
+        caller: &Caller,
+    ) -> Result<(), DockerError> {
         let _id = PoolId::parse(&req.pool_id)?;
         let ip: Ipv4Addr = req.address.parse().map_err(|_| {
             DockerError::BadRequest(format!(
@@ -403,7 +410,7 @@ impl<B: Backend> Driver<B> {
         }
         let _claims = self.claims.lock().await;
         let cached = self.cache().held.get(&ip).cloned();
-        let handle = match cached {
+        let held = match cached {
             Some(h) => h,
             None => {
                 let report = self.ipam().address(ip).await?;
@@ -417,13 +424,29 @@ impl<B: Backend> Driver<B> {
                     warn!(%ip, %handle, node = ?report.node, "ReleaseAddress for an address this node's Docker does not hold: left alone");
                     return Ok(());
                 }
-                handle
+                Held {
+                    handle,
+                    dockerd: report.attributes.get(ATTR_DOCKERD).cloned(),
+                }
             }
         };
-        self.ipam().release_handle(&handle).await?;
+        if let Some(why) = self.stale_release(ip, &held, caller).await? {
+            warn!(%ip, handle = %held.handle, "ReleaseAddress ignored: {why}");
+            return Ok(());
+        }
+        // Exactly the allocation judged above: a handle is never reused.
+        self.ipam().release_handle(&held.handle).await?;
         self.cache().held.remove(&ip);
-        info!(%ip, %handle, "address released");
+        info!(%ip, handle = %held.handle, "address released");
         Ok(())
+    }
+}
+
+/// What the cache remembers of an allocation the driver just made.
+fn held_by(req: &AllocRequest) -> Held {
+    Held {
+        handle: req.handle.clone(),
+        dockerd: req.attrs.get(ATTR_DOCKERD).cloned(),
     }
 }
 

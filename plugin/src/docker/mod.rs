@@ -16,6 +16,27 @@
 //!   never released (calico#746), without ever taking one from a live container.
 //!
 //! Protocol reference: docs/protocols.md in the shared docs, sections A–D.
+//!
+//! # Crash safety: the order of each path
+//!
+//! brindled may be killed (kill -9) between any two steps. dockerd retries a call that
+//! met a dead plugin (transport errors, ~15 s) and then gives up, rolling back or
+//! forgetting. Each step is idempotent, so a retry repeats it; what a call that is
+//! never retried leaves is found by the reconcile (`agent/reconcile.rs`, after its
+//! grace period):
+//!
+//! | path, in order | killed after this step, left behind | repaired by |
+//! |---|---|---|
+//! | `RequestAddress`: 1. allocate (handle `docker-<random>`, `orchestrator=docker`, `node`, `dockerd`) | an address no endpoint holds | the retry takes another; the reconcile releases it (no record, dockerd does not list it, no route) |
+//! | `CreateEndpoint`: 1. veth + /32 route | a record-less veth | the retry replaces it (the name derives from the endpoint id); else the reconcile deletes it, then releases the address |
+//! | 2. record (before the answer) | a record Docker may not know | the retry answers from it; else the reconcile removes record, veth and address once dockerd does not list the endpoint |
+//! | `Join`: 1. record update (sandbox, next hop) | — | the retry |
+//! | `Leave`: in memory only | — | — |
+//! | `DeleteEndpoint`: 1. /32 route deleted 2. veth handed to the reaper 3. record deleted | a route-less veth (and its record) | the retry; else the reconcile: record (dockerd no longer lists it), veth, address |
+//! | `ReleaseAddress`: 1. release the handle | an address no endpoint holds | the retry; else the reconcile |
+//!
+//! The reconcile acts on Docker state only while dockerd answers. A graceful stop
+//! (SIGTERM) finishes the calls in flight and the reaper's deletions first.
 
 mod containers;
 mod dockerd;
@@ -42,9 +63,9 @@ use axum::routing::post;
 use axum::Router;
 use brindle_dataplane::{Dataplane, Reaper};
 use brindle_ipam::pools::NewPool;
-use brindle_ipam::{EtcdStore, Ipam, IpamError, MemoryStore, Pool, Store};
+use brindle_ipam::{Ipam, IpamError, MemoryStore, Pool, Store};
 
-use crate::daemon::NodeState;
+pub use containers::{network_view, NetworkView};
 pub use error::DockerError;
 pub use pool_id::PoolId;
 use records::{DockerEndpoint, NetworkRecord};
@@ -65,7 +86,8 @@ pub const NAT_OUTGOING_OPTION: &str = "brindle.nat-outgoing";
 /// The only `--ipam-opt` networks accept.
 pub const POOL_OPTION: &str = "pool";
 
-/// What the driver needs from brindled: the node's name, IPAM, dataplane and reaper.
+/// What the driver needs from brindled: the node's name, IPAM, dataplane and reaper
+/// (brindled implements it on its node state; [`LocalBackend`] for tests and tools).
 pub trait Backend: Send + Sync + 'static {
     type Store: Store;
     fn node(&self) -> &str;
@@ -75,25 +97,6 @@ pub trait Backend: Send + Sync + 'static {
     fn reaper(&self) -> &Reaper;
     /// dockerd's API socket, to learn each endpoint's container; `None`: never ask.
     fn docker_api_socket(&self) -> Option<&Path>;
-}
-
-impl Backend for NodeState {
-    type Store = EtcdStore;
-    fn node(&self) -> &str {
-        &self.node
-    }
-    fn ipam(&self) -> &Ipam<EtcdStore> {
-        &self.ipam
-    }
-    fn dataplane(&self) -> &dyn Dataplane {
-        self.dataplane.as_ref()
-    }
-    fn reaper(&self) -> &Reaper {
-        &self.reaper
-    }
-    fn docker_api_socket(&self) -> Option<&Path> {
-        Some(&self.args.docker_api_socket)
-    }
 }
 
 /// A self-contained backend on the in-process store (unit tests, tools).
@@ -143,8 +146,14 @@ struct Cache {
     endpoints: HashMap<String, DockerEndpoint>,
     /// Whether `endpoints` holds every Docker endpoint of this node.
     endpoints_loaded: bool,
-    /// Addresses this process handed out (or looked up), by their IPAM handle.
-    held: HashMap<Ipv4Addr, String>,
+    /// Addresses this process handed out (or looked up): their IPAM handle and owner.
+    held: HashMap<Ipv4Addr, Held>,
+    /// Endpoints whose record a takeover deleted (`reclaim.rs`), with their address:
+    /// Docker may still send their `DeleteEndpoint` and then `ReleaseAddress`.
+    reclaimed: HashMap<String, Ipv4Addr>,
+    /// Addresses whose next `ReleaseAddress` belongs to such an endpoint (armed by its
+    /// `DeleteEndpoint`, which Docker sends just before): the endpoint and when.
+    stale_releases: HashMap<Ipv4Addr, (String, std::time::Instant)>,
     /// Pool name → CIDR.
     pools: HashMap<String, ipnetwork::Ipv4Network>,
     /// `RequestPool` answers not yet claimed by a `CreateNetwork`, by the subnet shown
@@ -153,6 +162,14 @@ struct Cache {
     requested: HashMap<ipnetwork::Ipv4Network, PoolId>,
     /// dockerd instances seen; the first request of each triggers an orphan sweep.
     dockerds: HashSet<String>,
+}
+
+/// Who holds an address: the allocation's handle and the dockerd instance that asked
+/// for it (the `dockerd` attribute; `None` when unknown).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Held {
+    handle: String,
+    dockerd: Option<String>,
 }
 
 impl<B: Backend> Driver<B> {
@@ -201,9 +218,10 @@ impl<B: Backend> Driver<B> {
     }
 }
 
-/// The routes Docker calls on `/run/docker/plugins/brindle.sock`.
-pub fn router(state: Arc<NodeState>) -> Router {
-    driver_router(Arc::new(Driver::new(state)))
+/// The routes Docker calls on `/run/docker/plugins/brindle.sock`, for brindled's
+/// backend.
+pub fn router<B: Backend>(backend: Arc<B>) -> Router {
+    driver_router(Arc::new(Driver::new(backend)))
 }
 
 /// The plugin routes for any backend.

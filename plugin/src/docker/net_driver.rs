@@ -32,7 +32,7 @@ use super::wire::{
     EndpointRequest, InterfaceName, JoinRequest, JoinResponse, NetworkRequest, OperInfoResponse,
     StaticRoute,
 };
-use super::{Backend, Driver};
+use super::{Backend, Driver, Held};
 use crate::endpoints::EndpointRecord;
 use brindle_ipam::cidr::within;
 
@@ -255,7 +255,32 @@ impl<B: Backend> Driver<B> {
         // A veth of a deleted endpoint that served this address may still be going.
         self.backend.reaper().settle_ip(ip).await;
         let spec = EndpointSpec::for_docker(&eid, ip, net.mtu);
-        let peer_mac = self.dataplane().create_veth_on_host(&spec).await?;
+        let peer_mac = match self.dataplane().create_veth_on_host(&spec).await {
+            Ok(mac) => mac,
+            // The name derives from the endpoint id: the veth of an earlier attempt of
+            // this very call, which a kill interrupted (Docker retries the call).
+            Err(e)
+                if e.errno() == Some(libc::EEXIST)
+                    && self
+                        .dataplane()
+                        .host_veth(&spec.host_ifname)
+                        .await?
+                        .is_some() =>
+            {
+                let key = self.keys().endpoint(self.node(), &eid);
+                let stored: Option<DockerEndpoint> = records::get(self.store(), key).await?;
+                if let Some(ep) = stored.filter(|ep| ep.base.ip == ip) {
+                    // Interrupted after its record was written: answer as it would have.
+                    let mac = ep.base.mac.clone().unwrap_or_default();
+                    self.cache().endpoints.insert(eid, ep);
+                    return Ok(reply(&mac));
+                }
+                warn!(host = %spec.host_ifname, "replacing the veth an interrupted CreateEndpoint of this endpoint left");
+                self.dataplane().delete_endpoint(&spec.host_ifname).await?;
+                self.dataplane().create_veth_on_host(&spec).await?
+            }
+            Err(e) => return Err(e.into()),
+        };
         let mac = if iface.mac_address.is_empty() {
             peer_mac.to_string()
         } else {
@@ -300,7 +325,7 @@ impl<B: Backend> Driver<B> {
     /// The IPAM handle holding `ip` for this node's Docker.
     async fn handle_of(&self, ip: Ipv4Addr) -> Result<String, DockerError> {
         if let Some(h) = self.cache().held.get(&ip) {
-            return Ok(h.clone());
+            return Ok(h.handle.clone());
         }
         let report = self.ipam().address(ip).await?;
         let Some(handle) = report.handle else {
@@ -319,7 +344,17 @@ impl<B: Backend> Driver<B> {
                 node: report.node.unwrap_or_else(|| "unknown".into()),
             });
         }
-        self.cache().held.insert(ip, handle.clone());
+        let dockerd = report
+            .attributes
+            .get(super::ipam_driver::ATTR_DOCKERD)
+            .cloned();
+        self.cache().held.insert(
+            ip,
+            Held {
+                handle: handle.clone(),
+                dockerd,
+            },
+        );
         Ok(handle)
     }
 
@@ -337,7 +372,7 @@ impl<B: Backend> Driver<B> {
     }
 
     /// Load every Docker endpoint of this node once (Join needs the whole picture).
-    async fn load_endpoints(&self) -> Result<(), DockerError> {
+    pub(super) async fn load_endpoints(&self) -> Result<(), DockerError> {
         if self.cache().endpoints_loaded {
             return Ok(());
         }
@@ -408,10 +443,21 @@ impl<B: Backend> Driver<B> {
         let eid = req.endpoint_id;
         // The name derives from the id: the veth goes even if the record is lost.
         let host = host_ifname_for(&eid);
-        let ip = match self.endpoint(&eid).await {
-            Ok(ep) => ep.map(|e| e.base.ip),
-            Err(_) => None, // etcd down and not cached: delete the slow, sure way
-        };
+        // An endpoint whose address was taken over: Docker's `ReleaseAddress` that
+        // follows is stale (`reclaim.rs`).
+        self.arm_stale_release(&eid);
+        // etcd down and not cached: delete the slow, sure way.
+        let ep = self.endpoint(&eid).await.unwrap_or_default();
+        // The address's route is this endpoint's only while its allocation is: after a
+        // takeover it routes the new holder's veth (delete just this veth then).
+        let ip = ep
+            .filter(|e| {
+                self.cache()
+                    .held
+                    .get(&e.base.ip)
+                    .is_none_or(|h| h.handle == e.base.handle)
+            })
+            .map(|e| e.base.ip);
         match ip {
             Some(ip) => {
                 // Unroute the address at once; the kernel's teardown of the veth pair
@@ -427,14 +473,17 @@ impl<B: Backend> Driver<B> {
                 self.dataplane().delete_endpoint(&host).await?;
             }
         }
+        // Forgotten first: the endpoint is gone for `ReleaseAddress` (which ignores a
+        // release of an address a live endpoint holds) even if the record write fails;
+        // a retried `DeleteEndpoint` reads the record again.
+        self.cache().endpoints.remove(&eid);
         let key = self.keys().endpoint(self.node(), &eid);
-        records::delete(self.store(), key)
-            .await
-            .map_err(|source| DockerError::RecordNotDeleted {
+        records::delete(self.store(), key).await.map_err(|source| {
+            DockerError::RecordNotDeleted {
                 endpoint: eid.clone(),
                 source,
-            })?;
-        self.cache().endpoints.remove(&eid);
+            }
+        })?;
         info!(endpoint = %short(&eid), %host, "endpoint deleted");
         Ok(())
     }
@@ -537,5 +586,103 @@ mod tests {
         assert_eq!(cidr_ip("10.1.0.5/24").unwrap(), Ipv4Addr::new(10, 1, 0, 5));
         assert_eq!(cidr_ip("10.1.0.5").unwrap(), Ipv4Addr::new(10, 1, 0, 5));
         assert!(cidr_ip("fd00::1/64").is_err());
+    }
+
+    /// brindled killed inside `CreateEndpoint`, after the veth and then after the
+    /// record: dockerd retries the call against the next brindled, which replaces the
+    /// veth (the name derives from the endpoint id) or answers from the record, instead
+    /// of failing on the name taken.
+    #[tokio::test]
+    async fn a_retried_create_endpoint_finishes_what_a_killed_one_began() {
+        use super::super::ipam_driver::ATTR_ORCHESTRATOR;
+        use super::super::LocalBackend;
+        use brindle_dataplane::{Dataplane, FakeDataplane, Reaper};
+        use brindle_ipam::pools::NewPool;
+        use brindle_ipam::{AllocRequest, Ipam, MemoryStore};
+
+        let store = MemoryStore::new();
+        let dp = Arc::new(FakeDataplane::new());
+        // A fresh brindled on the same etcd and kernel: nothing cached.
+        let restarted = || {
+            Driver::new(Arc::new(LocalBackend {
+                node: "n1".into(),
+                ipam: Ipam::new(store.clone(), "/brindle"),
+                dataplane: dp.clone(),
+                reaper: Reaper::tasks(dp.clone()),
+                docker_api_socket: None,
+            }))
+        };
+        let ipam = Ipam::new(store.clone(), "/brindle");
+        let cidr: Ipv4Network = "10.8.0.0/24".parse().unwrap();
+        ipam.add_pool(NewPool {
+            name: "p".into(),
+            cidr,
+            block_size: 26,
+            disabled: false,
+            reserved: Default::default(),
+            nat_outgoing: false,
+        })
+        .await
+        .unwrap();
+        let net = NetworkRecord {
+            id: "net".into(),
+            node: "n1".into(),
+            subnets: vec![NetworkSubnet {
+                subnet: cidr,
+                gateway: None,
+                aux: BTreeMap::new(),
+            }],
+            mtu: None,
+            allow_from: Vec::new(),
+            segment: Some("docker:p".into()),
+        };
+        records::put(&store, ipam.keys().docker_network("net"), &net)
+            .await
+            .unwrap();
+        let ip = ipam
+            .allocate(&AllocRequest {
+                handle: "docker-1".into(),
+                node: "n1".into(),
+                pool: Some("p".into()),
+                attrs: BTreeMap::from([(ATTR_ORCHESTRATOR.into(), ORCHESTRATOR.into())]),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .ip;
+        let eid = "e1".repeat(32);
+        let req = || CreateEndpointRequest {
+            network_id: "net".into(),
+            endpoint_id: eid.clone(),
+            interface: Some(EndpointInterface {
+                address: format!("{ip}/32"),
+                ..Default::default()
+            }),
+            options: None,
+        };
+        // Killed after the veth, before the record.
+        let spec = EndpointSpec::for_docker(&eid, ip, None);
+        dp.create_veth_on_host(&spec).await.unwrap();
+        let leftover = dp.link_of(&spec.host_ifname).unwrap();
+        let reply = restarted()
+            .create_endpoint(req(), &Caller::default())
+            .await
+            .unwrap();
+        let mac = reply.interface.unwrap().mac_address;
+        let link = dp.link_of(&spec.host_ifname).unwrap();
+        assert_ne!(link, leftover, "the leftover veth was replaced");
+        let key = ipam.keys().endpoint("n1", &eid);
+        let stored: DockerEndpoint = records::get(&store, key).await.unwrap().unwrap();
+        assert_eq!(
+            (stored.base.ip, stored.base.handle.as_str()),
+            (ip, "docker-1")
+        );
+        // Killed after the record, before the answer: answered from the record.
+        let again = restarted()
+            .create_endpoint(req(), &Caller::default())
+            .await
+            .unwrap();
+        assert_eq!(again.interface.unwrap().mac_address, mac);
+        assert_eq!(dp.link_of(&spec.host_ifname), Some(link), "veth kept");
     }
 }

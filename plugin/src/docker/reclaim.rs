@@ -21,10 +21,33 @@
 //! concurrent change elsewhere is never undone) and the address claimed for the caller.
 //! The same test drives a sweep, run once per new dockerd instance, that frees the
 //! dynamic addresses and endpoint records such a restart left behind.
+//!
+//! # Late releases of the previous holder
+//!
+//! Docker may still speak for the old endpoint after its address went to a new
+//! container: the new daemon cleans up its predecessor's endpoints (with
+//! `--live-restore` it adopts the old containers and stops them later), a failed
+//! `DeleteEndpoint` is retried, a request of the old daemon was still in flight.
+//! `ReleaseAddress` names only the address, so without care it would free the new
+//! container's allocation and the next container would get the same address. A release
+//! is judged against the allocation's identity, its handle and the `dockerd` that asked
+//! for it, and against the endpoint using it ([`Driver::stale_release`]):
+//! - an allocation that a live endpoint record of this node holds (same address and
+//!   handle) is not released: Docker deletes an endpoint before it releases its address,
+//!   so the release belongs to someone else;
+//! - an allocation requested by another dockerd that still runs is not released by
+//!   this one (a daemon releases what it, or a predecessor that is gone, asked for);
+//! - between the takeover and the new container's `CreateEndpoint`, the old endpoint's
+//!   `DeleteEndpoint` marks the address: the `ReleaseAddress` Docker sends right after
+//!   it is ignored ([`Driver::arm_stale_release`]; kept in memory, for a minute).
+//!
+//! The release itself is by the handle judged: a handle is never reused, so the check
+//! and the release cannot be about two different allocations.
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use brindle_dataplane::RouteTarget;
 use tracing::{info, warn};
@@ -35,8 +58,12 @@ use super::http::Caller;
 use super::ipam_driver::{ATTR_DOCKERD, ATTR_ORCHESTRATOR};
 use super::net_driver::short;
 use super::records::{self, NetworkRecord, ORCHESTRATOR};
-use super::{Backend, Driver};
+use super::{Backend, Driver, Held};
 use crate::endpoints::list_endpoints;
+
+/// How long after an old endpoint's `DeleteEndpoint` its `ReleaseAddress` is expected
+/// (Docker sends them back to back).
+const STALE_RELEASE_WINDOW: Duration = Duration::from_secs(60);
 
 impl<B: Backend> Driver<B> {
     /// `ip` is allocated to `holder`. Release it if its owner is provably gone (see the
@@ -102,7 +129,7 @@ impl<B: Backend> Driver<B> {
         self.ipam().release_handle(&handle).await?;
         self.cache().held.remove(&ip);
         if let Some(e) = &user {
-            self.forget_endpoint(&e.id).await?;
+            self.forget_endpoint(&e.id, e.ip).await?;
         }
         info!(%ip, %handle, old_dockerd = ?owner, "took over an address its dockerd never released (it no longer runs and no container uses the address)");
         Ok(None)
@@ -167,20 +194,73 @@ impl<B: Backend> Driver<B> {
         for ep in records::list_docker_endpoints(self.store(), self.keys(), self.node()).await? {
             let in_use = live.get(&ep.base.ip) == Some(&ep.base.host_ifname);
             if dead(ep.dockerd.as_ref()) && !in_use {
-                self.forget_endpoint(&ep.base.id).await?;
+                self.forget_endpoint(&ep.base.id, ep.base.ip).await?;
                 endpoints += 1;
             }
         }
         Ok((addresses, endpoints))
     }
 
-    /// Delete an endpoint record (its interface is already gone).
-    async fn forget_endpoint(&self, id: &str) -> Result<(), DockerError> {
+    /// Delete an endpoint record (its interface is already gone) whose address `ip` is
+    /// free for others now; remember it for Docker's late requests about it.
+    async fn forget_endpoint(&self, id: &str, ip: Ipv4Addr) -> Result<(), DockerError> {
         let key = self.keys().endpoint(self.node(), id);
         records::delete(self.store(), key).await?;
-        self.cache().endpoints.remove(id);
+        let mut cache = self.cache();
+        cache.endpoints.remove(id);
+        cache.reclaimed.insert(id.to_string(), ip);
         info!(endpoint = %short(id), "deleted the record of an endpoint whose container is gone");
         Ok(())
+    }
+
+    /// `DeleteEndpoint` of an endpoint whose address was taken over: Docker releases its
+    /// address next, and that release is stale.
+    pub(super) fn arm_stale_release(&self, endpoint: &str) {
+        let mut cache = self.cache();
+        if let Some(ip) = cache.reclaimed.remove(endpoint) {
+            info!(endpoint = %short(endpoint), %ip, "DeleteEndpoint of an endpoint whose address was taken over: its ReleaseAddress will be ignored");
+            cache
+                .stale_releases
+                .insert(ip, (endpoint.to_string(), Instant::now()));
+        }
+    }
+
+    /// Why a `ReleaseAddress` of `ip` from `caller` must not release `held`, if it
+    /// must not (see the module doc). Called with `self.claims` held.
+    pub(super) async fn stale_release(
+        &self,
+        ip: Ipv4Addr,
+        held: &Held,
+        caller: &Caller,
+    ) -> Result<Option<String>, DockerError> {
+        let armed = self.cache().stale_releases.remove(&ip);
+        if let Some((endpoint, at)) = armed.filter(|(_, at)| at.elapsed() < STALE_RELEASE_WINDOW) {
+            return Ok(Some(format!(
+                "it follows the DeleteEndpoint of endpoint {} {} ms ago, whose address was taken over by another container",
+                short(&endpoint),
+                at.elapsed().as_millis()
+            )));
+        }
+        if let (Some(me), Some(owner)) = (&caller.0, &held.dockerd) {
+            if me != owner && dockerd::alive(owner) {
+                return Ok(Some(format!(
+                    "the address was requested by dockerd {owner}, which still runs, not by the caller (dockerd {me})"
+                )));
+            }
+        }
+        self.load_endpoints().await?;
+        let user = self
+            .cache()
+            .endpoints
+            .values()
+            .find(|e| e.base.ip == ip && e.base.handle == held.handle)
+            .map(|e| e.base.id.clone());
+        Ok(user.map(|id| {
+            format!(
+                "endpoint {} still uses it (Docker deletes an endpoint before releasing its address): a late release of an earlier holder",
+                short(&id)
+            )
+        }))
     }
 
     /// Addresses routed to an existing interface on this host, with that interface.

@@ -19,8 +19,8 @@ use super::http::Caller;
 use super::records::{self, DockerEndpoint, NetworkRecord};
 use super::wire::*;
 use super::{dockerd, driver_router, Driver, LocalBackend};
-use crate::daemon::serve_unix;
 use crate::endpoints::list_endpoints;
+use crate::socket::serve_unix;
 
 const NODE: &str = "n1";
 const NET: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0";
@@ -880,10 +880,13 @@ async fn state_survives_a_restart_of_brindled() {
         .await
         .unwrap();
     fresh
-        .release_address(ReleaseAddressRequest {
-            pool_id: id,
-            address: "10.76.0.5".into(),
-        })
+        .release_address(
+            ReleaseAddressRequest {
+                pool_id: id,
+                address: "10.76.0.5".into(),
+            },
+            &me(),
+        )
         .await
         .unwrap();
     assert!(env.holder("10.76.0.5").await.is_none());
@@ -1417,4 +1420,133 @@ async fn segment_is_equal_for_networks_created_alike_on_two_nodes() {
     )
     .await;
     assert_eq!(ep.base.segment.as_deref(), Some(segments[1].as_str()));
+}
+
+/// A `--ip` taken over from a dead dockerd (`reclaim.rs`) belongs to the new
+/// container: Docker's late requests for the old endpoint — the new daemon cleaning up
+/// its predecessor's endpoint (with `--live-restore` it even adopts the old containers),
+/// or a retried `DeleteEndpoint` + `ReleaseAddress` — must not free it, or the next
+/// container gets the same address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reclaimed_address_survives_late_releases_of_its_previous_owner() {
+    let env = env().await;
+    let id = env.pool("10.91.0.0/24", "", json!({})).await;
+    env.network(NET, "10.91.0.0/24", json!({})).await;
+    let old = Caller(Some(DEAD.into()));
+    let ask = RequestAddressRequest {
+        pool_id: id.clone(),
+        address: "10.91.0.5".into(),
+        options: None,
+    };
+    env.driver.request_address(ask, &old).await.unwrap();
+    env.driver
+        .create_endpoint(
+            CreateEndpointRequest {
+                network_id: NET.into(),
+                endpoint_id: EP1.into(),
+                interface: Some(EndpointInterface {
+                    address: "10.91.0.5/32".into(),
+                    ..Default::default()
+                }),
+                options: None,
+            },
+            &old,
+        )
+        .await
+        .unwrap();
+    // The old container died with its daemon; the new daemon (this process, on the
+    // socket) starts a container with the same --ip: taken over.
+    let old_host = brindle_dataplane::host_ifname_for(EP1);
+    env.dp.delete_endpoint(&old_host).await.unwrap();
+    env.address(&id, "10.91.0.5").await;
+    let new = env.holder("10.91.0.5").await.expect("reclaimed");
+    let old_ep = json!({"NetworkID":NET,"EndpointID":EP1});
+    let release = json!({"PoolID":id,"Address":"10.91.0.5"});
+
+    // A release the old daemon sent before it died, handled only now.
+    env.driver
+        .release_address(
+            ReleaseAddressRequest {
+                pool_id: id.clone(),
+                address: "10.91.0.5".into(),
+            },
+            &old,
+        )
+        .await
+        .unwrap();
+    assert_eq!(env.holder("10.91.0.5").await.as_deref(), Some(new.as_str()));
+
+    // Before the new endpoint exists, the new daemon cleans up the old one.
+    env.ok("/NetworkDriver.DeleteEndpoint", old_ep.clone())
+        .await;
+    env.ok("/IpamDriver.ReleaseAddress", release.clone()).await;
+    assert_eq!(env.holder("10.91.0.5").await.as_deref(), Some(new.as_str()));
+
+    env.endpoint(NET, EP2, "10.91.0.5/32").await;
+    env.join(NET, EP2, SANDBOX).await;
+    // Docker retries the old endpoint's deletion once more.
+    env.ok("/NetworkDriver.DeleteEndpoint", old_ep).await;
+    env.ok("/IpamDriver.ReleaseAddress", release.clone()).await;
+    assert_eq!(env.holder("10.91.0.5").await.as_deref(), Some(new.as_str()));
+    let new_host = brindle_dataplane::host_ifname_for(EP2);
+    assert!(env.dp.has_endpoint(&new_host));
+    assert!(env
+        .dp
+        .host_routes()
+        .contains(&("10.91.0.5".parse().unwrap(), new_host)));
+    assert!(env.endpoint_record(EP2).await.is_some());
+
+    // The new container's own removal frees it.
+    let ids = json!({"NetworkID":NET,"EndpointID":EP2});
+    env.ok("/NetworkDriver.Leave", ids.clone()).await;
+    env.ok("/NetworkDriver.DeleteEndpoint", ids).await;
+    env.ok("/IpamDriver.ReleaseAddress", release).await;
+    assert_eq!(env.holder("10.91.0.5").await, None);
+}
+
+/// `--live-restore`: a container started under a daemon that has since restarted is
+/// stopped by the new daemon, which releases an address it never requested.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_new_daemon_releases_what_an_adopted_container_held() {
+    let env = env().await;
+    let id = env.pool("10.92.0.0/24", "", json!({})).await;
+    env.network(NET, "10.92.0.0/24", json!({})).await;
+    let old = Caller(Some(DEAD.into()));
+    let r = env
+        .driver
+        .request_address(
+            RequestAddressRequest {
+                pool_id: id.clone(),
+                address: String::new(),
+                options: None,
+            },
+            &old,
+        )
+        .await
+        .unwrap();
+    let ip = r.address.trim_end_matches("/32").to_string();
+    env.driver
+        .create_endpoint(
+            CreateEndpointRequest {
+                network_id: NET.into(),
+                endpoint_id: EP1.into(),
+                interface: Some(EndpointInterface {
+                    address: r.address.clone(),
+                    ..Default::default()
+                }),
+                options: None,
+            },
+            &old,
+        )
+        .await
+        .unwrap();
+    let ids = json!({"NetworkID":NET,"EndpointID":EP1});
+    env.ok("/NetworkDriver.Leave", ids.clone()).await;
+    env.ok("/NetworkDriver.DeleteEndpoint", ids).await;
+    env.ok(
+        "/IpamDriver.ReleaseAddress",
+        json!({"PoolID":id,"Address":ip}),
+    )
+    .await;
+    assert_eq!(env.holder(&ip).await, None);
 }

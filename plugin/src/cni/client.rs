@@ -1,5 +1,6 @@
-//! The brindle-cni side of brindled's local API: one HTTP/1.1 request on the unix
-//! socket per CNI operation (hyper's client over a tokio `UnixStream`).
+//! The brindle-cni side of brindled's local API (`crate::api` is the server side): one
+//! HTTP/1.1 request on the unix socket per CNI operation (hyper's client over a tokio
+//! `UnixStream`).
 
 use std::path::Path;
 use std::time::Duration;
@@ -13,7 +14,16 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::net::UnixStream;
 
-use crate::cni::error::{code, CniError};
+use super::error::{code, CniError};
+
+/// Paths of the API, shared with the server (`crate::api`).
+pub mod paths {
+    pub const ADD: &str = "/v1/cni/add";
+    pub const DEL: &str = "/v1/cni/del";
+    pub const CHECK: &str = "/v1/cni/check";
+    pub const GC: &str = "/v1/cni/gc";
+    pub const STATUS: &str = "/v1/cni/status";
+}
 
 /// Longest a fast-path call may take (brindled's etcd calls give up after 5 s each).
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(60);

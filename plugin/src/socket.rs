@@ -35,6 +35,16 @@ impl Connected<IncomingStream<'_, UnixListener>> for UnixPeer {
 /// Bind `path` (replacing a stale socket, creating the directory), restrict it to root,
 /// and serve `router` on it until the task is dropped.
 pub async fn serve_unix(path: PathBuf, router: Router) -> anyhow::Result<()> {
+    serve_unix_until(path, router, std::future::pending()).await
+}
+
+/// [`serve_unix`] until `stop` completes, then stop accepting, let every request in
+/// flight finish (idle keep-alive connections are closed) and return.
+pub async fn serve_unix_until(
+    path: PathBuf,
+    router: Router,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
     }
@@ -52,6 +62,7 @@ pub async fn serve_unix(path: PathBuf, router: Router) -> anyhow::Result<()> {
         listener,
         router.into_make_service_with_connect_info::<UnixPeer>(),
     )
+    .with_graceful_shutdown(stop)
     .await
     .with_context(|| format!("serve {}", path.display()))
 }

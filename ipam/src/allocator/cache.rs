@@ -1,0 +1,270 @@
+//! The allocator's cache: what this process has read (pools, claimed blocks, a node's
+//! affinities, handles), how it is filled from the store and refreshed after conflicts.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::net::Ipv4Addr;
+
+use ipnetwork::Ipv4Network;
+
+use crate::error::IpamError;
+use crate::model::{Block, HandleRecord, Pool};
+use crate::state::Keys;
+use crate::state::{decode, read, read_all, Versioned};
+use crate::store::{Kv, Store};
+
+use super::Ipam;
+
+/// What this process has read, each with the revision it was read at. Any entry may be
+/// stale: the transactions' compares catch that, and conflicts refresh it.
+#[derive(Default)]
+pub(super) struct Cache {
+    pub(super) pools: Option<Vec<Versioned<Pool>>>,
+    pub(super) blocks: HashMap<Ipv4Network, Versioned<Block>>,
+    /// Blocks known to exist (claimed by anyone), from one keys-only listing.
+    pub(super) claimed: Option<HashSet<Ipv4Network>>,
+    /// Nodes whose affinities have been listed, and their blocks.
+    pub(super) affine: HashMap<String, BTreeSet<Ipv4Network>>,
+    pub(super) handles: HashMap<String, Versioned<HandleRecord>>,
+}
+
+impl Cache {
+    pub(super) fn forget_block(&mut self, cidr: Ipv4Network) {
+        self.blocks.remove(&cidr);
+        if let Some(claimed) = self.claimed.as_mut() {
+            claimed.remove(&cidr);
+        }
+        for set in self.affine.values_mut() {
+            set.remove(&cidr);
+        }
+    }
+
+    pub(super) fn learn_block(&mut self, block: Versioned<Block>) {
+        let cidr = block.value.cidr;
+        if let Some(claimed) = self.claimed.as_mut() {
+            claimed.insert(cidr);
+        }
+        for (node, set) in self.affine.iter_mut() {
+            if block.value.affinity.as_deref() == Some(node.as_str()) {
+                set.insert(cidr);
+            } else {
+                set.remove(&cidr);
+            }
+        }
+        self.blocks.insert(cidr, block);
+    }
+
+    /// Bound the handle cache of a long-lived agent.
+    pub(super) fn remember_handle(&mut self, id: &str, record: Versioned<HandleRecord>) {
+        if self.handles.len() >= 65_536 {
+            self.handles.clear();
+        }
+        self.handles.insert(id.to_string(), record);
+    }
+}
+
+impl<S: Store> Ipam<S> {
+    /// Pools a dynamic request may use.
+    pub(super) async fn candidate_pools(
+        &self,
+        cache: &mut Cache,
+        name: Option<&str>,
+    ) -> Result<Vec<Versioned<Pool>>, IpamError> {
+        if let Some(name) = name {
+            let pool = self.named_pool(cache, name).await?;
+            if pool.value.deleting {
+                return Err(IpamError::PoolDeleting(pool.value.name));
+            }
+            if pool.value.disabled {
+                return Err(IpamError::PoolDisabled(pool.value.name));
+            }
+            return Ok(vec![pool]);
+        }
+        let mut enabled = self.enabled(cache).await?;
+        if enabled.is_empty() {
+            // A pool may have been added since we cached the list.
+            cache.pools = None;
+            enabled = self.enabled(cache).await?;
+        }
+        if enabled.is_empty() {
+            return Err(IpamError::NoPools);
+        }
+        Ok(enabled)
+    }
+
+    pub(super) async fn enabled(
+        &self,
+        cache: &mut Cache,
+    ) -> Result<Vec<Versioned<Pool>>, IpamError> {
+        Ok(self
+            .pools(cache)
+            .await?
+            .iter()
+            .filter(|p| !p.value.disabled && !p.value.deleting)
+            .cloned()
+            .collect())
+    }
+
+    pub(super) async fn pools<'c>(
+        &self,
+        cache: &'c mut Cache,
+    ) -> Result<&'c [Versioned<Pool>], IpamError> {
+        if cache.pools.is_none() {
+            let listed = self.store.list(&self.keys.pools()).await?;
+            let pools = listed.iter().map(decode).collect::<Result<Vec<_>, _>>()?;
+            cache.pools = Some(pools);
+        }
+        Ok(cache.pools.as_deref().unwrap_or_default())
+    }
+
+    pub(super) async fn named_pool(
+        &self,
+        cache: &mut Cache,
+        name: &str,
+    ) -> Result<Versioned<Pool>, IpamError> {
+        for refresh in [false, true] {
+            if refresh {
+                cache.pools = None;
+            }
+            if let Some(p) = self
+                .pools(cache)
+                .await?
+                .iter()
+                .find(|p| p.value.name == name)
+            {
+                return Ok(p.clone());
+            }
+        }
+        let existing = pool_names(self.pools(cache).await?);
+        Err(IpamError::PoolNotFound {
+            name: name.to_string(),
+            existing,
+        })
+    }
+
+    pub(super) async fn pool_containing(
+        &self,
+        cache: &mut Cache,
+        ip: Ipv4Addr,
+    ) -> Result<Versioned<Pool>, IpamError> {
+        for refresh in [false, true] {
+            if refresh {
+                cache.pools = None;
+            }
+            if let Some(p) = self
+                .pools(cache)
+                .await?
+                .iter()
+                .find(|p| p.value.cidr.contains(ip))
+            {
+                return Ok(p.clone());
+            }
+        }
+        let pools = pool_cidrs(self.pools(cache).await?);
+        Err(IpamError::NotInAnyPool { ip, pools })
+    }
+
+    /// List a node's affinities once and read the blocks behind them.
+    pub(super) async fn load_node(&self, cache: &mut Cache, node: &str) -> Result<(), IpamError> {
+        if cache.affine.contains_key(node) {
+            return Ok(());
+        }
+        let keys = self
+            .store
+            .list_keys(&self.keys.node_affinities(node))
+            .await?;
+        let mut set = BTreeSet::new();
+        for key in keys {
+            let Some((_, cidr)) = self.keys.parse_affinity(&key) else {
+                continue;
+            };
+            if !cache.blocks.contains_key(&cidr) {
+                match self.read_block(cidr).await? {
+                    Some(b) => cache.learn_block(b),
+                    None => continue,
+                }
+            }
+            if cache.blocks[&cidr].value.affinity.as_deref() == Some(node) {
+                set.insert(cidr);
+            }
+        }
+        cache.affine.insert(node.to_string(), set);
+        Ok(())
+    }
+
+    pub(super) async fn load_claimed(&self, cache: &mut Cache) -> Result<(), IpamError> {
+        if cache.claimed.is_none() {
+            let keys = self.store.list_keys(&self.keys.blocks()).await?;
+            let mut claimed: HashSet<Ipv4Network> =
+                keys.iter().filter_map(|k| Keys::cidr_of(k)).collect();
+            claimed.extend(cache.blocks.keys().copied());
+            cache.claimed = Some(claimed);
+        }
+        Ok(())
+    }
+
+    pub(super) async fn read_block(
+        &self,
+        cidr: Ipv4Network,
+    ) -> Result<Option<Versioned<Block>>, IpamError> {
+        Ok(read(&self.store, &self.keys.block(cidr)).await?)
+    }
+
+    pub(super) async fn read_all_blocks(&self) -> Result<Vec<Versioned<Block>>, IpamError> {
+        Ok(read_all(&self.store, &self.keys.blocks()).await?)
+    }
+
+    /// Refresh the cache from the values a failed transaction read back.
+    pub(super) fn absorb(
+        &self,
+        cache: &mut Cache,
+        handle: &str,
+        current: Vec<(String, Option<Kv>)>,
+    ) -> Result<(), IpamError> {
+        for (key, kv) in current {
+            if key == self.keys.handle(handle) {
+                match kv {
+                    Some(kv) => cache.remember_handle(handle, decode(&kv)?),
+                    None => {
+                        cache.handles.remove(handle);
+                    }
+                }
+            } else if let Some(cidr) = Keys::cidr_of(&key) {
+                match kv {
+                    Some(kv) => cache.learn_block(decode(&kv)?),
+                    None => cache.forget_block(cidr),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) async fn read_handle(
+        &self,
+        id: &str,
+    ) -> Result<Option<Versioned<HandleRecord>>, IpamError> {
+        Ok(read(&self.store, &self.keys.handle(id)).await?)
+    }
+}
+
+/// `p1 (10.0.0.0/24), p2 (10.1.0.0/24)`, or `none`.
+pub(super) fn pool_cidrs(pools: &[Versioned<Pool>]) -> String {
+    if pools.is_empty() {
+        return "none".into();
+    }
+    pools
+        .iter()
+        .map(|p| format!("{} ({})", p.value.name, p.value.cidr))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+pub(super) fn pool_names(pools: &[Versioned<Pool>]) -> String {
+    if pools.is_empty() {
+        return "none".into();
+    }
+    pools
+        .iter()
+        .map(|p| p.value.name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}

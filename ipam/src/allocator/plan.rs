@@ -1,0 +1,358 @@
+//! Planning an allocation from the cache: a fixed address, or a dynamic one from the
+//! node's blocks, a new claim or a borrowed block; the plan becomes one transaction.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+
+use ipnetwork::Ipv4Network;
+use rand::seq::SliceRandom;
+
+use crate::cidr::{
+    block_count, block_of, blocks_touching, claim_start, is_pool_edge, next_free_in, nth_block,
+    overlaps,
+};
+use crate::error::IpamError;
+use crate::model::{Allocation, Block, HandleRecord, Pool, ATTR_NODE};
+use crate::state::Versioned;
+use crate::store::Store;
+
+use super::cache::{pool_cidrs, Cache};
+use super::{AllocRequest, Assigned, Ipam};
+
+/// One planned allocation, ready to become a transaction.
+pub(super) struct Plan {
+    pub(super) pool: Versioned<Pool>,
+    pub(super) ip: Ipv4Addr,
+    /// Revision the block was read at; `None` when the plan creates (claims) it.
+    pub(super) block_revision: Option<i64>,
+    pub(super) block: Block,
+}
+
+pub(super) enum Planned {
+    New(Plan),
+    /// The handle already holds this address.
+    Existing(Assigned),
+}
+
+impl<S: Store> Ipam<S> {
+    pub(super) async fn plan(
+        &self,
+        cache: &mut Cache,
+        req: &AllocRequest,
+    ) -> Result<Planned, IpamError> {
+        let mut attrs = req.attrs.clone();
+        attrs.insert(ATTR_NODE.to_string(), req.node.clone());
+        let allocation = Allocation {
+            handle: req.handle.clone(),
+            attrs,
+        };
+        match req.ip {
+            Some(ip) => self.plan_fixed(cache, req, ip, allocation).await,
+            None => self.plan_dynamic(cache, req, allocation).await,
+        }
+    }
+
+    /// The answer to a repeated request: the address the handle holds, if it fits.
+    pub(super) async fn existing_for(
+        &self,
+        cache: &mut Cache,
+        req: &AllocRequest,
+        record: &HandleRecord,
+    ) -> Result<Option<Assigned>, IpamError> {
+        let Some((&held, &block)) = record.addresses.iter().next() else {
+            return Ok(None);
+        };
+        let pools = self.pools(cache).await?;
+        let pool = pools.iter().find(|p| p.value.cidr.contains(held));
+        let wanted_other = match (req.ip, &req.pool, pool, req.range) {
+            (Some(ip), _, _, _) if ip != held => Some(ip.to_string()),
+            (_, Some(name), Some(p), _) if *name != p.value.name => {
+                Some(format!("an address in pool {name}"))
+            }
+            (None, _, _, Some(range)) if !range.contains(held) => {
+                Some(format!("an address in {range}"))
+            }
+            _ => None,
+        };
+        if let Some(wanted) = wanted_other {
+            return Err(IpamError::HandleHoldsOther {
+                handle: req.handle.clone(),
+                held,
+                wanted,
+            });
+        }
+        Ok(pool.map(|p| Assigned {
+            ip: held,
+            pool: p.value.name.clone(),
+            pool_cidr: p.value.cidr,
+            block,
+            existing: true,
+        }))
+    }
+
+    pub(super) async fn plan_fixed(
+        &self,
+        cache: &mut Cache,
+        req: &AllocRequest,
+        ip: Ipv4Addr,
+        allocation: Allocation,
+    ) -> Result<Planned, IpamError> {
+        let pool = self.pool_containing(cache, ip).await?;
+        if let Some(name) = &req.pool {
+            if *name != pool.value.name {
+                let wanted = self.named_pool(cache, name).await?;
+                return Err(IpamError::NotInPool {
+                    ip,
+                    pool: name.clone(),
+                    cidr: wanted.value.cidr,
+                });
+            }
+        }
+        if pool.value.deleting {
+            return Err(IpamError::PoolDeleting(pool.value.name));
+        }
+        if is_pool_edge(pool.value.cidr, ip) {
+            let what = if ip == pool.value.cidr.network() {
+                "network"
+            } else {
+                "broadcast"
+            };
+            return Err(IpamError::PoolEdge {
+                ip,
+                pool: pool.value.name,
+                what,
+            });
+        }
+        if pool.value.reserved.contains(&ip) {
+            return Err(IpamError::Reserved {
+                ip,
+                pool: pool.value.name,
+            });
+        }
+        let cidr = block_of(&pool.value, ip);
+        // A cached block that says the address is free is checked by the compare; one
+        // that says it is taken could be stale, so that answer is read fresh.
+        let current = match cache.blocks.get(&cidr) {
+            Some(b) if !b.value.allocations.contains_key(&ip) => Some(b.clone()),
+            _ => {
+                let fresh = self.read_block(cidr).await?;
+                match &fresh {
+                    Some(b) => cache.learn_block(b.clone()),
+                    None => cache.forget_block(cidr),
+                }
+                fresh
+            }
+        };
+        let (mut block, revision) = match current {
+            Some(b) => (b.value, Some(b.revision)),
+            None => (
+                Block {
+                    cidr,
+                    pool: pool.value.name.clone(),
+                    affinity: Some(req.node.clone()),
+                    allocations: BTreeMap::new(),
+                    cursor: 0,
+                },
+                None,
+            ),
+        };
+        if let Some(holder) = block.allocations.get(&ip) {
+            if holder.handle == req.handle {
+                return Ok(Planned::Existing(Assigned {
+                    ip,
+                    pool: pool.value.name.clone(),
+                    pool_cidr: pool.value.cidr,
+                    block: cidr,
+                    existing: true,
+                }));
+            }
+            return Err(IpamError::AddressTaken {
+                ip,
+                handle: holder.handle.clone(),
+            });
+        }
+        block.allocations.insert(ip, allocation);
+        Ok(Planned::New(Plan {
+            pool,
+            ip,
+            block_revision: revision,
+            block,
+        }))
+    }
+
+    pub(super) async fn plan_dynamic(
+        &self,
+        cache: &mut Cache,
+        req: &AllocRequest,
+        allocation: Allocation,
+    ) -> Result<Planned, IpamError> {
+        let mut pools = self.candidate_pools(cache, req.pool.as_deref()).await?;
+        let scope = Scope {
+            range: req.range,
+            exclude: &req.exclude,
+        };
+        if let Some(range) = req.range {
+            let all = pool_cidrs(&pools);
+            pools.retain(|p| overlaps(p.value.cidr, range));
+            if pools.is_empty() {
+                return Err(IpamError::RangeOutsidePools { range, pools: all });
+            }
+        }
+        self.load_node(cache, &req.node).await?;
+
+        // 1. The node's own blocks (those the range touches).
+        let own: Vec<Ipv4Network> = cache.affine[&req.node]
+            .iter()
+            .copied()
+            .filter(|cidr| scope.touches(*cidr))
+            .collect();
+        for cidr in own {
+            let Some(pool) = pools.iter().find(|p| p.value.cidr.contains(cidr.network())) else {
+                continue;
+            };
+            if let Some(plan) = take_from(cache.blocks.get(&cidr), pool, &allocation, &scope) {
+                return Ok(Planned::New(plan));
+            }
+        }
+
+        // 2. Claim a block nobody has, in a node-specific order.
+        self.load_claimed(cache).await?;
+        for pool in &pools {
+            if let Some(plan) = claim_new(cache, pool, &req.node, &allocation, &scope) {
+                return Ok(Planned::New(plan));
+            }
+        }
+
+        // 3. Borrow from another node's block; the listing also refreshes what is claimed.
+        let all = self.read_all_blocks().await?;
+        cache.claimed = Some(all.iter().map(|b| b.value.cidr).collect());
+        for b in all {
+            cache.learn_block(b);
+        }
+        for pool in &pools {
+            if let Some(plan) = claim_new(cache, pool, &req.node, &allocation, &scope) {
+                return Ok(Planned::New(plan));
+            }
+            let mut others: Vec<&Versioned<Block>> = cache
+                .blocks
+                .values()
+                .filter(|b| pool.value.cidr.contains(b.value.cidr.network()))
+                .filter(|b| b.value.affinity.as_deref() != Some(req.node.as_str()))
+                .filter(|b| scope.touches(b.value.cidr))
+                .collect();
+            others.shuffle(&mut rand::rng());
+            for block in others {
+                if let Some(plan) = take_from(Some(block), pool, &allocation, &scope) {
+                    return Ok(Planned::New(plan));
+                }
+            }
+        }
+        Err(match req.range {
+            Some(range) => IpamError::RangeExhausted {
+                range,
+                pools: pools
+                    .iter()
+                    .map(|p| p.value.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            },
+            None => exhausted(&pools),
+        })
+    }
+}
+
+/// Where a dynamic request may take its address: [`AllocRequest::range`] and
+/// [`AllocRequest::exclude`].
+pub(super) struct Scope<'r> {
+    range: Option<Ipv4Network>,
+    exclude: &'r BTreeSet<Ipv4Addr>,
+}
+
+impl Scope<'_> {
+    pub(super) fn touches(&self, block: Ipv4Network) -> bool {
+        self.range.is_none_or(|r| overlaps(r, block))
+    }
+}
+
+/// Take the next free address (within the scope) of a cached block.
+pub(super) fn take_from(
+    block: Option<&Versioned<Block>>,
+    pool: &Versioned<Pool>,
+    allocation: &Allocation,
+    scope: &Scope<'_>,
+) -> Option<Plan> {
+    let block = block?;
+    let (ip, cursor) = next_free_in(&pool.value, &block.value, scope.range, scope.exclude)?;
+    let mut next = block.value.clone();
+    next.cursor = cursor;
+    next.allocations.insert(ip, allocation.clone());
+    Some(Plan {
+        pool: pool.clone(),
+        ip,
+        block_revision: Some(block.revision),
+        block: next,
+    })
+}
+
+/// Plan the claim of the first unclaimed block of a pool (among those the scope
+/// touches), starting at the node's offset.
+pub(super) fn claim_new(
+    cache: &Cache,
+    pool: &Versioned<Pool>,
+    node: &str,
+    allocation: &Allocation,
+    scope: &Scope<'_>,
+) -> Option<Plan> {
+    let claimed = cache.claimed.as_ref()?;
+    let span = match scope.range {
+        Some(range) => blocks_touching(&pool.value, range),
+        None => 0..block_count(&pool.value),
+    };
+    let count = span.end - span.start;
+    if count == 0 {
+        return None;
+    }
+    let start = claim_start(&pool.value, node) % count;
+    (0..count)
+        .map(|i| nth_block(&pool.value, span.start + (start + i) % count))
+        .filter(|cidr| !claimed.contains(cidr))
+        .find_map(|cidr| {
+            let fresh = Versioned {
+                value: Block {
+                    cidr,
+                    pool: pool.value.name.clone(),
+                    affinity: Some(node.to_string()),
+                    allocations: BTreeMap::new(),
+                    cursor: 0,
+                },
+                revision: 0,
+            };
+            let mut plan = take_from(Some(&fresh), pool, allocation, scope)?;
+            plan.block_revision = None;
+            Some(plan)
+        })
+}
+
+pub(super) fn exhausted(pools: &[Versioned<Pool>]) -> IpamError {
+    if let [only] = pools {
+        return IpamError::PoolExhausted {
+            name: only.value.name.clone(),
+            cidr: only.value.cidr,
+            size: crate::cidr::usable_in_pool(&only.value),
+        };
+    }
+    IpamError::AllPoolsExhausted {
+        pools: pools
+            .iter()
+            .map(|p| {
+                format!(
+                    "{} {} with {} usable addresses",
+                    p.value.name,
+                    p.value.cidr,
+                    crate::cidr::usable_in_pool(&p.value)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", "),
+    }
+}

@@ -1,0 +1,409 @@
+//! The allocator's transactions: allocate and release, each one compare-and-swap
+//! transaction retried on conflict, and the handle attribute update.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+
+use ipnetwork::Ipv4Network;
+use tracing::debug;
+
+use crate::cidr::block_of;
+use crate::error::{validate_handle, validate_node_name, IpamError};
+use crate::model::{Affinity, Block, HandleRecord};
+use crate::state::{backoff, cas_loop, Attempt, MAX_ATTEMPTS};
+use crate::state::{decode, encode, Versioned};
+use crate::store::{Compare, Op, Store, Txn, TxnOutcome};
+
+use super::cache::Cache;
+use super::plan::Planned;
+use super::{AllocRequest, Assigned, Ipam};
+
+impl<S: Store> Ipam<S> {
+    /// Allocate an address for `req.handle`, or return the one it already holds.
+    pub async fn allocate(&self, req: &AllocRequest) -> Result<Assigned, IpamError> {
+        validate_handle(&req.handle)?;
+        validate_node_name(&req.node)?;
+        let mut cache = self.cache.lock().await;
+        let mut refreshed = false;
+        for attempt in 1..=MAX_ATTEMPTS {
+            let plan = match self.plan(&mut cache, req).await {
+                Ok(Planned::Existing(assigned)) => return Ok(assigned),
+                Ok(Planned::New(plan)) => plan,
+                // A long-lived cache may miss pools added since: look once more.
+                Err(
+                    IpamError::PoolExhausted { .. }
+                    | IpamError::AllPoolsExhausted { .. }
+                    | IpamError::RangeExhausted { .. },
+                ) if !refreshed => {
+                    refreshed = true;
+                    cache.pools = None;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let handle_key = self.keys.handle(&req.handle);
+            let block_key = self.keys.block(plan.block.cidr);
+            let pool_key = self.keys.pool(&plan.pool.value.name);
+            let mut ops = vec![
+                Op::Put {
+                    key: block_key.clone(),
+                    value: encode(&plan.block),
+                },
+                Op::Put {
+                    key: handle_key.clone(),
+                    value: encode(&HandleRecord {
+                        addresses: BTreeMap::from([(plan.ip, plan.block.cidr)]),
+                    }),
+                },
+            ];
+            if plan.block_revision.is_none() {
+                ops.push(Op::Put {
+                    key: self.keys.affinity(&req.node, plan.block.cidr),
+                    value: encode(&Affinity::confirmed()),
+                });
+            }
+            let txn = Txn {
+                compares: vec![
+                    Compare::unchanged(&pool_key, Some(plan.pool.revision)),
+                    Compare::unchanged(&block_key, plan.block_revision),
+                    Compare::unchanged(&handle_key, None),
+                ],
+                ops,
+                read_on_conflict: vec![handle_key, block_key, pool_key],
+            };
+            match self.store.txn(txn).await? {
+                TxnOutcome::Committed { revision } => {
+                    let assigned = Assigned {
+                        ip: plan.ip,
+                        pool: plan.pool.value.name.clone(),
+                        pool_cidr: plan.pool.value.cidr,
+                        block: plan.block.cidr,
+                        existing: false,
+                    };
+                    if plan.block_revision.is_none() {
+                        cache
+                            .affine
+                            .entry(req.node.clone())
+                            .or_default()
+                            .insert(plan.block.cidr);
+                    }
+                    let handle = HandleRecord {
+                        addresses: BTreeMap::from([(plan.ip, plan.block.cidr)]),
+                    };
+                    cache.learn_block(Versioned {
+                        value: plan.block,
+                        revision,
+                    });
+                    cache.remember_handle(
+                        &req.handle,
+                        Versioned {
+                            value: handle,
+                            revision,
+                        },
+                    );
+                    debug!(ip = %assigned.ip, handle = %req.handle, node = %req.node, "allocated");
+                    return Ok(assigned);
+                }
+                TxnOutcome::Conflict { current } => {
+                    let mut current = current.into_iter().map(|(_, kv)| kv);
+                    let (handle, block, pool) = (
+                        current.next().flatten(),
+                        current.next().flatten(),
+                        current.next().flatten(),
+                    );
+                    if let Some(handle) = handle {
+                        // The handle exists: a repeated request, answered from the
+                        // record just read (never from a possibly stale cache).
+                        let record: Versioned<HandleRecord> = decode(&handle)?;
+                        let existing = self.existing_for(&mut cache, req, &record.value).await?;
+                        cache.remember_handle(&req.handle, record);
+                        if let Some(existing) = existing {
+                            return Ok(existing);
+                        }
+                    }
+                    // Our view of who claimed what was stale if a claim lost: list again
+                    // once, rather than discovering other claims one round trip at a time.
+                    if plan.block_revision.is_none() && block.is_some() {
+                        cache.claimed = None;
+                        cache.affine.remove(&req.node);
+                    }
+                    match block {
+                        Some(kv) => cache.learn_block(decode(&kv)?),
+                        None => cache.forget_block(plan.block.cidr),
+                    }
+                    if pool.map(|kv| kv.mod_revision) != Some(plan.pool.revision) {
+                        cache.pools = None;
+                    }
+                    backoff(attempt).await;
+                }
+            }
+        }
+        Err(IpamError::Contention {
+            attempts: MAX_ATTEMPTS,
+        })
+    }
+
+    /// Release every address a handle holds. Releasing an unknown handle is not an
+    /// error (idempotent): the result is then empty.
+    pub async fn release_handle(&self, handle: &str) -> Result<Vec<Ipv4Addr>, IpamError> {
+        validate_handle(handle)?;
+        let mut cache = self.cache.lock().await;
+        for attempt in 1..=MAX_ATTEMPTS {
+            let record = match cache.handles.get(handle) {
+                Some(r) => Some(r.clone()),
+                None => self.read_handle(handle).await?,
+            };
+            let Some(record) = record else {
+                return Ok(Vec::new());
+            };
+            let ips: BTreeSet<Ipv4Addr> = record.value.addresses.keys().copied().collect();
+            let blocks: BTreeSet<Ipv4Network> = record.value.addresses.values().copied().collect();
+            if self
+                .release_txn(&mut cache, handle, Some(&record), &ips, &blocks, &[])
+                .await?
+            {
+                return Ok(ips.into_iter().collect());
+            }
+            backoff(attempt).await;
+        }
+        Err(IpamError::Contention {
+            attempts: MAX_ATTEMPTS,
+        })
+    }
+
+    /// Release what `handle` holds only while its record is still at `revision` (as
+    /// read when the caller decided its owner is gone) and every compare of `guards`
+    /// holds (e.g. "the owner's record is still absent"), all in the release's own
+    /// transaction: an allocation or record written since the decision is never
+    /// undone. Returns the addresses released, or `None` when the handle (gone or
+    /// written since) or a guard no longer matches.
+    pub async fn release_handle_if(
+        &self,
+        handle: &str,
+        revision: i64,
+        guards: &[Compare],
+    ) -> Result<Option<Vec<Ipv4Addr>>, IpamError> {
+        validate_handle(handle)?;
+        let mut cache = self.cache.lock().await;
+        for attempt in 1..=MAX_ATTEMPTS {
+            let Some(record) = self.read_handle(handle).await? else {
+                return Ok(None);
+            };
+            if record.revision != revision {
+                return Ok(None);
+            }
+            for Compare::ModRevision {
+                key,
+                revision: expected,
+            } in guards
+            {
+                let now = self.store.get(key).await?.map_or(0, |kv| kv.mod_revision);
+                if now != *expected {
+                    return Ok(None);
+                }
+            }
+            let ips: BTreeSet<Ipv4Addr> = record.value.addresses.keys().copied().collect();
+            let blocks: BTreeSet<Ipv4Network> = record.value.addresses.values().copied().collect();
+            if self
+                .release_txn(&mut cache, handle, Some(&record), &ips, &blocks, guards)
+                .await?
+            {
+                return Ok(Some(ips.into_iter().collect()));
+            }
+            backoff(attempt).await;
+        }
+        Err(IpamError::Contention {
+            attempts: MAX_ATTEMPTS,
+        })
+    }
+
+    /// Release one address, whoever holds it. Returns the handle that held it, or `None`
+    /// when it was not allocated.
+    pub async fn release_ip(&self, ip: Ipv4Addr) -> Result<Option<String>, IpamError> {
+        let mut cache = self.cache.lock().await;
+        for attempt in 1..=MAX_ATTEMPTS {
+            let pool = self.pool_containing(&mut cache, ip).await?;
+            let cidr = block_of(&pool.value, ip);
+            let Some(block) = self.read_block(cidr).await? else {
+                return Ok(None);
+            };
+            let Some(holder) = block.value.allocations.get(&ip).map(|a| a.handle.clone()) else {
+                return Ok(None);
+            };
+            cache.learn_block(block);
+            let record = self.read_handle(&holder).await?;
+            let ips = BTreeSet::from([ip]);
+            let blocks = BTreeSet::from([cidr]);
+            if self
+                .release_txn(&mut cache, &holder, record.as_ref(), &ips, &blocks, &[])
+                .await?
+            {
+                return Ok(Some(holder));
+            }
+            backoff(attempt).await;
+        }
+        Err(IpamError::Contention {
+            attempts: MAX_ATTEMPTS,
+        })
+    }
+
+    /// One release attempt: remove `ips` (held by `handle`) from their blocks and from
+    /// the handle record, deleting blocks that become empty along with their affinity.
+    /// `guards` are further compares the transaction must hold.
+    /// Returns false after a conflict (caches refreshed; the caller retries).
+    async fn release_txn(
+        &self,
+        cache: &mut Cache,
+        handle: &str,
+        record: Option<&Versioned<HandleRecord>>,
+        ips: &BTreeSet<Ipv4Addr>,
+        blocks: &BTreeSet<Ipv4Network>,
+        guards: &[Compare],
+    ) -> Result<bool, IpamError> {
+        let handle_key = self.keys.handle(handle);
+        let mut compares = vec![Compare::unchanged(&handle_key, record.map(|r| r.revision))];
+        compares.extend_from_slice(guards);
+        let mut ops = Vec::new();
+        let mut after: Vec<(Ipv4Network, Option<Block>)> = Vec::new();
+        for &cidr in blocks {
+            let current = match cache.blocks.get(&cidr) {
+                Some(b) => Some(b.clone()),
+                None => self.read_block(cidr).await?,
+            };
+            let block_key = self.keys.block(cidr);
+            compares.push(Compare::unchanged(
+                &block_key,
+                current.as_ref().map(|b| b.revision),
+            ));
+            let Some(mut block) = current.map(|b| b.value) else {
+                continue;
+            };
+            block
+                .allocations
+                .retain(|ip, a| !(ips.contains(ip) && a.handle == handle));
+            if block.allocations.is_empty() {
+                ops.push(Op::Delete { key: block_key });
+                if let Some(node) = &block.affinity {
+                    ops.push(Op::Delete {
+                        key: self.keys.affinity(node, cidr),
+                    });
+                }
+                after.push((cidr, None));
+            } else {
+                ops.push(Op::Put {
+                    key: block_key,
+                    value: encode(&block),
+                });
+                after.push((cidr, Some(block)));
+            }
+        }
+        let remaining = record.map(|r| {
+            let mut rest = r.value.clone();
+            rest.addresses.retain(|ip, _| !ips.contains(ip));
+            rest
+        });
+        match &remaining {
+            Some(rest) if !rest.addresses.is_empty() => ops.push(Op::Put {
+                key: handle_key.clone(),
+                value: encode(rest),
+            }),
+            Some(_) => ops.push(Op::Delete {
+                key: handle_key.clone(),
+            }),
+            None => {}
+        }
+        let mut read_on_conflict = vec![handle_key];
+        read_on_conflict.extend(blocks.iter().map(|c| self.keys.block(*c)));
+        let txn = Txn {
+            compares,
+            ops,
+            read_on_conflict,
+        };
+        match self.store.txn(txn).await? {
+            TxnOutcome::Committed { revision } => {
+                for (cidr, block) in after {
+                    match block {
+                        Some(value) => cache.learn_block(Versioned { value, revision }),
+                        None => cache.forget_block(cidr),
+                    }
+                }
+                match remaining {
+                    Some(rest) if !rest.addresses.is_empty() => cache.remember_handle(
+                        handle,
+                        Versioned {
+                            value: rest,
+                            revision,
+                        },
+                    ),
+                    _ => {
+                        cache.handles.remove(handle);
+                    }
+                }
+                debug!(?ips, %handle, "released");
+                Ok(true)
+            }
+            TxnOutcome::Conflict { current } => {
+                self.absorb(cache, handle, current)?;
+                Ok(false)
+            }
+        }
+    }
+
+    /// The addresses a handle holds (read from the store, not the cache).
+    pub async fn addresses_of(&self, handle: &str) -> Result<Vec<Ipv4Addr>, IpamError> {
+        validate_handle(handle)?;
+        Ok(self
+            .read_handle(handle)
+            .await?
+            .map(|r| r.value.addresses.keys().copied().collect())
+            .unwrap_or_default())
+    }
+
+    /// Merge owner attributes into every allocation of a handle (e.g. the container id,
+    /// known only after the address was requested).
+    pub async fn set_attributes(
+        &self,
+        handle: &str,
+        attrs: &BTreeMap<String, String>,
+    ) -> Result<(), IpamError> {
+        validate_handle(handle)?;
+        let mut cache = self.cache.lock().await;
+        let ((), committed) = cas_loop::<IpamError, _, _>(&self.store, move || async move {
+            let Some(record) = self.read_handle(handle).await? else {
+                return Ok(Attempt::Done(()));
+            };
+            let blocks: BTreeSet<Ipv4Network> = record.value.addresses.values().copied().collect();
+            let mut compares = Vec::new();
+            let mut ops = Vec::new();
+            for cidr in blocks {
+                let key = self.keys.block(cidr);
+                let Some(mut block) = self.read_block(cidr).await? else {
+                    continue;
+                };
+                compares.push(Compare::unchanged(&key, Some(block.revision)));
+                for (ip, a) in block.value.allocations.iter_mut() {
+                    if a.handle == handle && record.value.addresses.contains_key(ip) {
+                        a.attrs.extend(attrs.clone());
+                    }
+                }
+                ops.push(Op::Put {
+                    key,
+                    value: encode(&block.value),
+                });
+            }
+            let txn = Txn {
+                compares,
+                ops,
+                read_on_conflict: Vec::new(),
+            };
+            Ok(Attempt::Commit(txn, ()))
+        })
+        .await?;
+        if committed.is_some() {
+            // Revisions changed under the cache; re-read blocks when next needed.
+            cache.blocks.clear();
+            cache.affine.clear();
+        }
+        Ok(())
+    }
+}
