@@ -325,6 +325,15 @@ fn docker_bursts_with_brindled_killed_at_random_points_leave_nothing_behind() {
     let _ = host.docker(&args);
     assert_eq!(assert_unique_addresses(host, &network, "at the end"), 0);
     let took = assert_nothing_left(host, &pool);
+    if std::env::var_os("FAULTS_VERBOSE").is_some() {
+        let log = host.log("brindled.log");
+        for l in log
+            .lines()
+            .filter(|l| l.contains("reconcile") || l.contains("stopping"))
+        {
+            eprintln!("    {l}");
+        }
+    }
     eprintln!(
         "nothing left {took:?} after the last container went (grace {GRACE_SECS}s); repairs: {}; total {:?}",
         repairs(host),

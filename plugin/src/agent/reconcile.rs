@@ -8,7 +8,7 @@
 //!
 //! | finding | repair, once it has lasted [`GRACE`] |
 //! |---|---|
-//! | a host veth `brl*` that no endpoint record of this node names (without a route, or routed inside one of the pools: never another installation's) | that exact link (name and index) is deleted, its route with it |
+//! | a host veth `brl*` that no endpoint record names (without a route, or routed inside one of the pools: never another installation's) | that exact link (name and index) is deleted, its route with it |
 //! | a Docker endpoint record whose endpoint dockerd no longer has on its network (only when dockerd answered) | the record (as read), its veth, its address (unless dockerd still lists it) |
 //! | a CNI endpoint record whose host veth is gone (the kernel deletes the pair with the container's netns) | the record (as read) and its address |
 //! | an allocation of this node with `orchestrator=docker` that no record holds, dockerd does not list (only when it answered) and no network reserves | released |
@@ -217,10 +217,10 @@ impl Reconciler {
                 }
             }
         }
-        let veths: BTreeSet<String> = dp.list_host_veths().await?.into_iter().collect();
+        let veths: BTreeSet<String> = dump(|| dp.list_host_veths()).await?.into_iter().collect();
         let mut routed: HashMap<String, Vec<Ipv4Network>> = HashMap::new();
         let mut live: HashSet<Ipv4Addr> = HashSet::new();
-        for r in dp.list_routes_with_our_protocol().await? {
+        for r in dump(|| dp.list_routes_with_our_protocol()).await? {
             if let RouteTarget::Interface { ifname, .. } = r.target {
                 if r.dst.prefix() == 32 {
                     live.insert(r.dst.ip());
@@ -238,10 +238,12 @@ impl Reconciler {
         let docker = self.ask_dockerd(dockerd, &locals, &networks, snap).await;
         report.docker_answered = docker.is_some();
 
-        // 1. Veths no record names.
+        // 1. Veths no record names: not this node's (read now), nor any node's in the
+        // agent's view (two nodes sharing one kernel, as test benches do).
         let named: HashSet<&str> = locals
             .iter()
             .map(|l| l.ep.base.host_ifname.as_str())
+            .chain(snap.endpoints.values().map(|e| e.host_ifname.as_str()))
             .collect();
         let pools: Vec<Ipv4Network> = snap.pools.values().map(|p| p.cidr).collect();
         let mut seen_links = HashSet::new();
@@ -534,6 +536,23 @@ impl Reconciler {
         }
         self.docker_was_answering = Some(true);
         Some(says)
+    }
+}
+
+/// A kernel dump, again when links or routes changed under it (the kernel then fails
+/// it with EBUSY), which a busy host does all the time.
+async fn dump<'a, T>(
+    mut list: impl FnMut() -> brindle_dataplane::DpFuture<'a, T>,
+) -> Result<T, DataplaneError> {
+    let mut tries = 0;
+    loop {
+        match list().await {
+            Err(e) if e.errno() == Some(libc::EBUSY) && tries < 5 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            other => return other,
+        }
     }
 }
 
@@ -897,6 +916,40 @@ mod tests {
         assert_eq!(w.pass_at(120).await.veths_deleted, 1);
         assert!(!w.dp.has_endpoint(&routeless.host_ifname));
         assert!(w.dp.has_endpoint(&other.host_ifname));
+    }
+
+    #[tokio::test]
+    async fn a_veth_another_node_records_on_the_same_kernel_is_left_alone() {
+        let mut w = World::new().await;
+        let ip: Ipv4Addr = "10.7.0.20".parse().unwrap();
+        let spec = EndpointSpec::for_docker("othernode", ip, None);
+        w.dp.create_veth_on_host(&spec).await.unwrap();
+        let record = EndpointRecord {
+            id: "othernode".into(),
+            node: "n2".into(),
+            orchestrator: ORCHESTRATOR.into(),
+            container_id: None,
+            network: NET.into(),
+            ip,
+            mac: None,
+            host_ifname: spec.host_ifname.clone(),
+            handle: "docker-othernode".into(),
+            segment: None,
+            allow_from: Vec::new(),
+        };
+        let key = w.ipam.keys().endpoint("n2", "othernode");
+        state::put(w.ipam.store(), &key, &record).await.unwrap();
+        for secs in [0, 60, 120] {
+            let mut snap = w.snapshot().await;
+            snap.endpoints.insert(key.clone(), record.clone());
+            let now = w.t0 + Duration::from_secs(secs);
+            let r =
+                w.r.pass(&w.ipam, w.dp.as_ref(), Some(&w.docker), &snap, now)
+                    .await
+                    .unwrap();
+            assert_eq!(r.veths_deleted, 0);
+        }
+        assert!(w.dp.has_endpoint(&spec.host_ifname));
     }
 
     #[tokio::test]

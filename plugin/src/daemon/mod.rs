@@ -128,11 +128,12 @@ pub const STOP_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Run brindled until SIGTERM or SIGINT.
 ///
-/// A stop is graceful: both sockets stop accepting (Docker retries its calls until the
-/// next brindled answers; brindle-cni works directly against etcd meanwhile), every
-/// request in flight finishes, then the veth deletions those requests deferred to the
-/// reaper. Whatever a kill -9 interrupts instead is found by the next start's
-/// reconcile (`agent/reconcile.rs`).
+/// A stop is graceful: both sockets keep answering until the callers pause (`Drain`),
+/// then stop accepting (Docker retries its calls until the next brindled answers;
+/// brindle-cni works directly against etcd meanwhile), every request in flight
+/// finishes, then the veth deletions those requests deferred to the reaper. Whatever a
+/// kill -9 interrupts instead is found by the next start's reconcile
+/// (`agent/reconcile.rs`).
 pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     let ipam = args.etcd.ipam().await.context("connect to etcd")?;
     let dataplane: Arc<dyn Dataplane> =
@@ -146,15 +147,40 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
         &args.boot_id_file,
         hostname(),
     )?;
-    let claim =
-        crate::agent::register::claim_name(state.ipam.store(), state.ipam.keys(), &state.node, &me);
-    tokio::select! {
-        r = claim => { r?; }
-        _ = shutdown_signal() => {
-            info!("brindled stopped before its node name was claimed");
-            return Ok(());
+    // One attempt decides before anything is served when etcd answers. While etcd is
+    // unreachable brindled serves anyway (nothing can be allocated without etcd, so no
+    // address can be handed out twice) and keeps claiming; a name found taken then
+    // stops it.
+    let claimed = match crate::bgpstore::claim_node(
+        state.ipam.store(),
+        state.ipam.keys(),
+        &state.node,
+        &me,
+    )
+    .await
+    {
+        Ok(_) => true,
+        Err(
+            e @ (crate::bgpstore::BgpStoreError::Store(_)
+            | crate::bgpstore::BgpStoreError::Contention { .. }),
+        ) => {
+            warn!(error = %e, "cannot claim the node name yet; serving and retrying every second");
+            false
         }
-    }
+        Err(e) => return Err(e.into()),
+    };
+    let claim = async {
+        if !claimed {
+            crate::agent::register::claim_name(
+                state.ipam.store(),
+                state.ipam.keys(),
+                &state.node,
+                &me,
+            )
+            .await?;
+        }
+        std::future::pending::<anyhow::Result<()>>().await
+    };
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopping = move || {
@@ -163,10 +189,11 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
             let _ = rx.wait_for(|stop| *stop).await;
         }
     };
+    let drain = Drain::default();
     let docker_sock = args.docker_plugin_dir.join("brindle.sock");
-    let docker_router = crate::docker::router(state.clone());
+    let docker_router = drain.layer(crate::docker::router(state.clone()));
     let mut docker = tokio::spawn(serve_unix_until(docker_sock, docker_router, stopping()));
-    let api_router = crate::api::router(state.clone());
+    let api_router = drain.layer(crate::api::router(state.clone()));
     let api_sock = args.api_socket.clone();
     let mut api = tokio::spawn(serve_unix_until(api_sock, api_router, stopping()));
     let agent = state::run_agent(state.clone());
@@ -186,8 +213,10 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
         r = &mut api => served(r).context("local API socket")?,
         r = agent => r.context("agent")?,
         r = metrics => r.context("metrics")?,
+        r = claim => r.context("claim the node name")?,
         _ = stop => info!("brindled stopping: finishing the requests in flight"),
     }
+    drain.until_quiet().await;
     let _ = stop_tx.send(true);
     let drained = tokio::time::timeout(STOP_TIMEOUT, async {
         let _ = (&mut docker).await;
@@ -214,6 +243,82 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&args.api_socket);
     info!("brindled stopped");
     Ok(())
+}
+
+/// The first phase of a graceful stop. Closing a keep-alive connection races with a
+/// request the client is writing on it at that moment, and dockerd's plugin client
+/// retries such a request with an empty body (moby's retry re-reads the buffer the
+/// first attempt drained), which fails the call. So once stopping, every answer says
+/// `Connection: close` (the client opens a new connection for its next call, which is
+/// still served), and the sockets close only after [`QUIET`] without a request (at
+/// most [`DRAIN_MAX`]): what races then is a client's first call on an idle
+/// connection, and new connections are refused, which dockerd retries intact.
+#[derive(Clone)]
+struct Drain {
+    stopping: Arc<std::sync::atomic::AtomicBool>,
+    last_request: Arc<std::sync::Mutex<std::time::Instant>>,
+}
+
+/// How long the sockets must have been idle before a stop closes them.
+const QUIET: Duration = Duration::from_millis(300);
+
+/// The longest a stop waits for [`QUIET`].
+const DRAIN_MAX: Duration = Duration::from_secs(5);
+
+impl Default for Drain {
+    fn default() -> Self {
+        Self {
+            stopping: Arc::default(),
+            last_request: Arc::new(std::sync::Mutex::new(std::time::Instant::now())),
+        }
+    }
+}
+
+impl Drain {
+    fn touch(&self) {
+        *self.last_request.lock().unwrap_or_else(|e| e.into_inner()) = std::time::Instant::now();
+    }
+
+    /// `router`, with every request noted and, once stopping, every answer closing its
+    /// connection.
+    fn layer(&self, router: axum::Router) -> axum::Router {
+        let drain = self.clone();
+        router.layer(axum::middleware::from_fn(
+            move |req: axum::extract::Request, next: axum::middleware::Next| {
+                let drain = drain.clone();
+                async move {
+                    drain.touch();
+                    let mut response = next.run(req).await;
+                    drain.touch();
+                    if drain.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+                        response.headers_mut().insert(
+                            axum::http::header::CONNECTION,
+                            axum::http::HeaderValue::from_static("close"),
+                        );
+                    }
+                    response
+                }
+            },
+        ))
+    }
+
+    /// Start stopping; return once no request came for [`QUIET`] (or [`DRAIN_MAX`]).
+    async fn until_quiet(&self) {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let start = std::time::Instant::now();
+        loop {
+            let idle = self
+                .last_request
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .elapsed();
+            if idle >= QUIET || start.elapsed() >= DRAIN_MAX {
+                return;
+            }
+            tokio::time::sleep(QUIET - idle.min(QUIET) + Duration::from_millis(10)).await;
+        }
+    }
 }
 
 async fn shutdown_signal() {
