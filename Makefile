@@ -4,7 +4,7 @@
 CARGO ?= cargo
 RELEASE := target/release
 
-.PHONY: all deps build release lint test bench bench-ipam bench-cni bench-docker bench-dataplane demo install clean
+.PHONY: all deps build release lint test bench bench-ipam bench-scale bench-cni bench-docker bench-dataplane demo install clean fuzz
 
 all: build
 
@@ -30,11 +30,16 @@ test: deps lint build
 demo: deps release
 	scripts/demo.sh
 
-bench: bench-ipam bench-cni bench-docker bench-dataplane
+bench: bench-ipam bench-scale bench-cni bench-docker bench-dataplane
 
 bench-ipam: deps
 	$(CARGO) build --release -p brindle-tests --bin bench-ipam
 	$(RELEASE)/bench-ipam
+
+# 100 nodes, 10,000 endpoints, 100,000 allocations on one local etcd; runs the release
+# brindled in a network namespace of its own (root). About 2-3 minutes.
+bench-scale: deps release
+	$(RELEASE)/bench-scale
 
 bench-cni: deps release
 	$(RELEASE)/bench-cni
@@ -44,6 +49,15 @@ bench-docker: deps release
 
 bench-dataplane: deps release
 	$(RELEASE)/bench-dataplane
+
+# Coverage-guided fuzzing (cargo-fuzz on nightly, in fuzz/): every target for FUZZ_SECONDS,
+# one after the other; fails when one finds a crash (see docs/benchmarks.md, Fuzzing).
+FUZZ_SECONDS ?= 120
+FUZZ_TARGETS ?= docker_requests cni_dispatch records bird_render
+
+fuzz:
+	@scripts/install-deps.sh --fuzz
+	FUZZ_SECONDS=$(FUZZ_SECONDS) FUZZ_TARGETS="$(FUZZ_TARGETS)" scripts/fuzz.sh
 
 install: release
 	install -d /usr/local/bin /opt/cni/bin

@@ -3,6 +3,16 @@
 # need on a fresh Debian 12 machine. Safe to run again: it does nothing when all is there.
 set -euo pipefail
 
+# `--fuzz` (used by `make fuzz` only): also the nightly toolchain and cargo-fuzz, so
+# `make test` and CI never pay for them.
+fuzz=false
+for arg in "$@"; do
+  case "$arg" in
+    --fuzz) fuzz=true ;;
+    *) echo "usage: $0 [--fuzz]" >&2; exit 2 ;;
+  esac
+done
+
 packages=(
   protobuf-compiler      # etcd-client's build.rs runs protoc
   libprotobuf-dev        # protoc's well-known types (google/protobuf/*.proto), a recommends of protoc
@@ -50,3 +60,20 @@ then
 fi
 
 command -v cargo >/dev/null || { echo "install-deps: cargo (Rust toolchain) is required" >&2; exit 1; }
+
+# cargo-fuzz builds with libFuzzer, which needs a nightly toolchain.
+install_fuzz_tools() {
+  if ! cargo +nightly --version >/dev/null 2>&1; then
+    command -v rustup >/dev/null || { echo "install-deps: make fuzz needs rustup or a nightly toolchain" >&2; exit 1; }
+    echo "install-deps: installing the nightly toolchain"
+    rustup toolchain install nightly --profile minimal
+  fi
+  if ! cargo fuzz --version >/dev/null 2>&1; then
+    echo "install-deps: installing cargo-fuzz"
+    cargo install cargo-fuzz --locked --quiet
+  fi
+}
+
+if $fuzz; then
+  install_fuzz_tools
+fi

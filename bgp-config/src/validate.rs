@@ -168,13 +168,19 @@ pub fn validate_timers(t: &BgpTimers) -> Result<(), BgpError> {
     }
     if let Some(keepalive) = t.keepalive {
         let hold = t.hold.unwrap_or(240);
-        let ok = (1..=65535).contains(&keepalive) && (hold == 0 || keepalive < hold);
-        setting(
-            "timers.keepalive",
-            keepalive,
-            ok,
-            &format!("use 1 to 65535 seconds, below the hold time ({hold})"),
-        )?;
+        // BIRD refuses any keepalive time with hold time 0 (no keepalives at all).
+        let (ok, valid) = if hold == 0 {
+            (
+                false,
+                "leave it unset with hold time 0 (no keepalives)".to_string(),
+            )
+        } else {
+            (
+                (1..=65535).contains(&keepalive) && keepalive < hold,
+                format!("use 1 to 65535 seconds, below the hold time ({hold})"),
+            )
+        };
+        setting("timers.keepalive", keepalive, ok, &valid)?;
     }
     Ok(())
 }
@@ -490,9 +496,15 @@ mod tests {
             g.timers.keepalive = Some(9)
         })
         .contains("below the hold time (9)"));
+        // BIRD 2 refuses any keepalive time with hold time 0 ("Keepalive time must be
+        // at most hold time"), so it is refused here rather than by bird -p later.
+        assert!(bad(&|g| {
+            g.timers.hold = Some(0);
+            g.timers.keepalive = Some(30)
+        })
+        .contains("leave it unset with hold time 0"));
         let mut g = BgpGlobal::default();
         g.timers.hold = Some(0);
-        g.timers.keepalive = Some(30);
         validate_global(&g).unwrap();
     }
 }

@@ -473,3 +473,75 @@ fn hostile_or_invalid_input_still_renders_a_config_bird_accepts() {
     );
     assert_eq!(text.matches("protocol bgp ").count(), 2, "{text}"); // Mesh_10_0_0_2, Global_10_0_0_7
 }
+
+/// Global settings out of BIRD's ranges (as another tool could store them) made every
+/// node's configuration one BIRD refuses: the `bird_render` fuzz target found "Hold
+/// time must be in range 3-65535 or zero"; checking BIRD's other range rules after it
+/// found "Remote AS number must be set" (AS 0). Each is replaced by its default, with
+/// a note.
+#[test]
+fn invalid_global_settings_fall_back_to_defaults_bird_accepts() {
+    let Some(bin) = bird_bin() else { return };
+    let mut nodes = cluster_nodes();
+    nodes[0].as_num = Some(0);
+    let global = BgpGlobal {
+        as_num: 0,
+        restart_time: Some(5000),
+        timers: BgpTimers {
+            hold: Some(1),
+            keepalive: Some(7),
+            ..BgpTimers::default()
+        },
+        ..BgpGlobal::default()
+    };
+    let view = RoutingView::default();
+    let input = BirdInput {
+        global: &global,
+        node: &nodes[0],
+        nodes: &nodes,
+        peers: &[],
+        view: &view,
+    };
+    assert!(input.validate().is_err());
+    let text = render_bird(&input);
+    validate_with_bird(&text, &bin).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    for note in [
+        "# - global AS ignored",
+        "# - graceful restart time 5000 ignored",
+        "# - session timers ignored",
+        "# - AS 0 of this node ignored",
+    ] {
+        assert!(text.contains(note), "{note}: {text}");
+    }
+    assert!(text.contains("  local as 64512;\n"), "{text}");
+    assert!(text.contains("  neighbor 10.0.0.12 as 64512;\n"), "{text}");
+    assert!(!text.contains("hold time"), "{text}");
+}
+
+/// Found while checking BIRD's timer rules after the `bird_render` fuzz target's
+/// first finding: a keepalive time with hold time 0 passed validation, and BIRD
+/// refuses it ("Keepalive time must be at most hold time").
+#[test]
+fn a_keepalive_with_hold_time_zero_is_invalid_and_left_out() {
+    let Some(bin) = bird_bin() else { return };
+    let nodes = cluster_nodes();
+    let global = BgpGlobal {
+        timers: BgpTimers {
+            hold: Some(0),
+            keepalive: Some(5),
+            ..BgpTimers::default()
+        },
+        ..BgpGlobal::default()
+    };
+    assert!(validate_global(&global).is_err());
+    let view = RoutingView::default();
+    let text = render_bird(&BirdInput {
+        global: &global,
+        node: &nodes[0],
+        nodes: &nodes,
+        peers: &[],
+        view: &view,
+    });
+    validate_with_bird(&text, &bin).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    assert!(!text.contains("keepalive time"), "{text}");
+}

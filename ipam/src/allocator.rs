@@ -3,9 +3,12 @@
 //! Every write is one store transaction that compares the revisions it read (the pool,
 //! the block, the handle) and reads them back in the same round trip when a compare
 //! fails. With the node's blocks cached, a steady-state allocation or release costs one
-//! round trip. Operations of one `Ipam` are serialised by an in-process lock only to
-//! avoid racing ourselves; correctness between processes and hosts rests on the
-//! compares alone.
+//! round trip. Correctness between processes and hosts rests on the compares alone.
+//! Within one process, a transaction holds the lock of the block it writes (never a
+//! lock over the whole allocator), so requests on different blocks run side by side,
+//! requests on one block take turns instead of losing compares to each other, and
+//! when etcd fails the request holding a block's lock, those queued behind it fail
+//! with it at once ([`crate::locks`]) rather than each waiting out its own timeout.
 //!
 //! - `cache.rs`: what this process has read (pools, claimed blocks, a node's
 //!   affinities, handles), how it is filled and refreshed after a conflict;
@@ -21,10 +24,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use ipnetwork::Ipv4Network;
-use tokio::sync::Mutex;
+use std::sync::Mutex;
 
+use crate::locks::KeyedLocks;
 use crate::state::Keys;
-use crate::store::Store;
+use crate::store::{Op, Store};
 
 use cache::Cache;
 
@@ -63,11 +67,26 @@ pub struct Assigned {
     pub existing: bool,
 }
 
+/// Writes that commit with an allocation, given the address it assigns; see
+/// [`Ipam::allocate_with`].
+pub type AlsoWrite<'a> = dyn Fn(&Assigned) -> Vec<Op> + Send + Sync + 'a;
+
 /// The IPAM service over a store.
 pub struct Ipam<S: Store> {
     store: S,
     keys: Keys,
     cache: Mutex<Cache>,
+    blocks: KeyedLocks<BlockLock>,
+}
+
+/// The key of a block's lock (shown in a timeout as "block CIDR").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct BlockLock(Ipv4Network);
+
+impl std::fmt::Display for BlockLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "block {}", self.0)
+    }
 }
 
 impl<S: Store> Ipam<S> {
@@ -76,6 +95,7 @@ impl<S: Store> Ipam<S> {
             store,
             keys: Keys::new(prefix),
             cache: Mutex::new(Cache::default()),
+            blocks: KeyedLocks::default(),
         }
     }
 
@@ -89,7 +109,7 @@ impl<S: Store> Ipam<S> {
 
     /// Drop everything cached (after a watch reports outside changes, for instance).
     pub async fn invalidate(&self) {
-        *self.cache.lock().await = Cache::default();
+        *self.cache() = Cache::default();
     }
 }
 

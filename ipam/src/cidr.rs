@@ -8,14 +8,10 @@ use ipnetwork::Ipv4Network;
 
 use crate::error::IpamError;
 use crate::model::{Block, Pool};
+pub use crate::shape::{validate_pool_shape, MIN_BLOCK_SIZE, MIN_POOL_PREFIX};
 
 /// Default block prefix length.
 pub const DEFAULT_BLOCK_SIZE: u8 = 26;
-/// Smallest block prefix (largest block) allowed: 4096 addresses.
-pub const MIN_BLOCK_SIZE: u8 = 20;
-/// Largest pool allowed.
-pub const MIN_POOL_PREFIX: u8 = 8;
-
 /// Parse `A.B.C.D/N`, refusing host bits so `10.0.0.5/24` is not silently `10.0.0.0/24`.
 pub fn parse_cidr(value: &str) -> Result<Ipv4Network, IpamError> {
     let bad = |reason: String| IpamError::InvalidCidr {
@@ -41,27 +37,6 @@ pub fn parse_cidr(value: &str) -> Result<Ipv4Network, IpamError> {
         )));
     }
     Ok(net)
-}
-
-/// Check a pool's CIDR and block size together.
-pub fn validate_pool_shape(cidr: Ipv4Network, block_size: u8) -> Result<(), IpamError> {
-    if cidr.prefix() < MIN_POOL_PREFIX {
-        return Err(IpamError::InvalidCidr {
-            value: cidr.to_string(),
-            reason: format!(
-                "a pool may be at most a /{MIN_POOL_PREFIX}, this is a /{}",
-                cidr.prefix()
-            ),
-        });
-    }
-    if !(MIN_BLOCK_SIZE..=32).contains(&block_size) || block_size < cidr.prefix() {
-        return Err(IpamError::InvalidBlockSize {
-            block_size,
-            pool: cidr,
-            min: MIN_BLOCK_SIZE.max(cidr.prefix()),
-        });
-    }
-    Ok(())
 }
 
 /// Number of addresses in a network.

@@ -4,6 +4,7 @@ use std::net::Ipv4Addr;
 
 use ipnetwork::Ipv4Network;
 
+use crate::locks::LockError;
 use crate::state::{CorruptRecord, StateError};
 use crate::store::StoreError;
 
@@ -114,6 +115,11 @@ pub enum IpamError {
         "gave up after {attempts} attempts: other writers kept changing the same IPAM records"
     )]
     Contention { attempts: u32 },
+
+    /// A wait for another request of this process (on the same block) outlasted the
+    /// operation's budget: etcd is slow or unreachable.
+    #[error(transparent)]
+    Busy(#[from] LockError),
 
     #[error(transparent)]
     Corrupt(#[from] CorruptRecord),

@@ -7,16 +7,19 @@
 //! [`check`].
 
 mod allocator;
+pub mod budget;
 pub mod check;
 pub mod cidr;
 pub mod error;
+pub mod locks;
 pub mod model;
 pub mod pools;
 pub mod report;
+mod shape;
 pub mod state;
 pub mod store;
 
-pub use allocator::{AllocRequest, Assigned, Ipam};
+pub use allocator::{AllocRequest, AlsoWrite, Assigned, Ipam};
 pub use error::IpamError;
 pub use model::{Allocation, Block, HandleRecord, Pool};
 pub use state::{keys, Keys, StateError, Versioned};

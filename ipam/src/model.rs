@@ -1,4 +1,9 @@
 //! The records IPAM stores, as JSON.
+//!
+//! [`Pool`], [`Block`] and [`HandleRecord`] check their rules while deserialising
+//! (`checked.rs`): the address arithmetic relies on them, and a record written by
+//! another tool or an older version must become an error naming its key, never a panic
+//! or an unbounded loop.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
@@ -9,8 +14,11 @@ use serde::{Deserialize, Serialize};
 /// Attribute key naming the node that holds an allocation.
 pub const ATTR_NODE: &str = "node";
 
+mod checked;
+
 /// An IP pool: a CIDR split into blocks of `block_size`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 pub struct Pool {
     pub name: String,
     pub cidr: Ipv4Network,
@@ -55,6 +63,7 @@ impl Allocation {
 
 /// A block of addresses, usually affine to one node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 pub struct Block {
     pub cidr: Ipv4Network,
     pub pool: String,
@@ -85,6 +94,7 @@ impl Affinity {
 /// The secondary index from an owner handle to its addresses, so release by handle
 /// touches only the blocks involved.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 pub struct HandleRecord {
     /// address → the block holding it.
     pub addresses: BTreeMap<Ipv4Addr, Ipv4Network>,

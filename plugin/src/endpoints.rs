@@ -7,7 +7,7 @@
 use std::net::Ipv4Addr;
 
 use brindle_ipam::state;
-use brindle_ipam::store::Store;
+use brindle_ipam::store::{Op, Store};
 use brindle_ipam::{IpamError, Keys};
 use ipnetwork::Ipv4Network;
 use serde::{Deserialize, Serialize};
@@ -57,6 +57,23 @@ pub async fn put_endpoint<S: Store>(
     record: &EndpointRecord,
 ) -> Result<(), IpamError> {
     Ok(state::put(store, &keys.endpoint(&record.node, &record.id), record).await?)
+}
+
+/// The write that stores `record`, for a transaction of the caller's (the allocation
+/// of its address: [`brindle_ipam::Ipam::allocate_with`]).
+pub fn put_endpoint_op(keys: &Keys, record: &EndpointRecord) -> Op {
+    Op::Put {
+        key: keys.endpoint(&record.node, &record.id),
+        value: state::encode(record),
+    }
+}
+
+/// The write that deletes a record, for a transaction of the caller's (the release of
+/// its address: [`brindle_ipam::Ipam::release_handle_with`]).
+pub fn delete_endpoint_op(keys: &Keys, node: &str, id: &str) -> Op {
+    Op::Delete {
+        key: keys.endpoint(node, id),
+    }
 }
 
 /// Read one endpoint record.

@@ -279,10 +279,19 @@ pub struct Brindled {
 
 impl Brindled {
     pub fn start(etcd: &str, node: &str) -> Self {
+        Self::start_with(etcd, node, &[])
+    }
+
+    /// [`Brindled::start`] with more flags. The temp dir is made 0755 so that callers
+    /// other than root can reach the sockets (whose own modes decide who may connect).
+    pub fn start_with(etcd: &str, node: &str, extra: &[&str]) -> Self {
+        use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::Builder::new()
             .prefix("brindle-cni-d-")
             .tempdir()
             .expect("temp dir");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod temp dir");
         let api_socket = dir.path().join("brindled.sock");
         let log = std::fs::File::create(dir.path().join("brindled.log")).expect("log file");
         let child = Command::new(bin("brindled"))
@@ -301,6 +310,7 @@ impl Brindled {
             // not to a host the test made: leave it as found. The firewall is tested on
             // namespace hosts (firewall_e2e, docker_e2e).
             .args(["--firewall", "false"])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -328,6 +338,19 @@ impl Brindled {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("brindled.log")).unwrap_or_default()
+    }
+
+    /// The Docker plugin socket (`--docker-plugin-dir` is `<dir>/plugins`).
+    pub fn docker_socket(&self) -> PathBuf {
+        self.dir.path().join("plugins").join("brindle.sock")
+    }
+
+    /// Wait until brindled logs that it listens on `socket` (set up: mode and group
+    /// final).
+    pub fn wait_listening(&self, socket: &Path) {
+        let needle = format!("listening socket={}", socket.display());
+        let ok = eventually(Duration::from_secs(20), || self.log().contains(&needle));
+        assert!(ok, "brindled never logged {needle:?}:\n{}", self.log());
     }
 
     pub fn pid(&self) -> u32 {

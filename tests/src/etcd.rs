@@ -36,21 +36,26 @@ pub struct Etcd {
 impl Etcd {
     /// Plain-HTTP etcd.
     pub fn start() -> Self {
-        Self::launch(false, None)
+        Self::launch(false, None, &[])
     }
 
     /// etcd serving HTTPS and requiring a client certificate signed by its CA.
     pub fn start_tls() -> Self {
-        Self::launch(true, None)
+        Self::launch(true, None, &[])
     }
 
     /// Plain-HTTP etcd listening on 127.0.0.1 and also on `addr` (same port), which
     /// must be an address of this namespace; see [`Etcd::extra_endpoint`].
     pub fn start_also_on(addr: std::net::Ipv4Addr) -> Self {
-        Self::launch(false, Some(addr))
+        Self::launch(false, Some(addr), &[])
     }
 
-    fn launch(tls: bool, extra: Option<std::net::Ipv4Addr>) -> Self {
+    /// Plain-HTTP etcd with extra server flags (`--max-request-bytes N`, ...).
+    pub fn start_with_flags(flags: &[&str]) -> Self {
+        Self::launch(false, None, flags)
+    }
+
+    fn launch(tls: bool, extra: Option<std::net::Ipv4Addr>, flags: &[&str]) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("brindle-etcd-")
             .tempdir()
@@ -82,6 +87,7 @@ impl Etcd {
             .arg(&peer)
             .arg("--initial-cluster")
             .arg(format!("brindle-test={peer}"))
+            .args(flags)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);

@@ -2,6 +2,7 @@
 //! BIRD, podman, network namespaces), started on free loopback ports in temp dirs and
 //! stopped by PID when the test ends.
 
+pub mod benchfmt;
 pub mod bins;
 pub mod bird;
 pub mod cni;
@@ -11,4 +12,5 @@ pub mod netns;
 pub mod nftbench;
 pub mod podman;
 pub mod ports;
+pub mod scale;
 pub mod topology;

@@ -139,6 +139,20 @@ fn bgp_settings_and_peers() {
         &["bgp", "set", "--mesh-password", "a\"b"],
         &["password", "'\"'"],
     );
+    // From a file: only the path is on the command line.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("mesh-password");
+    std::fs::write(&file, "fr0m-f1le\n").unwrap();
+    let path = file.to_str().unwrap();
+    let g = json(&etcd, &["bgp", "set", "--clear-mesh-password"]);
+    assert_eq!(g["has_mesh_password"], false);
+    let g = json(&etcd, &["bgp", "set", "--mesh-password-file", path]);
+    assert_eq!(g["has_mesh_password"], true);
+    fails(
+        &etcd,
+        &["bgp", "set", "--mesh-password-file", "/nonexistent/pw"],
+        &["/nonexistent/pw"],
+    );
     // asdot accepted
     assert_eq!(
         json(&etcd, &["bgp", "set", "--as", "1.10"])["as_num"],

@@ -783,6 +783,10 @@ fn etcd_down_during_docker_run_fails_fast_and_leaves_nothing() {
     let links = host.brl_links();
     let routes = host.brindle_routes();
 
+    // One after the other: dockerd itself creates the endpoints of one network one at a
+    // time (observed: with etcd down, parallel runs reach RequestAddress 4 s apart), so
+    // parallel runs would only measure dockerd's queue. brindle's own queueing is
+    // covered by `etcd_cluster` and the allocator's bounded-work tests.
     host.stop_etcd();
     let mut results = Vec::new();
     for (name, ip) in down.iter().zip([None, Some("10.201.23.77")]) {
@@ -810,7 +814,10 @@ fn etcd_down_during_docker_run_fails_fast_and_leaves_nothing() {
             "{name}: took {took:?}\n{}",
             host.log_tail("brindled.log", 60)
         );
-        assert!(stderr.contains("cannot reach etcd"), "{name}: {stderr}");
+        assert!(
+            stderr.contains("cannot reach etcd") || stderr.contains("etcd did not answer in time"),
+            "{name}: {stderr}"
+        );
     }
     assert_eq!(links_after, links, "no veth left behind");
     assert_eq!(routes_after, routes, "no route left behind");

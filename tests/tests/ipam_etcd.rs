@@ -705,3 +705,88 @@ fn a_pool_left_marked_by_an_interrupted_rm_is_explained_and_recovered() {
     assert!(etcd.keys(&Keys::default_prefix().ipam()).is_empty());
     assert!(etcd.keys(&Keys::default_prefix().pools()).is_empty());
 }
+
+/// Records another tool (or an older version) wrote: one that is not JSON, one that
+/// breaks a rule of its type, one larger than any record brindle writes. Every CLI
+/// command reading them fails with one line naming the key, never a panic.
+#[test]
+fn corrupted_and_oversized_records_give_errors_naming_the_key() {
+    // Room for a value above brindle's limit (etcd's own default is that limit).
+    let etcd = Etcd::start_with_flags(&["--max-request-bytes", "4194304"]);
+    ok(&mut cli(
+        &etcd,
+        "n1",
+        &["pool", "add", "p", "--cidr", "10.95.0.0/24"],
+    ));
+    let keys = Keys::default_prefix();
+    let pool_key = keys.pool("p");
+    let pool = etcd.etcdctl(&["get", &pool_key, "--print-value-only"]);
+
+    etcd.etcdctl(&["put", &pool_key, "{\"name\":\"p\",\"cidr\":"]);
+    fails(
+        &mut cli(&etcd, "n1", &["pool", "list"]),
+        &[&format!("stored record {pool_key} is not a valid record")],
+    );
+
+    // Valid JSON, but blocks of /40: allocating used to panic on it.
+    let bad = r#"{"name":"p","cidr":"10.95.0.0/24","block_size":40}"#;
+    etcd.etcdctl(&["put", &pool_key, bad]);
+    fails(
+        &mut cli(
+            &etcd,
+            "n1",
+            &["ipam", "alloc", "--handle", "h1", "--ip", "10.95.0.5"],
+        ),
+        &[&pool_key, "block size /40"],
+    );
+    etcd.etcdctl(&["put", &pool_key, pool.trim()]);
+
+    // 2 MiB at a block key: refused before parsing, naming the key and the size.
+    let block_key = keys.block("10.95.0.0/26".parse().unwrap());
+    let huge = format!(
+        "{{\"cidr\":\"10.95.0.0/26\",\"pool\":\"p\",\"pad\":\"{}\"}}",
+        "x".repeat(2 << 20)
+    );
+    write_raw(&etcd, &block_key, huge.as_bytes());
+    let size = huge.len().to_string();
+    for args in [&["ipam", "show", "--blocks"][..], &["ipam", "check"]] {
+        fails(
+            &mut cli(&etcd, "n1", args),
+            &[&block_key, &format!("is {size} bytes long"), "1572864"],
+        );
+    }
+    fails(
+        &mut cli(
+            &etcd,
+            "n1",
+            &["ipam", "alloc", "--handle", "h1", "--ip", "10.95.0.5"],
+        ),
+        &[&block_key, &size],
+    );
+}
+
+/// Store `value` at `key` as it is (etcdctl takes a value up to 128 KiB as argument).
+fn write_raw(etcd: &Etcd, key: &str, value: &[u8]) {
+    use brindle_ipam::store::{Op, Store, Txn};
+    use brindle_ipam::{EtcdConfig, EtcdStore};
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let store = EtcdStore::connect(&EtcdConfig {
+            endpoints: vec![etcd.endpoint.clone()],
+            ..EtcdConfig::default()
+        })
+        .await
+        .expect("connect");
+        let txn = Txn {
+            ops: vec![Op::Put {
+                key: key.to_string(),
+                value: value.to_vec(),
+            }],
+            ..Txn::default()
+        };
+        store.txn(txn).await.expect("write the raw value");
+    });
+}

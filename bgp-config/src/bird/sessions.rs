@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use super::BirdInput;
-use crate::model::{BgpNode, BgpPeer, BgpTimers};
+use crate::model::{BgpGlobal, BgpNode, BgpPeer, BgpTimers};
 use crate::text::{ip_symbol, one_line, safe};
 use crate::validate;
 
@@ -143,11 +143,22 @@ pub struct SessionPlan {
 /// One session per neighbor address: a peer of this node beats a global peer,
 /// which beats an automatic (mesh / reflection) session. A peer or node with this
 /// node's own address gets no session.
+///
+/// A global setting BIRD would refuse (AS 0, timers or a restart time out of range)
+/// is replaced by its default, with a note, like an invalid peer is left out: one bad
+/// value written by another tool must not make the whole configuration unusable.
 pub fn plan_sessions(input: &BirdInput) -> SessionPlan {
-    let global = input.global;
-    let me = input.node;
-    let my_as = me.local_as(global);
     let mut notes = Vec::new();
+    let usable = usable_global(input.global, &mut notes);
+    let global = &usable;
+    let me = input.node;
+    let my_as = match me.as_num {
+        Some(0) => {
+            notes.push("AS 0 of this node ignored: it is no AS number".into());
+            global.as_num
+        }
+        _ => me.local_as(global),
+    };
     let mut chosen: BTreeMap<Ipv4Addr, BgpSession> = BTreeMap::new();
 
     let template = SessionTemplate {
@@ -314,6 +325,31 @@ pub fn plan_sessions(input: &BirdInput) -> SessionPlan {
         sessions,
         notes,
     }
+}
+
+/// `global` with each setting BIRD would refuse replaced by its default, and a note
+/// for each.
+fn usable_global(global: &BgpGlobal, notes: &mut Vec<String>) -> BgpGlobal {
+    let defaults = BgpGlobal::default();
+    let mut usable = global.clone();
+    if let Err(e) = validate::validate_as(global.as_num) {
+        notes.push(format!(
+            "global AS ignored ({e}): AS {} used",
+            defaults.as_num
+        ));
+        usable.as_num = defaults.as_num;
+    }
+    if let Some(rt) = global.restart_time.filter(|rt| !(1..=4095).contains(rt)) {
+        notes.push(format!(
+            "graceful restart time {rt} ignored: BIRD's default used (valid: 1 to 4095 s)"
+        ));
+        usable.restart_time = None;
+    }
+    if let Err(e) = validate::validate_timers(&global.timers) {
+        notes.push(format!("session timers ignored ({e}): the defaults used"));
+        usable.timers = defaults.timers;
+    }
+    usable
 }
 
 /// The valid nodes other than `input.node`, by IP (first name wins on a duplicate

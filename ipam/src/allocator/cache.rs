@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::Ipv4Addr;
+use std::sync::MutexGuard;
 
 use ipnetwork::Ipv4Network;
 
@@ -38,8 +39,17 @@ impl Cache {
         }
     }
 
+    /// Note a block as read at its revision; a copy read earlier than the one cached
+    /// (a slow read racing this process's own commit) is ignored.
     pub(super) fn learn_block(&mut self, block: Versioned<Block>) {
         let cidr = block.value.cidr;
+        if self
+            .blocks
+            .get(&cidr)
+            .is_some_and(|b| b.revision > block.revision)
+        {
+            return;
+        }
         if let Some(claimed) = self.claimed.as_mut() {
             claimed.insert(cidr);
         }
@@ -63,14 +73,21 @@ impl Cache {
 }
 
 impl<S: Store> Ipam<S> {
+    /// The cache, for a few map operations at a time: never held across a store call,
+    /// so one slow request does not hold up the others.
+    pub(super) fn cache(&self) -> MutexGuard<'_, Cache> {
+        // Every critical section is a few map operations: a panic cannot leave it
+        // half-done, so a poisoned lock is still consistent.
+        self.cache.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Pools a dynamic request may use.
     pub(super) async fn candidate_pools(
         &self,
-        cache: &mut Cache,
         name: Option<&str>,
     ) -> Result<Vec<Versioned<Pool>>, IpamError> {
         if let Some(name) = name {
-            let pool = self.named_pool(cache, name).await?;
+            let pool = self.named_pool(name).await?;
             if pool.value.deleting {
                 return Err(IpamError::PoolDeleting(pool.value.name));
             }
@@ -79,11 +96,11 @@ impl<S: Store> Ipam<S> {
             }
             return Ok(vec![pool]);
         }
-        let mut enabled = self.enabled(cache).await?;
+        let mut enabled = self.enabled().await?;
         if enabled.is_empty() {
             // A pool may have been added since we cached the list.
-            cache.pools = None;
-            enabled = self.enabled(cache).await?;
+            self.forget_pools();
+            enabled = self.enabled().await?;
         }
         if enabled.is_empty() {
             return Err(IpamError::NoPools);
@@ -91,81 +108,70 @@ impl<S: Store> Ipam<S> {
         Ok(enabled)
     }
 
-    pub(super) async fn enabled(
-        &self,
-        cache: &mut Cache,
-    ) -> Result<Vec<Versioned<Pool>>, IpamError> {
-        Ok(self
-            .pools(cache)
-            .await?
-            .iter()
-            .filter(|p| !p.value.disabled && !p.value.deleting)
-            .cloned()
-            .collect())
+    pub(super) async fn enabled(&self) -> Result<Vec<Versioned<Pool>>, IpamError> {
+        let mut pools = self.pools().await?;
+        pools.retain(|p| !p.value.disabled && !p.value.deleting);
+        Ok(pools)
     }
 
-    pub(super) async fn pools<'c>(
-        &self,
-        cache: &'c mut Cache,
-    ) -> Result<&'c [Versioned<Pool>], IpamError> {
-        if cache.pools.is_none() {
-            let listed = self.store.list(&self.keys.pools()).await?;
-            let pools = listed.iter().map(decode).collect::<Result<Vec<_>, _>>()?;
-            cache.pools = Some(pools);
+    /// Every pool, from the cache or listed once.
+    pub(super) async fn pools(&self) -> Result<Vec<Versioned<Pool>>, IpamError> {
+        let cached = self.cache().pools.clone();
+        if let Some(pools) = cached {
+            return Ok(pools);
         }
-        Ok(cache.pools.as_deref().unwrap_or_default())
+        let listed = self.store.list(&self.keys.pools()).await?;
+        let pools = listed.iter().map(decode).collect::<Result<Vec<_>, _>>()?;
+        self.cache().pools = Some(pools.clone());
+        Ok(pools)
     }
 
-    pub(super) async fn named_pool(
-        &self,
-        cache: &mut Cache,
-        name: &str,
-    ) -> Result<Versioned<Pool>, IpamError> {
+    pub(super) fn forget_pools(&self) {
+        self.cache().pools = None;
+    }
+
+    pub(super) async fn named_pool(&self, name: &str) -> Result<Versioned<Pool>, IpamError> {
         for refresh in [false, true] {
             if refresh {
-                cache.pools = None;
+                self.forget_pools();
             }
             if let Some(p) = self
-                .pools(cache)
+                .pools()
                 .await?
-                .iter()
+                .into_iter()
                 .find(|p| p.value.name == name)
             {
-                return Ok(p.clone());
+                return Ok(p);
             }
         }
-        let existing = pool_names(self.pools(cache).await?);
+        let existing = pool_names(&self.pools().await?);
         Err(IpamError::PoolNotFound {
             name: name.to_string(),
             existing,
         })
     }
 
-    pub(super) async fn pool_containing(
-        &self,
-        cache: &mut Cache,
-        ip: Ipv4Addr,
-    ) -> Result<Versioned<Pool>, IpamError> {
+    pub(super) async fn pool_containing(&self, ip: Ipv4Addr) -> Result<Versioned<Pool>, IpamError> {
         for refresh in [false, true] {
             if refresh {
-                cache.pools = None;
+                self.forget_pools();
             }
             if let Some(p) = self
-                .pools(cache)
+                .pools()
                 .await?
-                .iter()
+                .into_iter()
                 .find(|p| p.value.cidr.contains(ip))
             {
-                return Ok(p.clone());
+                return Ok(p);
             }
         }
-        let pools = pool_cidrs(self.pools(cache).await?);
+        let pools = pool_cidrs(&self.pools().await?);
         Err(IpamError::NotInAnyPool { ip, pools })
     }
 
     /// List a node's affinities once and read the blocks behind them.
-    pub(super) async fn load_node(&self, cache: &mut Cache, node: &str) -> Result<(), IpamError> {
-        if cache.affine.contains_key(node) {
+    pub(super) async fn load_node(&self, node: &str) -> Result<(), IpamError> {
+        if self.cache().affine.contains_key(node) {
             return Ok(());
         }
         let keys = self
@@ -177,28 +183,41 @@ impl<S: Store> Ipam<S> {
             let Some((_, cidr)) = self.keys.parse_affinity(&key) else {
                 continue;
             };
-            if !cache.blocks.contains_key(&cidr) {
-                match self.read_block(cidr).await? {
-                    Some(b) => cache.learn_block(b),
+            let cached = self
+                .cache()
+                .blocks
+                .get(&cidr)
+                .map(|b| b.value.affinity.clone());
+            let affinity = match cached {
+                Some(affinity) => affinity,
+                None => match self.read_block(cidr).await? {
+                    Some(b) => {
+                        let affinity = b.value.affinity.clone();
+                        self.cache().learn_block(b);
+                        affinity
+                    }
                     None => continue,
-                }
-            }
-            if cache.blocks[&cidr].value.affinity.as_deref() == Some(node) {
+                },
+            };
+            if affinity.as_deref() == Some(node) {
                 set.insert(cidr);
             }
         }
-        cache.affine.insert(node.to_string(), set);
+        self.cache().affine.insert(node.to_string(), set);
         Ok(())
     }
 
-    pub(super) async fn load_claimed(&self, cache: &mut Cache) -> Result<(), IpamError> {
-        if cache.claimed.is_none() {
-            let keys = self.store.list_keys(&self.keys.blocks()).await?;
-            let mut claimed: HashSet<Ipv4Network> =
-                keys.iter().filter_map(|k| Keys::cidr_of(k)).collect();
-            claimed.extend(cache.blocks.keys().copied());
-            cache.claimed = Some(claimed);
+    /// List which blocks exist, once.
+    pub(super) async fn load_claimed(&self) -> Result<(), IpamError> {
+        if self.cache().claimed.is_some() {
+            return Ok(());
         }
+        let keys = self.store.list_keys(&self.keys.blocks()).await?;
+        let mut claimed: HashSet<Ipv4Network> =
+            keys.iter().filter_map(|k| Keys::cidr_of(k)).collect();
+        let mut cache = self.cache();
+        claimed.extend(cache.blocks.keys().copied());
+        cache.claimed = Some(claimed);
         Ok(())
     }
 
@@ -216,23 +235,27 @@ impl<S: Store> Ipam<S> {
     /// Refresh the cache from the values a failed transaction read back.
     pub(super) fn absorb(
         &self,
-        cache: &mut Cache,
         handle: &str,
         current: Vec<(String, Option<Kv>)>,
     ) -> Result<(), IpamError> {
+        let handle_key = self.keys.handle(handle);
+        let mut decoded = Vec::new();
         for (key, kv) in current {
-            if key == self.keys.handle(handle) {
-                match kv {
-                    Some(kv) => cache.remember_handle(handle, decode(&kv)?),
-                    None => {
-                        cache.handles.remove(handle);
-                    }
-                }
+            if key == handle_key {
+                decoded.push(Fresh::Handle(kv.as_ref().map(decode).transpose()?));
             } else if let Some(cidr) = Keys::cidr_of(&key) {
-                match kv {
-                    Some(kv) => cache.learn_block(decode(&kv)?),
-                    None => cache.forget_block(cidr),
+                decoded.push(Fresh::Block(cidr, kv.as_ref().map(decode).transpose()?));
+            }
+        }
+        let mut cache = self.cache();
+        for fresh in decoded {
+            match fresh {
+                Fresh::Handle(Some(record)) => cache.remember_handle(handle, record),
+                Fresh::Handle(None) => {
+                    cache.handles.remove(handle);
                 }
+                Fresh::Block(_, Some(block)) => cache.learn_block(block),
+                Fresh::Block(cidr, None) => cache.forget_block(cidr),
             }
         }
         Ok(())
@@ -244,6 +267,12 @@ impl<S: Store> Ipam<S> {
     ) -> Result<Option<Versioned<HandleRecord>>, IpamError> {
         Ok(read(&self.store, &self.keys.handle(id)).await?)
     }
+}
+
+/// A record read back by a failed transaction.
+enum Fresh {
+    Handle(Option<Versioned<HandleRecord>>),
+    Block(Ipv4Network, Option<Versioned<Block>>),
 }
 
 /// `p1 (10.0.0.0/24), p2 (10.1.0.0/24)`, or `none`.

@@ -26,20 +26,20 @@ pub(super) struct Plan {
     /// Revision the block was read at; `None` when the plan creates (claims) it.
     pub(super) block_revision: Option<i64>,
     pub(super) block: Block,
+    /// What the plan writes for `ip`, kept to plan again in the same block.
+    pub(super) allocation: Allocation,
+    /// A fixed address was asked for (`ip` may not change).
+    pub(super) fixed: bool,
 }
 
 pub(super) enum Planned {
-    New(Plan),
+    New(Box<Plan>),
     /// The handle already holds this address.
     Existing(Assigned),
 }
 
 impl<S: Store> Ipam<S> {
-    pub(super) async fn plan(
-        &self,
-        cache: &mut Cache,
-        req: &AllocRequest,
-    ) -> Result<Planned, IpamError> {
+    pub(super) async fn plan(&self, req: &AllocRequest) -> Result<Planned, IpamError> {
         let mut attrs = req.attrs.clone();
         attrs.insert(ATTR_NODE.to_string(), req.node.clone());
         let allocation = Allocation {
@@ -47,22 +47,21 @@ impl<S: Store> Ipam<S> {
             attrs,
         };
         match req.ip {
-            Some(ip) => self.plan_fixed(cache, req, ip, allocation).await,
-            None => self.plan_dynamic(cache, req, allocation).await,
+            Some(ip) => self.plan_fixed(req, ip, allocation).await,
+            None => self.plan_dynamic(req, allocation).await,
         }
     }
 
     /// The answer to a repeated request: the address the handle holds, if it fits.
     pub(super) async fn existing_for(
         &self,
-        cache: &mut Cache,
         req: &AllocRequest,
         record: &HandleRecord,
     ) -> Result<Option<Assigned>, IpamError> {
         let Some((&held, &block)) = record.addresses.iter().next() else {
             return Ok(None);
         };
-        let pools = self.pools(cache).await?;
+        let pools = self.pools().await?;
         let pool = pools.iter().find(|p| p.value.cidr.contains(held));
         let wanted_other = match (req.ip, &req.pool, pool, req.range) {
             (Some(ip), _, _, _) if ip != held => Some(ip.to_string()),
@@ -92,15 +91,14 @@ impl<S: Store> Ipam<S> {
 
     pub(super) async fn plan_fixed(
         &self,
-        cache: &mut Cache,
         req: &AllocRequest,
         ip: Ipv4Addr,
         allocation: Allocation,
     ) -> Result<Planned, IpamError> {
-        let pool = self.pool_containing(cache, ip).await?;
+        let pool = self.pool_containing(ip).await?;
         if let Some(name) = &req.pool {
             if *name != pool.value.name {
-                let wanted = self.named_pool(cache, name).await?;
+                let wanted = self.named_pool(name).await?;
                 return Err(IpamError::NotInPool {
                     ip,
                     pool: name.clone(),
@@ -132,10 +130,12 @@ impl<S: Store> Ipam<S> {
         let cidr = block_of(&pool.value, ip);
         // A cached block that says the address is free is checked by the compare; one
         // that says it is taken could be stale, so that answer is read fresh.
-        let current = match cache.blocks.get(&cidr) {
-            Some(b) if !b.value.allocations.contains_key(&ip) => Some(b.clone()),
+        let cached = self.cache().blocks.get(&cidr).cloned();
+        let current = match cached {
+            Some(b) if !b.value.allocations.contains_key(&ip) => Some(b),
             _ => {
                 let fresh = self.read_block(cidr).await?;
+                let mut cache = self.cache();
                 match &fresh {
                     Some(b) => cache.learn_block(b.clone()),
                     None => cache.forget_block(cidr),
@@ -171,26 +171,24 @@ impl<S: Store> Ipam<S> {
                 handle: holder.handle.clone(),
             });
         }
-        block.allocations.insert(ip, allocation);
-        Ok(Planned::New(Plan {
+        block.allocations.insert(ip, allocation.clone());
+        Ok(Planned::New(Box::new(Plan {
             pool,
             ip,
             block_revision: revision,
             block,
-        }))
+            allocation,
+            fixed: true,
+        })))
     }
 
     pub(super) async fn plan_dynamic(
         &self,
-        cache: &mut Cache,
         req: &AllocRequest,
         allocation: Allocation,
     ) -> Result<Planned, IpamError> {
-        let mut pools = self.candidate_pools(cache, req.pool.as_deref()).await?;
-        let scope = Scope {
-            range: req.range,
-            exclude: &req.exclude,
-        };
+        let mut pools = self.candidate_pools(req.pool.as_deref()).await?;
+        let scope = Scope::of(req);
         if let Some(range) = req.range {
             let all = pool_cidrs(&pools);
             pools.retain(|p| overlaps(p.value.cidr, range));
@@ -198,40 +196,34 @@ impl<S: Store> Ipam<S> {
                 return Err(IpamError::RangeOutsidePools { range, pools: all });
             }
         }
-        self.load_node(cache, &req.node).await?;
+        self.load_node(&req.node).await?;
 
         // 1. The node's own blocks (those the range touches).
-        let own: Vec<Ipv4Network> = cache.affine[&req.node]
-            .iter()
-            .copied()
-            .filter(|cidr| scope.touches(*cidr))
-            .collect();
-        for cidr in own {
-            let Some(pool) = pools.iter().find(|p| p.value.cidr.contains(cidr.network())) else {
-                continue;
-            };
-            if let Some(plan) = take_from(cache.blocks.get(&cidr), pool, &allocation, &scope) {
-                return Ok(Planned::New(plan));
-            }
+        if let Some(plan) = self.take_from_own(&req.node, &pools, &allocation, &scope) {
+            return Ok(Planned::New(Box::new(plan)));
         }
 
         // 2. Claim a block nobody has, in a node-specific order.
-        self.load_claimed(cache).await?;
-        for pool in &pools {
-            if let Some(plan) = claim_new(cache, pool, &req.node, &allocation, &scope) {
-                return Ok(Planned::New(plan));
+        self.load_claimed().await?;
+        {
+            let cache = self.cache();
+            for pool in &pools {
+                if let Some(plan) = claim_new(&cache, pool, &req.node, &allocation, &scope) {
+                    return Ok(Planned::New(Box::new(plan)));
+                }
             }
         }
 
         // 3. Borrow from another node's block; the listing also refreshes what is claimed.
         let all = self.read_all_blocks().await?;
+        let mut cache = self.cache();
         cache.claimed = Some(all.iter().map(|b| b.value.cidr).collect());
         for b in all {
             cache.learn_block(b);
         }
         for pool in &pools {
-            if let Some(plan) = claim_new(cache, pool, &req.node, &allocation, &scope) {
-                return Ok(Planned::New(plan));
+            if let Some(plan) = claim_new(&cache, pool, &req.node, &allocation, &scope) {
+                return Ok(Planned::New(Box::new(plan)));
             }
             let mut others: Vec<&Versioned<Block>> = cache
                 .blocks
@@ -243,7 +235,7 @@ impl<S: Store> Ipam<S> {
             others.shuffle(&mut rand::rng());
             for block in others {
                 if let Some(plan) = take_from(Some(block), pool, &allocation, &scope) {
-                    return Ok(Planned::New(plan));
+                    return Ok(Planned::New(Box::new(plan)));
                 }
             }
         }
@@ -261,6 +253,83 @@ impl<S: Store> Ipam<S> {
     }
 }
 
+impl<S: Store> Ipam<S> {
+    /// A plan from the first of the node's own blocks (those the scope touches) with a
+    /// free address.
+    fn take_from_own(
+        &self,
+        node: &str,
+        pools: &[Versioned<Pool>],
+        allocation: &Allocation,
+        scope: &Scope<'_>,
+    ) -> Option<Plan> {
+        let cache = self.cache();
+        let own = cache.affine.get(node)?;
+        own.iter()
+            .filter(|cidr| scope.touches(**cidr))
+            .find_map(|cidr| {
+                let pool = pools
+                    .iter()
+                    .find(|p| p.value.cidr.contains(cidr.network()))?;
+                take_from(cache.blocks.get(cidr), pool, allocation, scope)
+            })
+    }
+
+    /// Check a plan against the cache once its block's lock is held: every writer of
+    /// the block in this process has updated the cache by then, so a plan made from an
+    /// older copy is made again from the current one instead of losing a compare.
+    pub(super) fn replan_in_block(&self, req: &AllocRequest, plan: Plan) -> Replanned {
+        let cidr = plan.block.cidr;
+        let cache = self.cache();
+        let current = cache.blocks.get(&cidr);
+        if current.map(|b| b.revision) == plan.block_revision {
+            return Replanned::Ready(Box::new(plan));
+        }
+        let Some(current) = current else {
+            // Deleted since (its last address released): plan a claim again.
+            return Replanned::Stale;
+        };
+        if plan.block_revision.is_none() && current.value.affinity.as_deref() != Some(&req.node) {
+            // Claimed for another node meanwhile: that is a borrow, decided elsewhere.
+            return Replanned::Stale;
+        }
+        if !plan.fixed {
+            return match take_from(Some(current), &plan.pool, &plan.allocation, &Scope::of(req)) {
+                Some(next) => Replanned::Ready(Box::new(next)),
+                None => Replanned::Stale,
+            };
+        }
+        match current.value.allocations.get(&plan.ip) {
+            Some(holder) if holder.handle == req.handle => Replanned::Existing(Assigned {
+                ip: plan.ip,
+                pool: plan.pool.value.name.clone(),
+                pool_cidr: plan.pool.value.cidr,
+                block: cidr,
+                existing: true,
+            }),
+            // Taken since: planning again reads the block and names the holder.
+            Some(_) => Replanned::Stale,
+            None => {
+                let mut block = current.value.clone();
+                block.allocations.insert(plan.ip, plan.allocation.clone());
+                Replanned::Ready(Box::new(Plan {
+                    block_revision: Some(current.revision),
+                    block,
+                    ..plan
+                }))
+            }
+        }
+    }
+}
+
+/// A plan checked under its block's lock.
+pub(super) enum Replanned {
+    Ready(Box<Plan>),
+    Existing(Assigned),
+    /// The block changed so that the plan cannot stand: plan from the start.
+    Stale,
+}
+
 /// Where a dynamic request may take its address: [`AllocRequest::range`] and
 /// [`AllocRequest::exclude`].
 pub(super) struct Scope<'r> {
@@ -268,7 +337,14 @@ pub(super) struct Scope<'r> {
     exclude: &'r BTreeSet<Ipv4Addr>,
 }
 
-impl Scope<'_> {
+impl<'r> Scope<'r> {
+    pub(super) fn of(req: &'r AllocRequest) -> Self {
+        Scope {
+            range: req.range,
+            exclude: &req.exclude,
+        }
+    }
+
     pub(super) fn touches(&self, block: Ipv4Network) -> bool {
         self.range.is_none_or(|r| overlaps(r, block))
     }
@@ -291,6 +367,8 @@ pub(super) fn take_from(
         ip,
         block_revision: Some(block.revision),
         block: next,
+        allocation: allocation.clone(),
+        fixed: false,
     })
 }
 

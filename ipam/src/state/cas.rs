@@ -13,9 +13,11 @@ use crate::store::{Store, Txn, TxnOutcome};
 pub const MAX_ATTEMPTS: u32 = 100;
 
 /// Sleep before retry `attempt` (1-based): full jitter over an exponential window
-/// capped at 50 ms, so racing nodes spread out instead of colliding again in step.
+/// capped at 250 ms, so racing writers spread out instead of colliding again in step.
+/// The cap is what a burst needs: 200 CNI plugins of one node, each with its own etcd
+/// client, writing the node's one block lost 100 attempts in a row with a 50 ms cap.
 pub async fn backoff(attempt: u32) {
-    let cap_us = (500u64 << attempt.min(7)).min(50_000);
+    let cap_us = (500u64 << attempt.min(9)).min(250_000);
     let wait = rand::rng().random_range(0..=cap_us);
     tokio::time::sleep(Duration::from_micros(wait)).await;
 }

@@ -15,17 +15,31 @@ pub struct Versioned<T> {
     pub revision: i64,
 }
 
-/// A stored value that is not valid JSON for its record type.
+/// Largest stored value decoded: etcd's default request limit (`--max-request-bytes`,
+/// 1.5 MiB), so every record brindle can write to a default etcd decodes, while a value
+/// another tool stored beyond it is refused before any parsing.
+pub const MAX_RECORD_BYTES: usize = 3 << 19;
+
+/// A stored value that is not a valid record of its type.
 #[derive(Debug, thiserror::Error)]
-#[error(
-    "stored record {key} is not valid JSON for its type ({source}); fix or delete it with etcdctl"
-)]
+#[error("stored record {key} {problem}; fix or delete it with etcdctl")]
 pub struct CorruptRecord {
     /// The key.
     pub key: String,
-    /// What serde said.
+    /// What is wrong with the value.
     #[source]
-    pub source: serde_json::Error,
+    pub problem: RecordProblem,
+}
+
+/// Why a stored value was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordProblem {
+    /// Larger than [`MAX_RECORD_BYTES`].
+    #[error("is {size} bytes long, more than the {limit} bytes a record may have")]
+    TooLarge { size: usize, limit: usize },
+    /// Not JSON, or JSON that is not (or breaks a rule of) the record type.
+    #[error("is not a valid record of its type ({0})")]
+    Invalid(#[from] serde_json::Error),
 }
 
 /// Decode one stored record with its revision.
@@ -41,14 +55,23 @@ pub fn decode_all<T: DeserializeOwned>(kvs: &[Kv]) -> Result<Vec<Versioned<T>>, 
     kvs.iter().map(decode).collect()
 }
 
-/// Decode the value stored at `key` (a watch event, for instance).
+/// Decode the value stored at `key` (a watch event, for instance). Record types check
+/// their own rules while deserialising (see `brindle_ipam::model`), so a value another
+/// tool wrote is an error naming `key`, never a panic later.
 pub fn decode_value<T: DeserializeOwned>(key: &str, value: &[u8]) -> Result<T, StateError> {
-    serde_json::from_slice(value).map_err(|source| {
+    let corrupt = |problem| {
         StateError::Corrupt(CorruptRecord {
             key: key.to_string(),
-            source,
+            problem,
         })
-    })
+    };
+    if value.len() > MAX_RECORD_BYTES {
+        return Err(corrupt(RecordProblem::TooLarge {
+            size: value.len(),
+            limit: MAX_RECORD_BYTES,
+        }));
+    }
+    serde_json::from_slice(value).map_err(|e| corrupt(RecordProblem::Invalid(e)))
 }
 
 /// Encode a record for storing.
@@ -73,8 +96,23 @@ mod tests {
         let err = decode_value::<u32>("/b/v1/x", b"{").unwrap_err();
         assert!(
             err.to_string()
-                .starts_with("stored record /b/v1/x is not valid JSON"),
+                .starts_with("stored record /b/v1/x is not a valid record of its type"),
             "{err}"
         );
+    }
+    #[test]
+    fn an_oversized_value_is_refused_before_parsing() {
+        let big = vec![b' '; MAX_RECORD_BYTES + 1];
+        let err = decode_value::<serde_json::Value>("/b/v1/ipam/blocks/x", &big).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.starts_with("stored record /b/v1/ipam/blocks/x is 1572865 bytes long"),
+            "{text}"
+        );
+        assert!(text.contains("1572864"), "{text}");
+        // Just within the limit still decodes.
+        let mut fits = vec![b' '; MAX_RECORD_BYTES - 2];
+        fits.extend_from_slice(b"{}");
+        assert!(decode_value::<serde_json::Value>("/k", &fits).is_ok());
     }
 }

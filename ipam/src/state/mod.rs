@@ -10,7 +10,7 @@
 //! | module | what |
 //! |---|---|
 //! | [`keys`] | the key layout, with the table of every record |
-//! | [`codec`] | [`Versioned`], [`decode`], [`encode`], [`CorruptRecord`] |
+//! | [`codec`] | [`Versioned`], [`decode`], [`encode`], [`CorruptRecord`], [`MAX_RECORD_BYTES`] |
 //! | [`records`] | [`read`], [`read_all`], [`put`], [`delete`], single-key CAS transactions |
 //! | [`cas`] | [`cas_loop`], [`Attempt`], [`MAX_ATTEMPTS`], [`backoff`] |
 
@@ -20,7 +20,10 @@ pub mod keys;
 pub mod records;
 
 pub use cas::{backoff, cas_loop, Attempt, MAX_ATTEMPTS};
-pub use codec::{decode, decode_all, decode_value, encode, CorruptRecord, Versioned};
+pub use codec::{
+    decode, decode_all, decode_value, encode, CorruptRecord, RecordProblem, Versioned,
+    MAX_RECORD_BYTES,
+};
 pub use keys::Keys;
 pub use records::{
     cas_delete, cas_put, delete, delete_if, put, put_if, read, read_all, read_entries,

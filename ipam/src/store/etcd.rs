@@ -38,6 +38,10 @@ use super::{
 /// request around it (its own work, its rollback) still fails within the 5 s promised.
 const FAILOVER_BUDGET: Duration = Duration::from_secs(4);
 
+/// A page of at most about this many bytes is comfortably under the client's message
+/// limit (4 MiB).
+const PAGE_BYTES_AIM: usize = 2 << 20;
+
 /// How many times a listing at the current revision starts over when compaction
 /// overtakes it between two pages.
 const LIST_ATTEMPTS: usize = 3;
@@ -134,7 +138,7 @@ impl EtcdStore {
     /// through [`Store`]). Report a member that later stops answering with
     /// [`EtcdStore::member_failed`].
     pub async fn member(&self) -> Result<MemberClient, StoreError> {
-        let deadline = Instant::now() + FAILOVER_BUDGET;
+        let deadline = crate::budget::deadline_after(FAILOVER_BUDGET);
         failover::member(&self.members, &self.endpoints, deadline).await
     }
 
@@ -171,7 +175,7 @@ impl EtcdStore {
         F: FnMut(Client) -> Fut,
         Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
     {
-        let deadline = Instant::now() + FAILOVER_BUDGET;
+        let deadline = crate::budget::deadline_after(FAILOVER_BUDGET);
         match self.run(deadline, Replay::Safe, call).await {
             Ok(v) => Ok(v),
             Err(Failed::Store(e)) => Err(e),
@@ -240,7 +244,18 @@ impl EtcdStore {
             };
             let at = *pinned
                 .get_or_insert_with(|| resp.header().map(|h| h.revision()).unwrap_or_default());
+            let bytes: usize = resp
+                .kvs()
+                .iter()
+                .map(|kv| kv.key().len() + kv.value().len())
+                .sum();
             kvs.extend(resp.kvs().iter().map(to_kv));
+            // Back to larger pages once the records are small again (the blocks of a
+            // listing are large, the handles after them small): a page far under the
+            // limit may double.
+            if limit < self.page_size && bytes.saturating_mul(4) < PAGE_BYTES_AIM {
+                limit = (limit * 2).min(self.page_size);
+            }
             match resp.kvs().last() {
                 Some(last) if resp.more() => {
                     from = last.key().to_vec();
@@ -407,7 +422,7 @@ impl Store for EtcdStore {
         } else {
             Replay::Unsafe
         };
-        let deadline = Instant::now() + FAILOVER_BUDGET;
+        let deadline = crate::budget::deadline_after(FAILOVER_BUDGET);
         let sent = self
             .run(deadline, replay, |mut c| {
                 let r = request.clone();

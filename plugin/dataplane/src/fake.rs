@@ -305,7 +305,9 @@ fn create(
         });
     }
     st.last_ifindex += 1;
-    let mac = FakeDataplane::mac_for(spec.ip);
+    let mac = spec
+        .container_mac
+        .unwrap_or_else(|| FakeDataplane::mac_for(spec.ip));
     st.endpoints.insert(
         spec.host_ifname.clone(),
         (spec.clone(), st.last_ifindex + 100, mac),
@@ -500,7 +502,7 @@ mod tests {
 
         let s = spec("c1", [10, 1, 0, 5]);
         let mac = fake.create_veth_into_netns(&s).await.unwrap();
-        assert_eq!(mac, FakeDataplane::mac_for(s.ip));
+        assert_eq!(mac, crate::container_mac_for(s.ip));
         assert!(fake.has_endpoint(&s.host_ifname));
         assert_eq!(fake.host_routes(), vec![(s.ip, s.host_ifname.clone())]);
         fake.check_endpoint(&s).await.unwrap();

@@ -42,7 +42,7 @@ pub use firewall::{FakeFirewall, Firewall, FirewallSpec, LinuxFirewall};
 pub use linux::LinuxDataplane;
 pub use names::{host_ifname_for, host_ifname_for_cni, temp_ifname_for, validate_ifname};
 pub use reaper::Reaper;
-pub use types::{EndpointSpec, HostLink, MacAddr, OwnedRoute, RouteTarget};
+pub use types::{container_mac_for, EndpointSpec, HostLink, MacAddr, OwnedRoute, RouteTarget};
 
 use std::net::Ipv4Addr;
 

@@ -52,7 +52,14 @@ impl LinuxDataplane {
         let peer = spec.container_ifname.as_str();
         if let Err(e) = self
             .nl
-            .add_veth(&spec.host_ifname, HOST_MAC, peer, None, spec.mtu)
+            .add_veth(
+                &spec.host_ifname,
+                HOST_MAC,
+                peer,
+                spec.container_mac,
+                None,
+                spec.mtu,
+            )
             .await
         {
             return Err(self.explain_exists(e, spec, "on the host").await);
@@ -83,6 +90,7 @@ impl LinuxDataplane {
             &spec.host_ifname,
             HOST_MAC,
             &spec.container_ifname,
+            spec.container_mac,
             Some(&ns),
             spec.mtu,
         );
@@ -110,6 +118,12 @@ impl LinuxDataplane {
         let route = Route::device(host_net(spec.ip), host.index, ROUTE_PROTOCOL);
         match self.nl.add_route(&route, &host.name, false).await {
             Err(e) if e.errno() == Some(libc::EEXIST) => {
+                // brindled's agent may have made it first: the endpoint record can be
+                // stored before the veth exists, and the agent keeps a route for every
+                // record whose veth it finds.
+                if self.route_oif(host_net(spec.ip)).await == Some(host.index) {
+                    return Ok(());
+                }
                 // Name whoever holds the address: usually another endpoint's veth.
                 let holder = self.describe_existing(host_net(spec.ip)).await;
                 Err(DataplaneError::AlreadyExists {
@@ -175,6 +189,18 @@ impl LinuxDataplane {
     }
 
     /// `10.0.0.5/32 dev brl1 proto 98`, or just the prefix if it cannot be read.
+    /// The interface of the route to exactly `dst`, if there is one. A dump that
+    /// fails is tried again: while many endpoints come and go the kernel interrupts
+    /// route dumps (`NLM_F_DUMP_INTR`), seen in 200-container bursts.
+    async fn route_oif(&self, dst: Ipv4Network) -> Option<u32> {
+        for _ in 0..5 {
+            if let Ok(routes) = self.nl.dump_routes().await {
+                return routes.into_iter().find(|r| r.dst == dst)?.oif;
+            }
+        }
+        None
+    }
+
     async fn describe_existing(&self, dst: Ipv4Network) -> String {
         let Ok(routes) = self.nl.dump_routes().await else {
             return dst.to_string();

@@ -204,10 +204,14 @@ impl Netlink {
         host: &str,
         host_mac: MacAddr,
         peer: &str,
+        peer_mac: Option<MacAddr>,
         peer_ns: Option<&Netns>,
         mtu: Option<u32>,
     ) -> Result<(), DataplaneError> {
         let mut peer_msg = LinkUnspec::new_with_name(peer);
+        if let Some(mac) = peer_mac {
+            peer_msg = peer_msg.address(mac.octets().to_vec());
+        }
         if let Some(ns) = peer_ns {
             peer_msg = peer_msg.setns_by_fd(ns.file().as_raw_fd());
         }

@@ -24,6 +24,18 @@ pub struct EndpointSpec {
     /// Container network namespace file (`/proc/PID/ns/net`, `/run/netns/NAME`); `Some`
     /// for CNI, `None` for Docker.
     pub netns: Option<PathBuf>,
+    /// The container side's MAC; `None` lets the kernel pick one. CNI endpoints take
+    /// theirs from the address ([`container_mac_for`]), so the endpoint record, which
+    /// is written with the address before the veth exists, already holds it.
+    pub container_mac: Option<MacAddr>,
+}
+
+/// The container-side MAC of a CNI endpoint: locally administered (`0e:62`, "b") plus
+/// the four octets of its address. Only the veth's two ends see it (there is no shared
+/// segment), and one address is on one endpoint at a time.
+pub fn container_mac_for(ip: Ipv4Addr) -> MacAddr {
+    let o = ip.octets();
+    MacAddr([0x0e, 0x62, o[0], o[1], o[2], o[3]])
 }
 
 impl EndpointSpec {
@@ -35,6 +47,7 @@ impl EndpointSpec {
             ip,
             mtu,
             netns: None,
+            container_mac: None,
         }
     }
 
@@ -52,6 +65,7 @@ impl EndpointSpec {
             ip,
             mtu,
             netns: Some(netns.into()),
+            container_mac: Some(container_mac_for(ip)),
         }
     }
 }

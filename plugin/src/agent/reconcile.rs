@@ -18,9 +18,9 @@
 //! interface; CNI `brindle-ipam` allocations (another plugin's interface) are left to
 //! CNI GC. Routes and blackholes follow the records in `routes.rs`.
 //!
-//! The grace period covers the moments every path has by design: a veth exists a moment
-//! before its record, an address before its endpoint, an endpoint before dockerd lists
-//! it. A finding must last the whole period unchanged (same link index, same record or
+//! The grace period covers the moments every path has by design: a Docker veth exists a
+//! moment before its record, a CNI record (stored with its address) a moment before its
+//! veth, an address before its endpoint, an endpoint before dockerd lists it. A finding must last the whole period unchanged (same link index, same record or
 //! handle revision); anything written meanwhile restarts its clock. Every write is a
 //! compare-and-swap on what was read: a record is deleted only at the revision that was
 //! judged, an address released only while its handle is at the revision that was

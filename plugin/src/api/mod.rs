@@ -2,7 +2,8 @@
 //! blocks, one round trip per CNI operation).
 //!
 //! HTTP/1.1 on the unix socket `--api-socket` (default `/run/brindle/brindled.sock`,
-//! mode 0600). Every request is a `POST` with a JSON body; every answer is JSON:
+//! mode 0600, or 0660 for `--api-group`). Every request is a `POST` with a JSON body;
+//! every answer is JSON:
 //!
 //! | path | body | 200 answer |
 //! |---|---|---|
@@ -16,6 +17,11 @@
 //! the plugin prints as its CNI error. A request for another node or key prefix than
 //! brindled serves, or naming a netns path brindled cannot see, answers 409, and a
 //! body that does not decode 400: the plugin then does the work itself against etcd.
+//! A caller other than root or a member of `--api-group` (`crate::socket::peer`), or a
+//! netns path outside the directories brindled opens ([`netns_path`]), answers 403
+//! with a CNI error of code 106, which the plugin prints: no second attempt directly.
+
+pub mod netns_path;
 
 use std::sync::Arc;
 
@@ -35,6 +41,7 @@ use crate::cni::error::{code, CniError};
 use crate::cni::ops::{
     self, AddRequest, CheckRequest, Ctx, DelRequest, GcRequest, StatusRequest, Target,
 };
+use netns_path::NetnsDirs;
 
 /// What the API needs from brindled (which implements it on its node state).
 pub trait Backend: Send + Sync + 'static {
@@ -51,10 +58,12 @@ pub trait Backend: Send + Sync + 'static {
     fn reaper(&self) -> &Reaper;
 }
 
-/// What the handlers share: the backend and the dataplane CNI requests use.
+/// What the handlers share: the backend, the dataplane CNI requests use and the
+/// directories whose netns files they may name.
 pub struct Api<B: Backend> {
     pub backend: Arc<B>,
     pub dataplane: Arc<dyn Dataplane>,
+    pub netns_dirs: NetnsDirs,
 }
 
 /// The routes served on `--api-socket`.
@@ -62,7 +71,7 @@ pub struct Api<B: Backend> {
 /// CNI requests get a netlink socket of their own (when one can be opened here, in the
 /// host namespace, inside the runtime), so a veth being built never queues behind the
 /// agent's route and link dumps on the shared one.
-pub fn router<B: Backend>(backend: Arc<B>) -> Router {
+pub fn router<B: Backend>(backend: Arc<B>, netns_dirs: NetnsDirs) -> Router {
     let dataplane: Arc<dyn Dataplane> = match LinuxDataplane::connect() {
         Ok(dp) => Arc::new(dp),
         Err(e) => {
@@ -70,7 +79,11 @@ pub fn router<B: Backend>(backend: Arc<B>) -> Router {
             backend.dataplane()
         }
     };
-    let state = Arc::new(Api { backend, dataplane });
+    let state = Arc::new(Api {
+        backend,
+        dataplane,
+        netns_dirs,
+    });
     Router::new()
         .route(paths::ADD, post(add::<B>))
         .route(paths::DEL, post(del::<B>))
@@ -140,7 +153,7 @@ fn answer<T: Serialize>(r: Result<T, CniError>) -> Response {
 
 async fn add<B: Backend>(State(st): State<Arc<Api<B>>>, body: Bytes) -> Response {
     match accept(&st, &body, |r: &AddRequest| &r.target) {
-        Ok(req) => match netns_visible(req.mode, req.netns.as_deref()) {
+        Ok(req) => match netns_usable(&st, req.mode, req.netns.as_deref()) {
             Ok(()) => answer(ops::add(&ctx(&st), &req).await),
             Err(r) => *r,
         },
@@ -148,19 +161,34 @@ async fn add<B: Backend>(State(st): State<Arc<Api<B>>>, body: Bytes) -> Response
     }
 }
 
-/// brindled may run in other mount or PID namespaces than the runtime (a container
-/// without `/run/netns` or `--pid host`): a netns path it cannot see is declined, and
-/// the plugin, which runs in the runtime's namespaces, does the work itself.
-fn netns_visible(mode: ops::Mode, netns: Option<&str>) -> Result<(), Rejection> {
-    match netns {
-        Some(path) if mode == ops::Mode::Main && !std::path::Path::new(path).exists() => {
-            Err(Box::new(error_response(
-                StatusCode::CONFLICT,
-                CniError::new(code::BRINDLED, format!("brindled cannot see netns {path}")),
-            )))
-        }
-        _ => Ok(()),
+/// The netns a main-mode request makes brindled enter (IPAM mode never opens it).
+///
+/// Outside the allowed directories it is refused (403): the plugin prints the error.
+/// brindled may also run in other mount or PID namespaces than the runtime (a
+/// container without `/run/netns` or `--pid host`): an allowed path it cannot see is
+/// declined (409), and the plugin, which runs in the runtime's namespaces, does the
+/// work itself.
+fn netns_usable<B: Backend>(
+    api: &Api<B>,
+    mode: ops::Mode,
+    netns: Option<&str>,
+) -> Result<(), Rejection> {
+    let Some(path) = netns.filter(|_| mode == ops::Mode::Main) else {
+        return Ok(());
+    };
+    if let Err(e) = api.netns_dirs.check(path) {
+        return Err(Box::new(error_response(
+            StatusCode::FORBIDDEN,
+            CniError::new(code::REFUSED, e.to_string()),
+        )));
     }
+    if !std::path::Path::new(path).exists() {
+        return Err(Box::new(error_response(
+            StatusCode::CONFLICT,
+            CniError::new(code::BRINDLED, format!("brindled cannot see netns {path}")),
+        )));
+    }
+    Ok(())
 }
 
 async fn del<B: Backend>(State(st): State<Arc<Api<B>>>, body: Bytes) -> Response {
@@ -172,7 +200,7 @@ async fn del<B: Backend>(State(st): State<Arc<Api<B>>>, body: Bytes) -> Response
 
 async fn check<B: Backend>(State(st): State<Arc<Api<B>>>, body: Bytes) -> Response {
     match accept(&st, &body, |r: &CheckRequest| &r.target) {
-        Ok(req) => match netns_visible(req.mode, req.netns.as_deref()) {
+        Ok(req) => match netns_usable(&st, req.mode, req.netns.as_deref()) {
             Ok(()) => answer(ops::check(&ctx(&st), &req).await),
             Err(r) => *r,
         },

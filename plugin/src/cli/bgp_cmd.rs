@@ -70,8 +70,12 @@ pub struct SetArgs {
     #[arg(long, value_enum)]
     mesh: Option<OnOff>,
     /// TCP-MD5 password of the mesh and route-reflector sessions.
-    #[arg(long, conflicts_with = "clear_mesh_password")]
+    #[arg(long, conflicts_with_all = ["clear_mesh_password", "mesh_password_file"])]
     mesh_password: Option<Secret>,
+    /// Read the mesh password from this file (first line), so that it never appears
+    /// in argv or the shell's history.
+    #[arg(long, value_name = "PATH", conflicts_with = "clear_mesh_password")]
+    mesh_password_file: Option<PathBuf>,
     /// Remove the mesh password.
     #[arg(long)]
     clear_mesh_password: bool,
@@ -103,6 +107,7 @@ impl SetArgs {
         self.as_num.is_none()
             && self.mesh.is_none()
             && self.mesh_password.is_none()
+            && self.mesh_password_file.is_none()
             && !self.clear_mesh_password
             && self.graceful_restart.is_none()
             && self.restart_time.is_none()
@@ -113,14 +118,15 @@ impl SetArgs {
             && self.keepalive.is_none()
     }
 
-    fn apply(&self, g: &mut BgpGlobal) -> Result<(), BgpError> {
+    /// Apply the flags; `mesh_password` is `--mesh-password` or the file's, read once.
+    fn apply(&self, g: &mut BgpGlobal, mesh_password: Option<&Secret>) -> Result<(), BgpError> {
         if let Some(a) = parse_as_opt(self.as_num.as_deref())? {
             g.as_num = a;
         }
         if let Some(m) = self.mesh {
             g.node_mesh = m.on();
         }
-        if let Some(p) = &self.mesh_password {
+        if let Some(p) = mesh_password {
             g.mesh_password = Some(p.expose().to_string());
         }
         if self.clear_mesh_password {
@@ -162,8 +168,9 @@ fn node_flag_on_command_line() -> bool {
     })
 }
 
-/// The peer password of `--password` or `--password-file` (clap refuses both).
-fn peer_password(
+/// The password of `--password` or `--password-file` (clap refuses both); the same
+/// for the mesh's `--mesh-password` and `--mesh-password-file`.
+fn password_of(
     password: &Option<Secret>,
     file: &Option<PathBuf>,
 ) -> Result<Option<Secret>, PasswordFileError> {
@@ -330,8 +337,9 @@ pub async fn exec(cli: &Cli, cmd: &BgpCommand) -> anyhow::Result<ExitCode> {
             print_global(cli, &g, rev.is_some())?;
         }
         BgpCommand::Set(args) => {
+            let mesh_password = password_of(&args.mesh_password, &args.mesh_password_file)?;
             let g = bgpstore::update_global(store, keys, |g| {
-                args.apply(g)?;
+                args.apply(g, mesh_password.as_ref())?;
                 Ok(())
             })
             .await?;
@@ -347,7 +355,7 @@ pub async fn exec(cli: &Cli, cmd: &BgpCommand) -> anyhow::Result<ExitCode> {
             passive,
             allow_local_as,
         }) => {
-            let password = peer_password(password, password_file)?;
+            let password = password_of(password, password_file)?;
             // This `--node` shares its id with the global `--node`, whose
             // BRINDLE_NODE would otherwise silently scope the peer to one node.
             let node = node.clone().filter(|_| node_flag_on_command_line());
@@ -501,15 +509,15 @@ mod tests {
 
         let cli = parse(&[&add[..], &["--password-file", &file]].concat()).unwrap();
         let (p, f) = peer_add(&cli);
-        let got = peer_password(p, f).unwrap().unwrap();
+        let got = password_of(p, f).unwrap().unwrap();
         assert_eq!(got.expose(), "t0r-secret");
 
         let cli = parse(&[&add[..], &["--password", "fl4g"]].concat()).unwrap();
         let (p, f) = peer_add(&cli);
-        assert_eq!(peer_password(p, f).unwrap().unwrap().expose(), "fl4g");
+        assert_eq!(password_of(p, f).unwrap().unwrap().expose(), "fl4g");
         let cli = parse(&add).unwrap();
         let (p, f) = peer_add(&cli);
-        assert!(peer_password(p, f).unwrap().is_none());
+        assert!(password_of(p, f).unwrap().is_none());
 
         let both = [&add[..], &["--password", "x", "--password-file", &file]].concat();
         let e = parse(&both).unwrap_err();
@@ -518,7 +526,7 @@ mod tests {
         let missing = dir.path().join("missing").display().to_string();
         let cli = parse(&[&add[..], &["--password-file", &missing]].concat()).unwrap();
         let (p, f) = peer_add(&cli);
-        let e = peer_password(p, f).unwrap_err().to_string();
+        let e = password_of(p, f).unwrap_err().to_string();
         assert!(e.contains(&missing), "{e}");
     }
 

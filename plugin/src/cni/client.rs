@@ -1,18 +1,19 @@
 //! The brindle-cni side of brindled's local API (`crate::api` is the server side): one
-//! HTTP/1.1 request on the unix socket per CNI operation (hyper's client over a tokio
-//! `UnixStream`).
+//! HTTP/1.1 request on the unix socket per CNI operation, written and read with plain
+//! blocking I/O. A plugin process that only forwards its operation starts no async
+//! runtime and no etcd client: it sends one request and reads one answer.
+//!
+//! A caller brindled does not admit is told so (code 106) rather than sent to etcd
+//! directly: the socket's mode refused the connection (`EACCES`), or brindled answered
+//! 403 after checking the caller's credentials or the netns path.
 
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
 
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
-use hyper::header::{CONTENT_TYPE, HOST};
-use hyper::{Request, StatusCode};
-use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio::net::UnixStream;
 
 use super::error::{code, CniError};
 
@@ -41,27 +42,22 @@ pub enum CallError {
     Failed(CniError),
 }
 
+/// Largest answer read from brindled (its replies are a few hundred bytes).
+const MAX_REPLY: u64 = 1 << 20;
+
 /// POST `body` to `path` on brindled's socket and decode the 200 answer.
-pub async fn call<Req: Serialize, Rep: DeserializeOwned>(
+pub fn call<Req: Serialize, Rep: DeserializeOwned>(
     socket: &Path,
     path: &str,
     body: &Req,
 ) -> Result<Rep, CallError> {
-    let stream = UnixStream::connect(socket)
-        .await
-        .map_err(|e| CallError::Unavailable(format!("connect {}: {e}", socket.display())))?;
-    let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| CallError::Unavailable(format!("handshake on {}: {e}", socket.display())))?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    let json = serde_json::to_vec(body).expect("API requests serialise");
-    let request = Request::post(path)
-        .header(HOST, "brindled")
-        .header(CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::from(json)))
-        .expect("static request parts are valid");
+    let mut stream = UnixStream::connect(socket).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::PermissionDenied {
+            CallError::Failed(not_admitted(socket, &e))
+        } else {
+            CallError::Unavailable(format!("connect {}: {e}", socket.display()))
+        }
+    })?;
     let gone = |e: String| {
         CallError::Failed(CniError::new(
             code::TRY_AGAIN,
@@ -71,39 +67,39 @@ pub async fn call<Req: Serialize, Rep: DeserializeOwned>(
             ),
         ))
     };
-    let exchange = async {
-        let response = tx
-            .send_request(request)
-            .await
-            .map_err(|e| gone(e.to_string()))?;
-        let status = response.status();
-        let bytes = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| gone(e.to_string()))?
-            .to_bytes();
-        Ok::<_, CallError>((status, bytes))
-    };
-    let (status, bytes) = tokio::time::timeout(CALL_TIMEOUT, exchange)
-        .await
-        .map_err(|_| gone(format!("no answer within {}s", CALL_TIMEOUT.as_secs())))??;
+    let json = serde_json::to_vec(body).expect("API requests serialise");
+    let (status, bytes) = exchange(&mut stream, path, &json).map_err(|e| gone(e.to_string()))?;
     let bad = |what: String| {
         CallError::Failed(CniError::new(
             code::BRINDLED,
             format!("brindled answered {path} with {what}"),
         ))
     };
-    if status == StatusCode::NOT_FOUND {
+    if status == 404 {
         // A brindled without this API (older, or serving something else): nothing ran.
         return Err(CallError::Declined(CniError::new(
             code::BRINDLED,
             format!("brindled at {} does not serve {path}", socket.display()),
         )));
     }
-    if status == StatusCode::OK {
+    if status == 200 {
         return serde_json::from_slice(&bytes)
             .map_err(|e| bad(format!("an unreadable reply: {e}")));
+    }
+    if status == 403 {
+        // Refused before anything ran; going to etcd directly would only sidestep it.
+        return Err(CallError::Failed(
+            serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+                CniError::new(
+                    code::REFUSED,
+                    format!(
+                        "brindled at {} refused {path}: {}",
+                        socket.display(),
+                        String::from_utf8_lossy(&bytes).trim()
+                    ),
+                )
+            }),
+        ));
     }
     let err: CniError = serde_json::from_slice(&bytes).map_err(|_| {
         bad(format!(
@@ -111,9 +107,172 @@ pub async fn call<Req: Serialize, Rep: DeserializeOwned>(
             String::from_utf8_lossy(&bytes).trim()
         ))
     })?;
-    if status == StatusCode::CONFLICT || status == StatusCode::BAD_REQUEST {
+    if status == 409 || status == 400 {
         Err(CallError::Declined(err))
     } else {
         Err(CallError::Failed(err))
+    }
+}
+
+/// The socket's mode keeps this process out: say who it runs as and who may call.
+fn not_admitted(socket: &Path, e: &std::io::Error) -> CniError {
+    // SAFETY: geteuid and getegid cannot fail.
+    let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    CniError::new(
+        code::REFUSED,
+        format!(
+            "brindled refused uid {uid} (gid {gid}): cannot connect to {}: {e}; only root or members of brindled's --api-group may call",
+            socket.display()
+        ),
+    )
+}
+
+/// Why an exchange with brindled broke off.
+#[derive(Debug, thiserror::Error)]
+enum ExchangeError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("no answer within {}s", CALL_TIMEOUT.as_secs())]
+    Timeout,
+    #[error("a malformed HTTP answer ({0})")]
+    Malformed(&'static str),
+}
+
+/// One request, `Connection: close`, and the whole answer up to EOF: its status and
+/// body.
+fn exchange(
+    stream: &mut UnixStream,
+    path: &str,
+    json: &[u8],
+) -> Result<(u16, Vec<u8>), ExchangeError> {
+    stream.set_read_timeout(Some(CALL_TIMEOUT))?;
+    stream.set_write_timeout(Some(CALL_TIMEOUT))?;
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: brindled\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        json.len()
+    );
+    let timed_out = |e: std::io::Error| match e.kind() {
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => ExchangeError::Timeout,
+        _ => ExchangeError::Io(e),
+    };
+    stream.write_all(head.as_bytes()).map_err(timed_out)?;
+    stream.write_all(json).map_err(timed_out)?;
+    let mut answer = Vec::new();
+    stream
+        .take(MAX_REPLY)
+        .read_to_end(&mut answer)
+        .map_err(timed_out)?;
+    parse_response(&answer)
+}
+
+/// The status and body of an HTTP/1.1 answer read to its end (`Content-Length`,
+/// chunked, or delimited by the connection's close).
+fn parse_response(answer: &[u8]) -> Result<(u16, Vec<u8>), ExchangeError> {
+    let split = answer
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or(ExchangeError::Malformed("no end of headers"))?;
+    let head = std::str::from_utf8(&answer[..split])
+        .map_err(|_| ExchangeError::Malformed("headers not UTF-8"))?;
+    let body = &answer[split + 4..];
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.strip_prefix("HTTP/1."))
+        .and_then(|l| l.get(2..5))
+        .and_then(|code| code.parse::<u16>().ok())
+        .ok_or(ExchangeError::Malformed("no status line"))?;
+    let mut length = None;
+    let mut chunked = false;
+    for line in lines {
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        let value = value.trim();
+        if name.eq_ignore_ascii_case("content-length") {
+            length = Some(
+                value
+                    .parse::<usize>()
+                    .map_err(|_| ExchangeError::Malformed("bad Content-Length"))?,
+            );
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            chunked = value.eq_ignore_ascii_case("chunked");
+        }
+    }
+    let body = if chunked {
+        dechunk(body)?
+    } else {
+        match length {
+            Some(n) => body
+                .get(..n)
+                .ok_or(ExchangeError::Malformed("body shorter than Content-Length"))?
+                .to_vec(),
+            None => body.to_vec(),
+        }
+    };
+    Ok((status, body))
+}
+
+fn dechunk(mut rest: &[u8]) -> Result<Vec<u8>, ExchangeError> {
+    let mut body = Vec::new();
+    loop {
+        let eol = rest
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .ok_or(ExchangeError::Malformed("unterminated chunk size"))?;
+        let size = std::str::from_utf8(&rest[..eol])
+            .ok()
+            .map(|s| s.split(';').next().unwrap_or("").trim())
+            .and_then(|s| usize::from_str_radix(s, 16).ok())
+            .ok_or(ExchangeError::Malformed("bad chunk size"))?;
+        rest = &rest[eol + 2..];
+        if size == 0 {
+            return Ok(body);
+        }
+        let chunk = rest
+            .get(..size)
+            .ok_or(ExchangeError::Malformed("chunk shorter than its size"))?;
+        body.extend_from_slice(chunk);
+        rest = rest.get(size + 2..).unwrap_or_default();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_with_a_length_chunks_or_neither_are_read() {
+        let plain =
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}";
+        assert_eq!(parse_response(plain).unwrap(), (200, b"{}".to_vec()));
+        let chunked =
+            b"HTTP/1.1 409 Conflict\r\nTransfer-Encoding: chunked\r\n\r\n3\r\n{\"a\r\n4;x=y\r\n\":1}\r\n0\r\n\r\n";
+        assert_eq!(
+            parse_response(chunked).unwrap(),
+            (409, b"{\"a\":1}".to_vec())
+        );
+        let closed = b"HTTP/1.0 403 Forbidden\r\n\r\nno";
+        assert_eq!(parse_response(closed).unwrap(), (403, b"no".to_vec()));
+    }
+
+    #[test]
+    fn malformed_answers_are_errors_not_panics() {
+        for bad in [
+            &b""[..],
+            b"HTTP/1.1 200 OK\r\n",
+            b"SMTP 200\r\n\r\n",
+            b"HTTP/1.1 2x0 OK\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n{}",
+            b"HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nff\r\nab",
+        ] {
+            assert!(
+                parse_response(bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
     }
 }

@@ -5,6 +5,7 @@
 //! `args`, `cni.dev/*`, `prevResult`); known keys with the wrong type are an error.
 
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 
@@ -103,7 +104,19 @@ impl std::fmt::Debug for CniEnv {
 impl CniEnv {
     /// From the process environment.
     pub fn from_process() -> Self {
-        Self::from_vars(std::env::vars())
+        Self::from_vars_os(std::env::vars_os())
+    }
+
+    /// From raw variables, which need not be UTF-8 (`std::env::vars` would panic on
+    /// such a one): names that are not UTF-8 are not ours, and a value that is not
+    /// UTF-8 is read lossily, so its U+FFFD characters make the value's own check fail
+    /// with a message naming it (a container id, an interface name, a netns path that
+    /// does not exist).
+    pub fn from_vars_os(vars: impl IntoIterator<Item = (OsString, OsString)>) -> Self {
+        Self::from_vars(vars.into_iter().filter_map(|(k, v)| {
+            let k = k.into_string().ok()?;
+            Some((k, v.to_string_lossy().into_owned()))
+        }))
     }
 
     /// From any list of variables (tests).
@@ -710,6 +723,27 @@ mod tests {
         assert_eq!(bad.attachment(Command::Del).unwrap_err().code, 4);
         let long = env(&[("CNI_CONTAINERID", "c"), ("CNI_IFNAME", "eth0123456789abc")]);
         assert_eq!(long.attachment(Command::Del).unwrap_err().code, 4);
+    }
+
+    #[test]
+    fn non_utf8_env_values_are_errors_naming_the_variable() {
+        use std::os::unix::ffi::OsStringExt;
+        let raw = |k: &[u8], v: &[u8]| {
+            (
+                OsString::from_vec(k.to_vec()),
+                OsString::from_vec(v.to_vec()),
+            )
+        };
+        let e = CniEnv::from_vars_os([
+            raw(b"CNI_COMMAND", b"DEL"),
+            raw(b"CNI_CONTAINERID", b"c\xff1"),
+            raw(b"CNI_IFNAME", b"eth0"),
+            raw(b"CNI_\xfe", b"ignored"),
+        ]);
+        assert_eq!(e.command.as_deref(), Some("DEL"));
+        let err = e.attachment(Command::Del).unwrap_err();
+        assert_eq!(err.code, 4);
+        assert!(err.msg.contains("invalid CNI_CONTAINERID"), "{err}");
     }
 
     #[test]

@@ -37,6 +37,9 @@ pub mod code {
     pub const CHECK_FAILED: u32 = 104;
     /// brindled answered the fast-path request with something unusable.
     pub const BRINDLED: u32 = 105;
+    /// brindled refused the call: the caller is not root nor in its `--api-group`, or
+    /// `CNI_NETNS` lies outside the directories it opens.
+    pub const REFUSED: u32 = 106;
     /// Any other failure.
     pub const INTERNAL: u32 = 999;
 }
@@ -113,9 +116,9 @@ impl From<StoreError> for CniError {
 impl From<IpamError> for CniError {
     fn from(e: IpamError) -> Self {
         let c = match &e {
-            IpamError::Store(StoreError::Unreachable { .. }) | IpamError::Contention { .. } => {
-                code::TRY_AGAIN
-            }
+            IpamError::Store(StoreError::Unreachable { .. })
+            | IpamError::Contention { .. }
+            | IpamError::Busy(_) => code::TRY_AGAIN,
             IpamError::Store(StoreError::TlsFile { .. } | StoreError::BadEndpoint(_)) => {
                 code::INVALID_CONFIG
             }

@@ -18,6 +18,7 @@ pub mod version;
 
 use std::io::{Read, Write};
 use std::process::ExitCode;
+use std::time::Instant;
 
 use brindle_dataplane::{Dataplane, LinuxDataplane, Reaper};
 use brindle_ipam::{EtcdStore, Ipam};
@@ -31,6 +32,9 @@ use ops::{
     AddReply, AddRequest, CheckRequest, Ctx, DelRequest, Done, GcReply, GcRequest, Mode,
     StatusRequest, Target,
 };
+
+/// Set to `1` to print where an invocation's time went on stderr (one line).
+pub const TIMINGS_ENV: &str = "BRINDLE_TIMINGS";
 
 /// `api_socket` value that turns the fast path off.
 pub const NO_API_SOCKET: &str = "none";
@@ -70,17 +74,10 @@ pub fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    let mut stdin = Vec::new();
-    let outcome = match std::io::stdin().read_to_end(&mut stdin) {
-        Ok(_) => run(&env, &stdin),
+    let outcome = match read_config(std::io::stdin().lock()) {
+        Ok(stdin) => run(&env, &stdin),
         Err(e) => Outcome {
-            stdout: Some(
-                CniError::new(
-                    code::IO,
-                    format!("cannot read the configuration from stdin: {e}"),
-                )
-                .to_json(version::LATEST),
-            ),
+            stdout: Some(e.to_json(version::LATEST)),
             success: false,
         },
     };
@@ -98,18 +95,68 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// Largest configuration read from stdin: a netconf with its `prevResult` is a few
+/// KiB; more is not a configuration, and is refused before it is all in memory.
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
+/// The configuration on stdin, at most [`MAX_CONFIG_BYTES`].
+pub fn read_config(input: impl Read) -> Result<Vec<u8>, CniError> {
+    let mut config = Vec::new();
+    input
+        .take(MAX_CONFIG_BYTES + 1)
+        .read_to_end(&mut config)
+        .map_err(|e| {
+            CniError::new(
+                code::IO,
+                format!("cannot read the configuration from stdin: {e}"),
+            )
+        })?;
+    if config.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(CniError::new(
+            code::DECODE,
+            format!("the configuration on stdin is larger than {MAX_CONFIG_BYTES} bytes"),
+        ));
+    }
+    Ok(config)
+}
+
 /// Run one invocation: `env` holds `CNI_COMMAND` and friends, `stdin` the configuration.
 pub fn run(env: &CniEnv, stdin: &[u8]) -> Outcome {
-    let reply_version = conf::peek_version(stdin)
-        .filter(|v| version::SUPPORTED.contains(&v.as_str()))
-        .unwrap_or_else(|| version::LATEST.to_string());
-    match invoke(env, stdin) {
+    outcome(stdin, invoke(env, stdin))
+}
+
+/// [`run`] on an IPAM and dataplane the caller provides instead of brindled or etcd:
+/// the same parsing, checks, dispatch and result document (the fuzz targets in
+/// `fuzz/` drive it on the in-process store and the fake dataplane).
+#[cfg(feature = "fuzzing")]
+pub async fn run_on<S: brindle_ipam::Store>(
+    env: &CniEnv,
+    stdin: &[u8],
+    ctx: &Ctx<'_, S>,
+) -> Outcome {
+    let result = async {
+        let (conf, request) = match prepare(env, stdin)? {
+            Prepared::Answer(doc) => return Ok(doc),
+            Prepared::Run(conf, request) => (conf, request),
+        };
+        let reply = execute(ctx, &request).await?;
+        Ok(answer(env, &conf, reply))
+    };
+    outcome(stdin, result.await)
+}
+
+/// The exit status and stdout document of an invocation's result.
+fn outcome(stdin: &[u8], result: Result<Option<Value>, CniError>) -> Outcome {
+    match result {
         Ok(stdout) => Outcome {
             stdout,
             success: true,
         },
         Err(e) => {
             debug!(code = e.code, msg = %e.msg, "cni error");
+            let reply_version = conf::peek_version(stdin)
+                .filter(|v| version::SUPPORTED.contains(&v.as_str()))
+                .unwrap_or_else(|| version::LATEST.to_string());
             Outcome {
                 stdout: Some(e.to_json(&reply_version)),
                 success: false,
@@ -118,17 +165,47 @@ pub fn run(env: &CniEnv, stdin: &[u8]) -> Outcome {
     }
 }
 
+/// A checked invocation: answered already (VERSION), or an operation to run.
+enum Prepared {
+    Answer(Option<Value>),
+    Run(Box<NetConf>, Request),
+}
+
 fn invoke(env: &CniEnv, stdin: &[u8]) -> Result<Option<Value>, CniError> {
+    let started = Instant::now();
+    let timings = std::env::var_os(TIMINGS_ENV).is_some_and(|v| v == "1");
+    let (conf, request) = match prepare(env, stdin)? {
+        Prepared::Answer(doc) => return Ok(doc),
+        Prepared::Run(conf, request) => (conf, request),
+    };
+    let parsed = started.elapsed();
+    let command = request.name();
+    let (reply, path) = perform(&conf.settings, request)?;
+    if timings {
+        // `BRINDLE_TIMINGS=1`: where this invocation's time went (`make bench-cni`).
+        eprintln!(
+            "brindle-cni timings: command={command} path={path} parse_us={} operation_us={} total_us={}",
+            parsed.as_micros(),
+            (started.elapsed() - parsed).as_micros(),
+            started.elapsed().as_micros()
+        );
+    }
+    debug!("operation done");
+    Ok(answer(env, &conf, reply))
+}
+
+/// Parse and check the command, the configuration and the environment.
+fn prepare(env: &CniEnv, stdin: &[u8]) -> Result<Prepared, CniError> {
     let command = Command::parse(env.command.as_deref().unwrap_or(""))?;
     debug!(?command, "cni invocation");
     if command == Command::Version {
         let asked = conf::peek_version(stdin)
             .filter(|v| version::SUPPORTED.contains(&v.as_str()))
             .unwrap_or_else(|| version::LATEST.to_string());
-        return Ok(Some(json!({
+        return Ok(Prepared::Answer(Some(json!({
             "cniVersion": asked,
             "supportedVersions": version::SUPPORTED,
-        })));
+        }))));
     }
     let conf = NetConf::parse(stdin, env)?;
     let v = conf.cni_version.as_str();
@@ -146,24 +223,18 @@ fn invoke(env: &CniEnv, stdin: &[u8]) -> Result<Option<Value>, CniError> {
         ));
     }
     let request = build(command, env, &conf)?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| {
-            CniError::new(
-                code::INTERNAL,
-                format!("cannot start the async runtime: {e}"),
-            )
-        })?;
-    let reply = runtime.block_on(perform(&conf.settings, request))?;
-    debug!("operation done");
-    Ok(match reply {
+    Ok(Prepared::Run(Box::new(conf), request))
+}
+
+/// The stdout document of a successful operation.
+fn answer(env: &CniEnv, conf: &NetConf, reply: Reply) -> Option<Value> {
+    match reply {
         Reply::Add(r) => {
             let ifname = env.ifname.as_deref().unwrap_or_default();
-            Some(result::add_result(&conf, &r, ifname, env.netns.as_deref()))
+            Some(result::add_result(conf, &r, ifname, env.netns.as_deref()))
         }
         Reply::Done | Reply::Gc(_) => None,
-    })
+    }
 }
 
 /// One operation, as sent to brindled or run directly.
@@ -177,6 +248,17 @@ pub enum Request {
 }
 
 impl Request {
+    /// The CNI command, for logs.
+    fn name(&self) -> &'static str {
+        match self {
+            Request::Add(_) => "ADD",
+            Request::Del(_) => "DEL",
+            Request::Check(_) => "CHECK",
+            Request::Gc(_) => "GC",
+            Request::Status(_) => "STATUS",
+        }
+    }
+
     fn needs_dataplane(&self) -> bool {
         match self {
             Request::Add(r) => r.mode == Mode::Main,
@@ -259,12 +341,13 @@ fn build(command: Command, env: &CniEnv, conf: &NetConf) -> Result<Request, CniE
     })
 }
 
-/// brindled's socket when it answers, else etcd directly.
-pub async fn perform(settings: &Settings, request: Request) -> Result<Reply, CniError> {
+/// brindled's socket when it answers (no async runtime needed), else etcd directly;
+/// with the path taken (`brindled` or `direct`).
+pub fn perform(settings: &Settings, request: Request) -> Result<(Reply, &'static str), CniError> {
     if settings.api_socket.as_os_str() != NO_API_SOCKET {
         debug!(socket = %settings.api_socket.display(), "trying brindled");
-        match fast(settings, &request).await {
-            Ok(reply) => return Ok(reply),
+        match fast(settings, &request) {
+            Ok(reply) => return Ok((reply, "brindled")),
             Err(CallError::Failed(e)) => return Err(e),
             Err(CallError::Unavailable(why)) => {
                 debug!(%why, "brindled not available, going direct")
@@ -272,23 +355,27 @@ pub async fn perform(settings: &Settings, request: Request) -> Result<Reply, Cni
             Err(CallError::Declined(e)) => debug!(%e, "brindled declined, going direct"),
         }
     }
-    direct(settings, &request).await
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            CniError::new(
+                code::INTERNAL,
+                format!("cannot start the async runtime: {e}"),
+            )
+        })?;
+    let reply = runtime.block_on(direct(settings, &request))?;
+    Ok((reply, "direct"))
 }
 
-async fn fast(settings: &Settings, request: &Request) -> Result<Reply, CallError> {
+fn fast(settings: &Settings, request: &Request) -> Result<Reply, CallError> {
     let s = settings.api_socket.as_path();
     Ok(match request {
-        Request::Add(r) => Reply::Add(client::call(s, paths::ADD, r).await?),
-        Request::Del(r) => client::call::<_, Done>(s, paths::DEL, r)
-            .await
-            .map(|_| Reply::Done)?,
-        Request::Check(r) => client::call::<_, Done>(s, paths::CHECK, r)
-            .await
-            .map(|_| Reply::Done)?,
-        Request::Gc(r) => Reply::Gc(client::call(s, paths::GC, r).await?),
-        Request::Status(r) => client::call::<_, Done>(s, paths::STATUS, r)
-            .await
-            .map(|_| Reply::Done)?,
+        Request::Add(r) => Reply::Add(client::call(s, paths::ADD, r)?),
+        Request::Del(r) => client::call::<_, Done>(s, paths::DEL, r).map(|_| Reply::Done)?,
+        Request::Check(r) => client::call::<_, Done>(s, paths::CHECK, r).map(|_| Reply::Done)?,
+        Request::Gc(r) => Reply::Gc(client::call(s, paths::GC, r)?),
+        Request::Status(r) => client::call::<_, Done>(s, paths::STATUS, r).map(|_| Reply::Done)?,
     })
 }
 
@@ -319,12 +406,20 @@ pub async fn direct(settings: &Settings, request: &Request) -> Result<Reply, Cni
         node: &settings.node,
         reaper: Some(&reaper),
     };
+    execute(&ctx, request).await
+}
+
+/// Run the operation on `ctx`'s IPAM and dataplane.
+pub async fn execute<S: brindle_ipam::Store>(
+    ctx: &Ctx<'_, S>,
+    request: &Request,
+) -> Result<Reply, CniError> {
     Ok(match request {
-        Request::Add(r) => Reply::Add(ops::add(&ctx, r).await?),
-        Request::Del(r) => ops::del(&ctx, r).await.map(|_| Reply::Done)?,
-        Request::Check(r) => ops::check(&ctx, r).await.map(|_| Reply::Done)?,
-        Request::Gc(r) => Reply::Gc(ops::gc(&ctx, r).await?),
-        Request::Status(r) => ops::status(&ctx, r).await.map(|_| Reply::Done)?,
+        Request::Add(r) => Reply::Add(ops::add(ctx, r).await?),
+        Request::Del(r) => ops::del(ctx, r).await.map(|_| Reply::Done)?,
+        Request::Check(r) => ops::check(ctx, r).await.map(|_| Reply::Done)?,
+        Request::Gc(r) => Reply::Gc(ops::gc(ctx, r).await?),
+        Request::Status(r) => ops::status(ctx, r).await.map(|_| Reply::Done)?,
     })
 }
 
@@ -398,5 +493,14 @@ mod tests {
         let doc = out.stdout.unwrap();
         assert_eq!(doc["code"], 6);
         assert_eq!(doc["cniVersion"], "1.1.0");
+    }
+    #[test]
+    fn an_oversized_configuration_is_refused_without_reading_it_all() {
+        let endless = std::io::repeat(b' ');
+        let err = read_config(endless).unwrap_err();
+        assert_eq!(err.code, code::DECODE);
+        assert!(err.msg.contains("larger than 1048576 bytes"), "{err}");
+        let conf = br#"{"cniVersion":"1.0.0"}"#;
+        assert_eq!(read_config(&conf[..]).unwrap(), conf);
     }
 }

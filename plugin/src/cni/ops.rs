@@ -12,11 +12,13 @@
 //!
 //! | step | killed after it, left behind | repaired by |
 //! |---|---|---|
-//! | ADD 1. allocate (handle `<container>+<ifname>`, `cni_mode`) | an address | DEL; else the reconcile (no record, no veth: `main` mode only) |
-//! | ADD 2. veth into the netns, host /32 route | a record-less veth | DEL (by name); else the netns going takes the veth, or the reconcile deletes it, then the address |
-//! | ADD 3. endpoint record | — (done) | — |
+//! | ADD 1. allocate (handle `<container>+<ifname>`, `cni_mode`), main mode with the endpoint record in the same transaction | an address (and its record) | DEL; else the reconcile (a record whose veth is gone; in `ipam` mode nothing judges it: CNI GC) |
+//! | ADD 2. veth into the netns, host /32 route | — (done) | — |
 //! | DEL 1. host /32 routes deleted 2. veth handed to the reaper | a route-less veth | the retried DEL; else the reconcile (the veth has no route: its deletion was decided) |
-//! | DEL 3. record deleted and address released (one write each) | one of the two | the retried DEL; else the reconcile: a record without its veth, an address without its record |
+//! | DEL 3. record deleted and address released, in one transaction | — (done) | — |
+//!
+//! A repeated ADD of an attachment that holds its address already writes its record
+//! after the veth, as a separate write.
 //!
 //! `brindle-ipam` allocations (another main plugin's interface) carry no veth or record
 //! to judge them by: CNI GC releases those.
@@ -25,15 +27,18 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
-use brindle_dataplane::{host_ifname_for_cni, Dataplane, EndpointSpec, Reaper};
-use brindle_ipam::{AllocRequest, Ipam, Store};
+use brindle_dataplane::{container_mac_for, host_ifname_for_cni, Dataplane, EndpointSpec, Reaper};
+use brindle_ipam::{AllocRequest, Assigned, Ipam, Store};
 use ipnetwork::Ipv4Network;
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
 use super::error::{code, CniError};
-use crate::endpoints::{delete_endpoint, list_endpoints, put_endpoint, EndpointRecord};
+use crate::endpoints::{
+    delete_endpoint_op, list_endpoints, put_endpoint, put_endpoint_op, EndpointRecord,
+};
 
 /// Allocation attribute keys brindle's CNI plugin sets. GC only ever touches
 /// allocations carrying `orchestrator=cni`, this node and the network being collected.
@@ -188,14 +193,29 @@ impl<S: Store> Ctx<'_, S> {
     }
 }
 
-/// ADD: allocate (the same address again for a repeated request), then in main mode wire
-/// the veth and record the endpoint. On failure, what this call allocated is released;
-/// an address the handle already held is kept (a repeated ADD must not take away a
-/// working container's address).
+/// ADD: allocate (the same address again for a repeated request), in main mode with
+/// the endpoint record in the allocation's own transaction, then wire the veth. On
+/// failure, what this call allocated is released (its record in the same write); an
+/// address the handle already held is kept (a repeated ADD must not take away a working
+/// container's address).
 pub async fn add<S: Store>(ctx: &Ctx<'_, S>, req: &AddRequest) -> Result<AddReply, CniError> {
+    let started = Instant::now();
     let att = &req.attachment;
     let handle = att.handle();
     debug!(%handle, mode = req.mode.as_str(), "cni add");
+    // Everything the veth needs is checked before anything is written.
+    let netns = match req.mode {
+        Mode::Main => {
+            ctx.dataplane()?;
+            let netns = req
+                .netns
+                .as_deref()
+                .ok_or_else(|| CniError::env("required env variables [CNI_NETNS] missing"))?;
+            ensure_foreign_netns(netns)?;
+            Some(netns)
+        }
+        Mode::Ipam => None,
+    };
     let attrs = BTreeMap::from([
         (ATTR_ORCHESTRATOR.to_string(), ORCHESTRATOR_CNI.to_string()),
         (ATTR_NETWORK.to_string(), req.network.clone()),
@@ -203,18 +223,35 @@ pub async fn add<S: Store>(ctx: &Ctx<'_, S>, req: &AddRequest) -> Result<AddRepl
         (ATTR_IFNAME.to_string(), att.ifname.clone()),
         (ATTR_CNI_MODE.to_string(), req.mode.as_str().to_string()),
     ]);
+    let record_op = |a: &Assigned| match req.mode {
+        Mode::Main => vec![put_endpoint_op(
+            ctx.ipam.keys(),
+            &record_for(ctx, req, a.ip),
+        )],
+        Mode::Ipam => Vec::new(),
+    };
     let assigned = ctx
         .ipam
-        .allocate(&AllocRequest {
-            handle: handle.clone(),
-            node: ctx.node.to_string(),
-            ip: req.ip,
-            pool: req.pool.clone(),
-            attrs,
-            ..AllocRequest::default()
-        })
+        .allocate_with(
+            &AllocRequest {
+                handle: handle.clone(),
+                node: ctx.node.to_string(),
+                ip: req.ip,
+                pool: req.pool.clone(),
+                attrs,
+                ..AllocRequest::default()
+            },
+            &record_op,
+        )
         .await?;
-    info!(%handle, ip = %assigned.ip, existing = assigned.existing, "cni add: address");
+    let allocated = started.elapsed();
+    info!(
+        %handle,
+        ip = %assigned.ip,
+        existing = assigned.existing,
+        allocate_us = micros(allocated),
+        "cni add: address"
+    );
     let mut reply = AddReply {
         ip: assigned.ip,
         pool: assigned.pool.clone(),
@@ -222,62 +259,81 @@ pub async fn add<S: Store>(ctx: &Ctx<'_, S>, req: &AddRequest) -> Result<AddRepl
         host_ifname: None,
         mac: None,
     };
-    if req.mode == Mode::Ipam {
+    let Some(netns) = netns else {
         return Ok(reply);
-    }
-    let wired = async {
-        let dp = ctx.dataplane()?;
-        let netns = req
-            .netns
-            .as_deref()
-            .ok_or_else(|| CniError::env("required env variables [CNI_NETNS] missing"))?;
-        ensure_foreign_netns(netns)?;
-        let spec =
-            EndpointSpec::for_cni(&att.container_id, &att.ifname, netns, assigned.ip, req.mtu);
-        if let Some(reaper) = ctx.reaper {
-            reaper.settle(&spec.host_ifname).await;
-        }
-        let mac = create_veth(dp, &spec, assigned.existing).await?;
-        debug!(host = %spec.host_ifname, "cni add: veth ready");
-        // The record comes after the veth and its route: brindled's agent keeps a /32
-        // for every record, and must not race the dataplane to create it.
-        let record = EndpointRecord {
-            id: handle.clone(),
-            node: ctx.node.to_string(),
-            orchestrator: ORCHESTRATOR_CNI.to_string(),
-            container_id: Some(att.container_id.clone()),
-            network: req.network.clone(),
-            ip: assigned.ip,
-            mac: Some(mac.to_string()),
-            host_ifname: spec.host_ifname.clone(),
-            handle: handle.clone(),
-            // One network per conflist name, the same on every host.
-            segment: Some(segment_for(&req.network)),
-            allow_from: req.allow_from.clone(),
-        };
-        if let Err(e) = put_endpoint(ctx.ipam.store(), ctx.ipam.keys(), &record).await {
-            if let Err(cleanup) = dp.delete_endpoint(&spec.host_ifname).await {
-                warn!(host = %spec.host_ifname, %cleanup, "cni add: removing veth after a failed record write");
-            }
-            return Err(CniError::from(e));
-        }
-        Ok::<_, CniError>((spec.host_ifname, mac))
     };
-    match wired.await {
+    match wire(ctx, req, netns, &assigned).await {
         Ok((host, mac)) => {
+            // The step timings of an ADD (`make bench-cni` reads them from the log).
+            info!(
+                %handle,
+                allocate_us = micros(allocated),
+                wire_us = micros(started.elapsed() - allocated),
+                total_us = micros(started.elapsed()),
+                "cni add: done"
+            );
             reply.host_ifname = Some(host);
             reply.mac = Some(mac.to_string());
             Ok(reply)
         }
         Err(e) => {
             if !assigned.existing {
-                if let Err(cleanup) = ctx.ipam.release_handle(&handle).await {
+                let record = delete_endpoint_op(ctx.ipam.keys(), ctx.node, &handle);
+                if let Err(cleanup) = ctx.ipam.release_handle_with(&handle, &[record]).await {
                     warn!(%handle, %cleanup, "cni add: releasing the address after a failure");
                 }
             }
             Err(e)
         }
     }
+}
+
+/// The endpoint record of a main-plugin attachment at `ip`: everything in it is known
+/// before the veth exists (its names from the attachment, its MAC from the address).
+fn record_for<S: Store>(ctx: &Ctx<'_, S>, req: &AddRequest, ip: Ipv4Addr) -> EndpointRecord {
+    let att = &req.attachment;
+    EndpointRecord {
+        id: att.handle(),
+        node: ctx.node.to_string(),
+        orchestrator: ORCHESTRATOR_CNI.to_string(),
+        container_id: Some(att.container_id.clone()),
+        network: req.network.clone(),
+        ip,
+        mac: Some(container_mac_for(ip).to_string()),
+        host_ifname: att.host_ifname(),
+        handle: att.handle(),
+        // One network per conflist name, the same on every host.
+        segment: Some(segment_for(&req.network)),
+        allow_from: req.allow_from.clone(),
+    }
+}
+
+/// Create the veth and its routes. A repeated ADD (the address was held already, so the
+/// allocation wrote nothing) writes the record here, after the veth.
+async fn wire<S: Store>(
+    ctx: &Ctx<'_, S>,
+    req: &AddRequest,
+    netns: &str,
+    assigned: &Assigned,
+) -> Result<(String, brindle_dataplane::MacAddr), CniError> {
+    let att = &req.attachment;
+    let dp = ctx.dataplane()?;
+    let spec = EndpointSpec::for_cni(&att.container_id, &att.ifname, netns, assigned.ip, req.mtu);
+    if let Some(reaper) = ctx.reaper {
+        reaper.settle(&spec.host_ifname).await;
+    }
+    let mac = create_veth(dp, &spec, assigned.existing).await?;
+    debug!(host = %spec.host_ifname, "cni add: veth ready");
+    if assigned.existing {
+        let record = record_for(ctx, req, assigned.ip);
+        if let Err(e) = put_endpoint(ctx.ipam.store(), ctx.ipam.keys(), &record).await {
+            if let Err(cleanup) = dp.delete_endpoint(&spec.host_ifname).await {
+                warn!(host = %spec.host_ifname, %cleanup, "cni add: removing veth after a failed record write");
+            }
+            return Err(CniError::from(e));
+        }
+    }
+    Ok((spec.host_ifname, mac))
 }
 
 /// Create the veth; if the attachment held no address before this ADD, a veth already
@@ -305,6 +361,7 @@ async fn create_veth(
 /// gone" as done, so DEL succeeds after a partial ADD, without a netns and when
 /// repeated.
 pub async fn del<S: Store>(ctx: &Ctx<'_, S>, req: &DelRequest) -> Result<Done, CniError> {
+    let started = Instant::now();
     let att = &req.attachment;
     let handle = att.handle();
     if req.mode == Mode::Ipam {
@@ -335,12 +392,17 @@ pub async fn del<S: Store>(ctx: &Ctx<'_, S>, req: &DelRequest) -> Result<Done, C
             dp.delete_endpoint(&host).await?;
         }
     }
-    let record = delete_endpoint(ctx.ipam.store(), ctx.ipam.keys(), ctx.node, &handle);
-    let release = ctx.ipam.release_handle(&handle);
-    let (record, released) = tokio::join!(record, release);
-    record?;
-    let released = released?;
-    info!(%handle, ?released, "cni del");
+    let unwired = started.elapsed();
+    let record = delete_endpoint_op(ctx.ipam.keys(), ctx.node, &handle);
+    let released = ctx.ipam.release_handle_with(&handle, &[record]).await?;
+    info!(
+        %handle,
+        ?released,
+        unwire_us = micros(unwired),
+        release_us = micros(started.elapsed() - unwired),
+        total_us = micros(started.elapsed()),
+        "cni del"
+    );
     Ok(Done {})
 }
 
@@ -480,6 +542,10 @@ pub async fn status<S: Store>(ctx: &Ctx<'_, S>, req: &StatusRequest) -> Result<D
         None => "no enabled pool exists".to_string(),
     };
     Err(CniError::new(code::NOT_AVAILABLE, "brindle cannot serve ADD now").with_details(what))
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
 /// Refuses a CNI_NETNS that is our own namespace: wiring "the container" there would put

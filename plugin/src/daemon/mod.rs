@@ -11,10 +11,12 @@ use std::time::Duration;
 use anyhow::Context;
 use brindle_dataplane::{Dataplane, Firewall, LinuxDataplane, LinuxFirewall};
 use clap::{Parser, ValueEnum};
+use tokio::task::JoinError;
 use tracing::{info, warn};
 
+use crate::api::netns_path::{self, NetnsDirs};
 use crate::config::{hostname, EtcdArgs};
-use crate::socket::serve_unix_until;
+use crate::socket::{bind_unix, Access, ApiGroup, Refusal, SocketError};
 pub use state::NodeState;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -79,6 +81,20 @@ pub struct DaemonArgs {
         default_value = "/run/brindle/brindled.sock"
     )]
     pub api_socket: PathBuf,
+    /// A group whose members may call the local API besides root: the socket becomes
+    /// mode 0660 owned by it (else 0600). The group must exist.
+    #[arg(long, env = "BRINDLE_API_GROUP", value_name = "GROUP")]
+    pub api_group: Option<String>,
+    /// A directory (besides /run/netns and /var/run/netns) whose files the local API
+    /// accepts as a container's netns; repeatable, comma-separated in the environment.
+    #[arg(
+        long = "netns-dir",
+        env = "BRINDLE_NETNS_DIR",
+        value_name = "DIR",
+        value_delimiter = ',',
+        value_parser = netns_path::parse_dir
+    )]
+    pub netns_dirs: Vec<PathBuf>,
     /// BIRD config file to render and keep current (no BIRD management when absent).
     #[arg(long, env = "BRINDLE_BIRD_CONFIG")]
     pub bird_config: Option<PathBuf>,
@@ -135,6 +151,12 @@ pub const STOP_TIMEOUT: Duration = Duration::from_secs(20);
 /// kill -9 interrupts instead is found by the next start's reconcile
 /// (`agent/reconcile.rs`).
 pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
+    // A mistyped group stops brindled at once, naming it.
+    let api_group = args
+        .api_group
+        .as_deref()
+        .map(ApiGroup::lookup)
+        .transpose()?;
     let ipam = args.etcd.ipam().await.context("connect to etcd")?;
     let dataplane: Arc<dyn Dataplane> =
         Arc::new(LinuxDataplane::connect().context("open rtnetlink")?);
@@ -190,12 +212,22 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
         }
     };
     let drain = Drain::default();
-    let docker_sock = args.docker_plugin_dir.join("brindle.sock");
+    // Both sockets are bound here, from this task, before the servers, the agent and
+    // the metrics start: they are created under a process-wide umask
+    // (`socket::umask`), and no other thread creates files yet. dockerd runs as root,
+    // so the Docker socket stays root-only; `--api-group` opens the local API only.
+    let docker_sock = bind_unix(
+        &args.docker_plugin_dir.join("brindle.sock"),
+        Access::root_only(Refusal::Docker),
+    )
+    .context("docker plugin socket")?;
+    let api_sock = bind_unix(&args.api_socket, Access::new(api_group, Refusal::Cni))
+        .context("local API socket")?;
     let docker_router = drain.layer(crate::docker::router(state.clone()));
-    let mut docker = tokio::spawn(serve_unix_until(docker_sock, docker_router, stopping()));
-    let api_router = drain.layer(crate::api::router(state.clone()));
-    let api_sock = args.api_socket.clone();
-    let mut api = tokio::spawn(serve_unix_until(api_sock, api_router, stopping()));
+    let mut docker = tokio::spawn(docker_sock.serve_until(docker_router, stopping()));
+    let netns_dirs = NetnsDirs::new(&args.netns_dirs);
+    let api_router = drain.layer(crate::api::router(state.clone(), netns_dirs));
+    let mut api = tokio::spawn(api_sock.serve_until(api_router, stopping()));
     let agent = state::run_agent(state.clone());
     let metrics = async {
         match args.metrics_addr {
@@ -204,8 +236,8 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
         }
     };
     let stop = shutdown_signal();
-    let served = |r: Result<anyhow::Result<()>, tokio::task::JoinError>| match r {
-        Ok(r) => r,
+    let served = |r: Result<Result<(), SocketError>, JoinError>| match r {
+        Ok(r) => r.map_err(anyhow::Error::from),
         Err(e) => Err(anyhow::anyhow!("the server task ended: {e}")),
     };
     tokio::select! {

@@ -146,7 +146,10 @@ impl DockerError {
     pub fn is_store_failure(&self) -> bool {
         matches!(
             self,
-            Self::Store(_) | Self::Ipam(IpamError::Store(_) | IpamError::Contention { .. })
+            Self::Store(_)
+                | Self::Ipam(
+                    IpamError::Store(_) | IpamError::Contention { .. } | IpamError::Busy(_)
+                )
         )
     }
 }

@@ -331,7 +331,7 @@ impl<B: Backend> Driver<B> {
         gateway: bool,
         caller: &Caller,
     ) -> Result<Ipv4Addr, DockerError> {
-        let _claims = self.claims.lock().await;
+        let _claim = self.lock_address(ip).await?;
         for attempt in 0..2 {
             let req = self.alloc_request(id, Some(ip), gateway, caller);
             match self.ipam().allocate(&req).await {
@@ -364,7 +364,6 @@ impl<B: Backend> Driver<B> {
         if let Some(s) = id.subnet.filter(|s| *s != pool_cidr && s.prefix() <= 30) {
             req.exclude = BTreeSet::from([s.network(), s.broadcast()]);
         }
-        let _claims = self.claims.lock().await;
         let a = self.ipam().allocate(&req).await?;
         self.cache().held.insert(a.ip, held_by(&req));
         info!(ip = %a.ip, pool = %id.pool, "dynamic address allocated");
@@ -408,7 +407,7 @@ impl<B: Backend> Driver<B> {
             // The 169.254.1.1 next hop handed out as gateway: nothing was allocated.
             return Ok(());
         }
-        let _claims = self.claims.lock().await;
+        let _claim = self.lock_address(ip).await?;
         let cached = self.cache().held.get(&ip).cloned();
         let held = match cached {
             Some(h) => h,

@@ -62,8 +62,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use axum::routing::post;
 use axum::Router;
 use brindle_dataplane::{Dataplane, Reaper};
+use brindle_ipam::locks::{KeyGuard, KeyedLocks};
 use brindle_ipam::pools::NewPool;
-use brindle_ipam::{Ipam, IpamError, MemoryStore, Pool, Store};
+use brindle_ipam::{budget, Ipam, IpamError, MemoryStore, Pool, Store};
 
 pub use containers::{network_view, NetworkView};
 pub use error::DockerError;
@@ -132,11 +133,12 @@ impl Backend for LocalBackend {
 pub struct Driver<B: Backend> {
     backend: Arc<B>,
     cache: Mutex<Cache>,
-    /// Serialises this node's address claims, releases and reclaims, so a reclaim's
-    /// checks and its release see no concurrent claim of the same address.
-    claims: tokio::sync::Mutex<()>,
-    /// Serialises `Join`'s choice of a next hop unique in the sandbox.
-    joins: tokio::sync::Mutex<()>,
+    /// One lock per address for fixed claims, releases and reclaims, so a reclaim's
+    /// checks and its release see no concurrent claim of the same address. Dynamic
+    /// claims need none: they only take addresses nobody holds.
+    claims: KeyedLocks<Ipv4Addr>,
+    /// One lock per sandbox for `Join`'s choice of a next hop unique in it.
+    joins: KeyedLocks<String>,
 }
 
 /// What this process remembers; etcd stays the truth and fills every miss.
@@ -177,8 +179,8 @@ impl<B: Backend> Driver<B> {
         Self {
             backend,
             cache: Mutex::new(Cache::default()),
-            claims: tokio::sync::Mutex::new(()),
-            joins: tokio::sync::Mutex::new(()),
+            claims: KeyedLocks::default(),
+            joins: KeyedLocks::default(),
         }
     }
 
@@ -209,6 +211,16 @@ impl<B: Backend> Driver<B> {
     /// `Ipam::remove_pool(name, force = false)`.
     async fn remove_pool(&self, name: String) -> Result<u64, IpamError> {
         self.backend.ipam().remove_pool(&name, false).await
+    }
+
+    /// Wait for `ip`'s claim lock, within one IPAM operation's budget.
+    async fn lock_address(&self, ip: Ipv4Addr) -> Result<KeyGuard<Ipv4Addr>, DockerError> {
+        let deadline = budget::deadline_after(budget::OPERATION);
+        Ok(self
+            .claims
+            .lock(ip, deadline)
+            .await
+            .map_err(IpamError::from)?)
     }
 
     fn cache(&self) -> MutexGuard<'_, Cache> {

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use brindle_dataplane::{host_ifname_for, temp_ifname_for, EndpointSpec};
 use brindle_ipam::state::{self, cas_loop, cas_put, Attempt};
-use brindle_ipam::IpamError;
+use brindle_ipam::{budget, IpamError};
 use ipnetwork::Ipv4Network;
 use tracing::{debug, info, warn};
 
@@ -390,9 +390,14 @@ impl<B: Backend> Driver<B> {
         let Some(mut ep) = self.endpoint(&eid).await? else {
             return Err(DockerError::UnknownEndpoint { id: eid });
         };
-        let _joins = self.joins.lock().await;
-        self.load_endpoints().await?;
         let sandbox = req.sandbox_key;
+        let deadline = budget::deadline_after(budget::OPERATION);
+        let _join = self
+            .joins
+            .lock(sandbox.clone(), deadline)
+            .await
+            .map_err(IpamError::from)?;
+        self.load_endpoints().await?;
         let gateway = match (ep.sandbox.as_deref(), ep.gateway) {
             (Some(s), Some(gw)) if s == sandbox => gw,
             _ => {

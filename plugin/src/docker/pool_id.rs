@@ -12,6 +12,7 @@
 use std::fmt;
 use std::net::Ipv4Addr;
 
+use brindle_ipam::error::validate_pool_name;
 use ipnetwork::Ipv4Network;
 
 use super::error::DockerError;
@@ -36,7 +37,11 @@ impl PoolId {
         if parts.next() != Some(TAG) {
             return Err(bad());
         }
-        let pool = parts.next().filter(|p| !p.is_empty()).ok_or_else(bad)?;
+        // A forged id names no pool that could exist (and no other etcd key).
+        let pool = parts
+            .next()
+            .filter(|p| validate_pool_name(p).is_ok())
+            .ok_or_else(bad)?;
         let mut cidr = || -> Result<Option<Ipv4Network>, DockerError> {
             parts
                 .next()
@@ -111,6 +116,8 @@ mod tests {
             "brindle:",
             "brindle:x:nope",
             "brindle:x:10.0.0.0/8:10.1.0.0/16:extra",
+            "brindle:../pools/x",
+            "brindle:a b",
         ] {
             let e = PoolId::parse(id).unwrap_err();
             assert!(matches!(e, DockerError::UnknownPoolId { .. }), "{id}: {e}");

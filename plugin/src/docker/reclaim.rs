@@ -179,7 +179,7 @@ impl<B: Backend> Driver<B> {
                     && !live.contains_key(ip)
                     && reserved_by(&networks, *ip).is_none();
                 if orphan {
-                    let _claims = self.claims.lock().await;
+                    let _claim = self.lock_address(*ip).await?;
                     // Exactly what that handle holds: never an address claimed since.
                     let released = self.ipam().release_handle(&a.handle).await?;
                     if !released.is_empty() {

@@ -9,10 +9,30 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use serde::{Deserialize, Serialize};
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer, Serialize};
 
 /// A JSON object with values of any type (`CreateNetwork` and `CreateEndpoint` options).
 pub type JsonMap = serde_json::Map<String, serde_json::Value>;
+
+/// Longest `NetworkID` or `EndpointID` accepted (Docker's are 64 hex digits).
+pub const MAX_ID_LEN: usize = 128;
+
+/// A `NetworkID` or `EndpointID`. It becomes an etcd key segment and part of a veth
+/// name, so a forged one is refused while decoding: at most [`MAX_ID_LEN`] letters,
+/// digits, `-`, `_` or `.`. An empty one is left to the call to refuse.
+fn docker_id<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    let id = String::deserialize(deserializer)?;
+    let allowed = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.');
+    if id.len() <= MAX_ID_LEN && id.bytes().all(allowed) {
+        return Ok(id);
+    }
+    let shown: String = id.chars().take(80).collect();
+    Err(D::Error::custom(format!(
+        "invalid id {shown:?} ({} bytes): Docker ids are at most {MAX_ID_LEN} letters, digits, '-', '_' or '.'",
+        id.len()
+    )))
+}
 
 /// `Plugin.Activate` reply.
 #[derive(Debug, Serialize)]
@@ -142,7 +162,7 @@ pub struct IpamData {
 /// `NetworkDriver.CreateNetwork` request.
 #[derive(Debug, Default, Deserialize)]
 pub struct CreateNetworkRequest {
-    #[serde(rename = "NetworkID", default)]
+    #[serde(rename = "NetworkID", default, deserialize_with = "docker_id")]
     pub network_id: String,
     /// `com.docker.network.generic` (the `-o` options), `enable_ipv6`, `internal`, ...
     #[serde(rename = "Options", default)]
@@ -156,14 +176,14 @@ pub struct CreateNetworkRequest {
 /// Requests naming only a network (`DeleteNetwork`, `FreeNetwork`).
 #[derive(Debug, Default, Deserialize)]
 pub struct NetworkRequest {
-    #[serde(rename = "NetworkID", default)]
+    #[serde(rename = "NetworkID", default, deserialize_with = "docker_id")]
     pub network_id: String,
 }
 
 /// `NetworkDriver.AllocateNetwork` request (swarm managers only; never for `local`).
 #[derive(Debug, Default, Deserialize)]
 pub struct AllocateNetworkRequest {
-    #[serde(rename = "NetworkID", default)]
+    #[serde(rename = "NetworkID", default, deserialize_with = "docker_id")]
     pub network_id: String,
     #[serde(rename = "Options", default)]
     pub options: Option<HashMap<String, String>>,
@@ -200,9 +220,9 @@ pub struct EndpointInterface {
 /// `NetworkDriver.CreateEndpoint` request.
 #[derive(Debug, Default, Deserialize)]
 pub struct CreateEndpointRequest {
-    #[serde(rename = "NetworkID", default)]
+    #[serde(rename = "NetworkID", default, deserialize_with = "docker_id")]
     pub network_id: String,
-    #[serde(rename = "EndpointID", default)]
+    #[serde(rename = "EndpointID", default, deserialize_with = "docker_id")]
     pub endpoint_id: String,
     #[serde(rename = "Interface", default)]
     pub interface: Option<EndpointInterface>,
@@ -223,18 +243,18 @@ pub struct CreateEndpointResponse {
 /// `EndpointOperInfo`, `Program`/`RevokeExternalConnectivity`).
 #[derive(Debug, Default, Deserialize)]
 pub struct EndpointRequest {
-    #[serde(rename = "NetworkID", default)]
+    #[serde(rename = "NetworkID", default, deserialize_with = "docker_id")]
     pub network_id: String,
-    #[serde(rename = "EndpointID", default)]
+    #[serde(rename = "EndpointID", default, deserialize_with = "docker_id")]
     pub endpoint_id: String,
 }
 
 /// `NetworkDriver.Join` request.
 #[derive(Debug, Default, Deserialize)]
 pub struct JoinRequest {
-    #[serde(rename = "NetworkID", default)]
+    #[serde(rename = "NetworkID", default, deserialize_with = "docker_id")]
     pub network_id: String,
-    #[serde(rename = "EndpointID", default)]
+    #[serde(rename = "EndpointID", default, deserialize_with = "docker_id")]
     pub endpoint_id: String,
     /// The container's network namespace, `/var/run/docker/netns/<container id[:12]>`.
     #[serde(rename = "SandboxKey", default)]
@@ -350,5 +370,24 @@ mod tests {
             "{}"
         );
         assert_eq!(serde_json::to_string(&Empty {}).unwrap(), "{}");
+    }
+    #[test]
+    fn forged_ids_are_refused_while_decoding() {
+        for body in [
+            r#"{"NetworkID":"../../pools/default"}"#,
+            r#"{"NetworkID":"a b"}"#,
+            r#"{"NetworkID":"net\u0000"}"#,
+        ] {
+            let e = serde_json::from_str::<NetworkRequest>(body).unwrap_err();
+            assert!(e.to_string().starts_with("invalid id"), "{body}: {e}");
+        }
+        let long = format!(r#"{{"NetworkID":"n","EndpointID":"{}"}}"#, "e".repeat(129));
+        let e = serde_json::from_str::<EndpointRequest>(&long).unwrap_err();
+        assert!(e.to_string().contains("(129 bytes)"), "{e}");
+        let ok: EndpointRequest = serde_json::from_str(r#"{"NetworkID":"n-1.x_y"}"#).unwrap();
+        assert_eq!(
+            (ok.network_id.as_str(), ok.endpoint_id.as_str()),
+            ("n-1.x_y", "")
+        );
     }
 }

@@ -55,7 +55,9 @@ impl Seen {
 
     fn summary(&self) -> String {
         if self.0.is_empty() {
-            return "no answer".into();
+            // Only when the operation's deadline had passed before this call began
+            // (spent waiting behind other requests, or on earlier calls).
+            return "the operation's time budget was spent before etcd was asked".into();
         }
         let parts: Vec<String> = self.0.iter().map(|(e, d)| format!("{e}: {d}")).collect();
         parts.join("; ")

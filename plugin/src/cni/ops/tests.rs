@@ -343,3 +343,74 @@ async fn status_needs_a_usable_pool() {
         code::NOT_AVAILABLE
     );
 }
+
+/// One durable write per operation: ADD stores the address and the endpoint record in
+/// one transaction and DEL removes both in one, so neither exists without the other;
+/// wiring that fails after the write takes both back in one write.
+#[tokio::test(flavor = "current_thread")]
+async fn add_and_del_are_one_write_each_and_a_record_never_outlives_its_address() {
+    let ipam = setup("10.9.5.0/24").await;
+    let dp = FakeDataplane::new();
+    let ctx = Ctx {
+        ipam: &ipam,
+        dataplane: Some(&dp),
+        node: "n1",
+        reaper: None,
+    };
+    let record = |id: &'static str| {
+        let ipam = &ipam;
+        async move {
+            crate::endpoints::get_endpoint(ipam.store(), ipam.keys(), "n1", id)
+                .await
+                .unwrap()
+        }
+    };
+    // The node's block claimed already, as on a node running containers.
+    add(&ctx, &add_req("warm", Mode::Main, None)).await.unwrap();
+
+    let before = ipam.store().revision();
+    let added = add(&ctx, &add_req("c1", Mode::Main, None)).await.unwrap();
+    assert_eq!(
+        ipam.store().revision() - before,
+        1,
+        "ADD wrote more than once"
+    );
+    let rec = record("c1+eth0")
+        .await
+        .expect("record stored with the address");
+    assert_eq!(rec.ip, added.ip);
+    assert_eq!(rec.mac, added.mac, "the record's MAC is the interface's");
+
+    let before = ipam.store().revision();
+    let del_c1 = DelRequest {
+        target: target(),
+        mode: Mode::Main,
+        attachment: att("c1"),
+    };
+    del(&ctx, &del_c1).await.unwrap();
+    assert_eq!(
+        ipam.store().revision() - before,
+        1,
+        "DEL wrote more than once"
+    );
+    assert!(record("c1+eth0").await.is_none());
+    assert!(ipam.addresses_of("c1+eth0").await.unwrap().is_empty());
+
+    dp.fail_once(FakeOp::CreateVethIntoNetns, libc::EPERM);
+    let before = ipam.store().revision();
+    add(&ctx, &add_req("c2", Mode::Main, None))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        ipam.store().revision() - before,
+        2,
+        "the allocation with its record, then their release in one write"
+    );
+    assert!(
+        record("c2+eth0").await.is_none(),
+        "record left without its address"
+    );
+    assert!(ipam.addresses_of("c2+eth0").await.unwrap().is_empty());
+    let report = ipam.check(false).await.unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+}
