@@ -30,7 +30,7 @@ for t in "${targets[@]}"; do
   status=0
   # stdin from /dev/null: nothing a target reads may wait for a terminal.
   "$bins/$t" "$corpus" \
-    -max_total_time="$seconds" -timeout=30 -rss_limit_mb=2048 \
+    -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 \
     -artifact_prefix="$artifacts/" -print_final_stats=1 \
     </dev/null >"$log" 2>&1 || status=$?
   runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)

@@ -1,6 +1,8 @@
 //! JSON encoding of stored records, with the key named in decode errors and the
 //! revision each record was read at.
 
+use std::cell::RefCell;
+
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -55,6 +57,35 @@ pub fn decode_all<T: DeserializeOwned>(kvs: &[Kv]) -> Result<Vec<Versioned<T>>, 
     kvs.iter().map(decode).collect()
 }
 
+thread_local! {
+    /// The key [`decode_value`] is decoding on this thread.
+    static DECODING: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// Calls `f` with the key of the stored record being deserialised on this thread, when
+/// that happens inside [`decode_value`] (`None` otherwise). Records whose key repeats
+/// one of their fields (a pool's name, a block's CIDR) check that the two agree: the
+/// allocator reads and compares a record at the key its field gives, so a record at
+/// another key would make every compare-and-swap on it fail until the retries run out.
+pub fn with_decoding_key<R>(f: impl FnOnce(Option<&str>) -> R) -> R {
+    DECODING.with(|key| f(key.borrow().as_deref()))
+}
+
+/// Sets the key [`with_decoding_key`] sees until dropped.
+struct Decoding(Option<String>);
+
+impl Decoding {
+    fn of(key: &str) -> Self {
+        Decoding(DECODING.with(|k| k.replace(Some(key.to_string()))))
+    }
+}
+
+impl Drop for Decoding {
+    fn drop(&mut self) {
+        DECODING.with(|k| *k.borrow_mut() = self.0.take());
+    }
+}
+
 /// Decode the value stored at `key` (a watch event, for instance). Record types check
 /// their own rules while deserialising (see `brindle_ipam::model`), so a value another
 /// tool wrote is an error naming `key`, never a panic later.
@@ -71,6 +102,7 @@ pub fn decode_value<T: DeserializeOwned>(key: &str, value: &[u8]) -> Result<T, S
             limit: MAX_RECORD_BYTES,
         }));
     }
+    let _decoding = Decoding::of(key);
     serde_json::from_slice(value).map_err(|e| corrupt(RecordProblem::Invalid(e)))
 }
 

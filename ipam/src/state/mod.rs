@@ -21,8 +21,8 @@ pub mod records;
 
 pub use cas::{backoff, cas_loop, Attempt, MAX_ATTEMPTS};
 pub use codec::{
-    decode, decode_all, decode_value, encode, CorruptRecord, RecordProblem, Versioned,
-    MAX_RECORD_BYTES,
+    decode, decode_all, decode_value, encode, with_decoding_key, CorruptRecord, RecordProblem,
+    Versioned, MAX_RECORD_BYTES,
 };
 pub use keys::Keys;
 pub use records::{
