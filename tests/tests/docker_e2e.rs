@@ -475,8 +475,10 @@ fn brindled_restart_keeps_containers_working_and_new_ones_start() {
     };
     let host = guard.as_mut().unwrap();
     let mut t = Scope::new(host, "brestart");
+    t.guard("10.201.26.0/24");
     let pool = t.pool("pool", "10.201.14.0/24");
     let net = t.network("net", &["--subnet", "10.201.14.0/24"]);
+    let second = t.network("second", &["--subnet", "10.201.26.0/24"]);
     let a = t.run("a", &["--net", &net, "--ip", "10.201.14.10"]);
     let b = t.run("b", &["--net", &net]);
     let owned = t.detach();
@@ -494,6 +496,16 @@ fn brindled_restart_keeps_containers_working_and_new_ones_start() {
     let c_ip = t.ip_of(&c, &net);
     assert!(t.pings(&c, "10.201.14.10"));
     assert!(t.pings(&a, &c_ip));
+    // A second network for a container joined before the restart: the new brindled
+    // never saw that Join (it is not stored), so it learns the next hop in use from
+    // the container's namespace and picks another.
+    host.docker_ok(&["network", "connect", "--ip", "10.201.26.10", &second, &a]);
+    let routes = t.exec(&a, &["ip", "route"]);
+    assert!(routes.contains("169.254.1.1 dev eth0"), "{routes}");
+    assert!(routes.contains("169.254.1.2 dev eth1"), "{routes}");
+    host.docker_ok(&["network", "disconnect", &second, &a]);
+    assert_eq!(address(host, "10.201.26.10")["allocated"], false);
+    assert!(endpoint_with_ip(host, "10.201.26.10").is_none());
     // Removing a container created before the restart releases everything.
     host.docker_ok(&["rm", "-f", &a]);
     assert_eq!(address(host, "10.201.14.10")["allocated"], false);

@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
 use ipnetwork::Ipv4Network;
@@ -45,6 +46,8 @@ pub enum FakeOp {
     EnableIpForward,
     /// [`Dataplane::list_host_veths`]
     ListHostVeths,
+    /// [`Dataplane::next_hops_in_netns`]
+    NextHopsInNetns,
 }
 
 /// One recorded call with its arguments.
@@ -76,6 +79,8 @@ pub enum FakeCall {
     EnableIpForward,
     /// `list_host_veths()`
     ListHostVeths,
+    /// `next_hops_in_netns(path)`
+    NextHopsInNetns(PathBuf),
 }
 
 impl FakeCall {
@@ -95,6 +100,7 @@ impl FakeCall {
             Self::DelHostRoute(_) => FakeOp::DelHostRoute,
             Self::EnableIpForward => FakeOp::EnableIpForward,
             Self::ListHostVeths => FakeOp::ListHostVeths,
+            Self::NextHopsInNetns(_) => FakeOp::NextHopsInNetns,
         }
     }
 }
@@ -116,6 +122,8 @@ struct State {
     blackholes: BTreeSet<Ipv4Network>,
     ip_forward: bool,
     last_ifindex: u32,
+    /// netns path → the link-local next hops routed there (what Docker installs).
+    netns_next_hops: BTreeMap<PathBuf, BTreeSet<Ipv4Addr>>,
 }
 
 /// A recording, failure-injecting, in-memory [`Dataplane`].
@@ -221,6 +229,23 @@ impl FakeDataplane {
     /// Whether `enable_ip_forward` succeeded at least once.
     pub fn ip_forward_enabled(&self) -> bool {
         self.lock().ip_forward
+    }
+
+    /// Routes `hop` inside the namespace at `netns`, as Docker does with the gateway
+    /// of an interface it moves into a sandbox.
+    pub fn route_next_hop_in_netns(&self, netns: &Path, hop: Ipv4Addr) {
+        self.lock()
+            .netns_next_hops
+            .entry(netns.to_path_buf())
+            .or_default()
+            .insert(hop);
+    }
+
+    /// Removes that route again (Docker's `Leave` takes the interface out).
+    pub fn unroute_next_hop_in_netns(&self, netns: &Path, hop: Ipv4Addr) {
+        if let Some(hops) = self.lock().netns_next_hops.get_mut(netns) {
+            hops.remove(&hop);
+        }
     }
 
     /// Removes an endpoint's host route as if someone else had (to test CHECK).
@@ -473,6 +498,16 @@ impl Dataplane for FakeDataplane {
     fn list_host_veths(&self) -> DpFuture<'_, Vec<String>> {
         self.call(FakeCall::ListHostVeths, |st| {
             Ok(st.endpoints.keys().cloned().collect())
+        })
+    }
+
+    fn next_hops_in_netns<'a>(&'a self, netns: &'a Path) -> DpFuture<'a, Vec<Ipv4Addr>> {
+        self.call(FakeCall::NextHopsInNetns(netns.to_path_buf()), move |st| {
+            Ok(st
+                .netns_next_hops
+                .get(netns)
+                .map(|hops| hops.iter().copied().collect())
+                .unwrap_or_default())
         })
     }
 }

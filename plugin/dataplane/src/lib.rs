@@ -45,6 +45,7 @@ pub use reaper::Reaper;
 pub use types::{container_mac_for, EndpointSpec, HostLink, MacAddr, OwnedRoute, RouteTarget};
 
 use std::net::Ipv4Addr;
+use std::path::Path;
 
 use futures::future::BoxFuture;
 use ipnetwork::Ipv4Network;
@@ -135,4 +136,10 @@ pub trait Dataplane: Send + Sync {
 
     /// Names of the host namespace's veths with brindle's prefix (`brl...`).
     fn list_host_veths(&self) -> DpFuture<'_, Vec<String>>;
+
+    /// The link-local (`169.254.0.0/16`) next hops the namespace at `netns` routes
+    /// through now: each route's gateway and each `/32` destination in that range. A
+    /// Docker sandbox that already has a brindle interface shows its next hop here, so
+    /// another network joined to the same container can pick a different one.
+    fn next_hops_in_netns<'a>(&'a self, netns: &'a Path) -> DpFuture<'a, Vec<Ipv4Addr>>;
 }

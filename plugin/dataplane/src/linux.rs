@@ -386,6 +386,35 @@ impl LinuxDataplane {
         info!(route = %route.describe(ifname), "replacing host route");
         self.nl.add_route(&route, ifname, true).await
     }
+
+    async fn next_hops_in(&self, path: &std::path::Path) -> Result<Vec<Ipv4Addr>, DataplaneError> {
+        let ns = match Netns::open(path) {
+            Ok(ns) => ns,
+            // Docker joins a new container before it creates the namespace: no
+            // interface is in it yet.
+            Err(DataplaneError::Netns { cause, .. })
+                if cause.kind() == std::io::ErrorKind::NotFound =>
+            {
+                return Ok(Vec::new())
+            }
+            Err(e) => return Err(e),
+        };
+        let nl = Netlink::connect_in(&ns).await?;
+        Ok(link_local_next_hops(&nl.dump_routes().await?))
+    }
+}
+
+/// Gateways and `/32` destinations in `169.254.0.0/16`, once each, in order.
+fn link_local_next_hops(routes: &[Route]) -> Vec<Ipv4Addr> {
+    let mut hops: Vec<Ipv4Addr> = routes
+        .iter()
+        .flat_map(|r| [r.gateway, (r.dst.prefix() == 32).then(|| r.dst.ip())])
+        .flatten()
+        .filter(Ipv4Addr::is_link_local)
+        .collect();
+    hops.sort_unstable();
+    hops.dedup();
+    hops
 }
 
 /// Inside the container: address, link and lo up, the gateway and default routes.
@@ -559,5 +588,32 @@ impl Dataplane for LinuxDataplane {
                 .map(|l| l.name)
                 .collect())
         })
+    }
+
+    fn next_hops_in_netns<'a>(&'a self, netns: &'a std::path::Path) -> DpFuture<'a, Vec<Ipv4Addr>> {
+        Box::pin(self.next_hops_in(netns))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn next_hops_are_link_local_gateways_and_host_routes() {
+        let net = |s: &str| s.parse::<Ipv4Network>().unwrap();
+        let routes = [
+            Route::device(net("169.254.1.1/32"), 2, 4),
+            Route::via(net("0.0.0.0/0"), "169.254.1.1".parse().unwrap(), 2, 4),
+            Route::device(net("169.254.1.2/32"), 3, 4),
+            // Not next hops: a pool route, a gateway outside 169.254/16, a link-local net.
+            Route::device(net("10.1.0.7/32"), 3, 4),
+            Route::via(net("10.2.0.0/16"), "10.1.0.1".parse().unwrap(), 3, 4),
+            Route::device(net("169.254.0.0/16"), 3, 4),
+        ];
+        assert_eq!(
+            link_local_next_hops(&routes),
+            ["169.254.1.1", "169.254.1.2"].map(|a| a.parse::<Ipv4Addr>().unwrap())
+        );
     }
 }

@@ -18,6 +18,7 @@ use std::net::Ipv4Addr;
 use brindle_dataplane::GATEWAY_IP;
 use brindle_ipam::cidr::{overlaps, parse_cidr, within, DEFAULT_BLOCK_SIZE};
 use brindle_ipam::pools::NewPool;
+use brindle_ipam::store::Op;
 use brindle_ipam::{AllocRequest, IpamError, Pool};
 use ipnetwork::Ipv4Network;
 use rand::Rng;
@@ -25,6 +26,7 @@ use tracing::{info, warn};
 
 use super::error::DockerError;
 use super::http::Caller;
+use super::net_driver::short;
 use super::pool_id::PoolId;
 use super::records::{self, PoolMarker, ORCHESTRATOR};
 use super::wire::{
@@ -32,6 +34,7 @@ use super::wire::{
     RequestPoolRequest, RequestPoolResponse,
 };
 use super::{Backend, Driver, Held, DEFAULT_POOL, POOL_OPTION};
+use crate::endpoints::delete_endpoint_op;
 
 /// Allocation attribute keys.
 pub const ATTR_ORCHESTRATOR: &str = "orchestrator";
@@ -433,10 +436,26 @@ impl<B: Backend> Driver<B> {
             warn!(%ip, handle = %held.handle, "ReleaseAddress ignored: {why}");
             return Ok(());
         }
+        // The record of the endpoint `DeleteEndpoint` took down goes in the same
+        // transaction: no record outlives its address, and no second write.
+        let record = self
+            .cache()
+            .unreleased
+            .get(&ip)
+            .filter(|u| u.handle == held.handle)
+            .map(|u| u.endpoint.clone());
+        let also: Vec<Op> = record
+            .iter()
+            .map(|id| delete_endpoint_op(self.keys(), self.node(), id))
+            .collect();
         // Exactly the allocation judged above: a handle is never reused.
-        self.ipam().release_handle(&held.handle).await?;
-        self.cache().held.remove(&ip);
-        info!(%ip, handle = %held.handle, "address released");
+        self.ipam().release_handle_with(&held.handle, &also).await?;
+        let mut cache = self.cache();
+        cache.held.remove(&ip);
+        if record.is_some() {
+            cache.unreleased.remove(&ip);
+        }
+        info!(%ip, handle = %held.handle, endpoint = ?record.as_deref().map(short), "address released");
         Ok(())
     }
 }

@@ -30,10 +30,13 @@
 //! | `RequestAddress`: 1. allocate (handle `docker-<random>`, `orchestrator=docker`, `node`, `dockerd`) | an address no endpoint holds | the retry takes another; the reconcile releases it (no record, dockerd does not list it, no route) |
 //! | `CreateEndpoint`: 1. veth + /32 route | a record-less veth | the retry replaces it (the name derives from the endpoint id); else the reconcile deletes it, then releases the address |
 //! | 2. record (before the answer) | a record Docker may not know | the retry answers from it; else the reconcile removes record, veth and address once dockerd does not list the endpoint |
-//! | `Join`: 1. record update (sandbox, next hop) | — | the retry |
+//! | `Join`: in memory only (the next hop is routed in the sandbox, where a restarted brindled reads it) | — | the retry |
 //! | `Leave`: in memory only | — | — |
-//! | `DeleteEndpoint`: 1. /32 route deleted 2. veth handed to the reaper 3. record deleted | a route-less veth (and its record) | the retry; else the reconcile: record (dockerd no longer lists it), veth, address |
-//! | `ReleaseAddress`: 1. release the handle | an address no endpoint holds | the retry; else the reconcile |
+//! | `DeleteEndpoint`: 1. /32 route deleted 2. veth handed to the reaper (the record stays for `ReleaseAddress`) | a route-less veth and its record | the retry; `ReleaseAddress`, which sees the record's route gone; else the reconcile: record (dockerd no longer lists it), veth, address |
+//! | `ReleaseAddress`: 1. release the handle and delete the record, one transaction | — | — |
+//!
+//! So a container costs three etcd writes: the allocation, the record, and the
+//! release with the record's delete.
 //!
 //! The reconcile acts on Docker state only while dockerd answers. A graceful stop
 //! (SIGTERM) finishes the calls in flight and the reaper's deletions first.
@@ -156,6 +159,9 @@ struct Cache {
     /// Addresses whose next `ReleaseAddress` belongs to such an endpoint (armed by its
     /// `DeleteEndpoint`, which Docker sends just before): the endpoint and when.
     stale_releases: HashMap<Ipv4Addr, (String, std::time::Instant)>,
+    /// Endpoints `DeleteEndpoint` took down whose record goes in the transaction that
+    /// releases their address (`ReleaseAddress` follows at once): by address.
+    unreleased: HashMap<Ipv4Addr, Unreleased>,
     /// Pool name → CIDR.
     pools: HashMap<String, ipnetwork::Ipv4Network>,
     /// `RequestPool` answers not yet claimed by a `CreateNetwork`, by the subnet shown
@@ -164,6 +170,14 @@ struct Cache {
     requested: HashMap<ipnetwork::Ipv4Network, PoolId>,
     /// dockerd instances seen; the first request of each triggers an orphan sweep.
     dockerds: HashSet<String>,
+}
+
+/// A deleted endpoint whose record waits for its address's release.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Unreleased {
+    endpoint: String,
+    /// The allocation the record names: only its release takes the record along.
+    handle: String,
 }
 
 /// Who holds an address: the allocation's handle and the dockerd instance that asked

@@ -32,7 +32,7 @@ use super::wire::{
     EndpointRequest, InterfaceName, JoinRequest, JoinResponse, NetworkRequest, OperInfoResponse,
     StaticRoute,
 };
-use super::{Backend, Driver, Held};
+use super::{Backend, Driver, Held, Unreleased};
 use crate::endpoints::EndpointRecord;
 use brindle_ipam::cidr::within;
 
@@ -379,6 +379,10 @@ impl<B: Backend> Driver<B> {
         let all = records::list_docker_endpoints(self.store(), self.keys(), self.node()).await?;
         let mut cache = self.cache();
         for ep in all {
+            // Deleted already; the record only waits for its address's release.
+            if cache.unreleased.values().any(|u| u.endpoint == ep.base.id) {
+                continue;
+            }
             cache.endpoints.entry(ep.base.id.clone()).or_insert(ep);
         }
         cache.endpoints_loaded = true;
@@ -397,26 +401,15 @@ impl<B: Backend> Driver<B> {
             .lock(sandbox.clone(), deadline)
             .await
             .map_err(IpamError::from)?;
-        self.load_endpoints().await?;
         let gateway = match (ep.sandbox.as_deref(), ep.gateway) {
             (Some(s), Some(gw)) if s == sandbox => gw,
-            _ => {
-                let cache = self.cache();
-                let used: Vec<Ipv4Addr> = cache
-                    .endpoints
-                    .values()
-                    .filter(|e| e.base.id != eid && e.sandbox.as_deref() == Some(sandbox.as_str()))
-                    .filter_map(|e| e.gateway)
-                    .collect();
-                (1..=254u8)
-                    .map(|n| Ipv4Addr::new(169, 254, 1, n))
-                    .find(|gw| !used.contains(gw))
-                    .ok_or(DockerError::TooManyNetworks)?
-            }
+            _ => self.free_next_hop(&eid, &sandbox).await?,
         };
+        // In memory only: the sandbox itself holds the choice (Docker routes the next
+        // hop there), so a restarted brindled learns it from the kernel, and Join costs
+        // no etcd write.
         ep.sandbox = Some(sandbox.clone());
         ep.gateway = Some(gateway);
-        self.persist_endpoint(&ep).await?;
         info!(endpoint = %short(&eid), %sandbox, %gateway, "endpoint joined");
         self.cache().endpoints.insert(eid.clone(), ep);
         Ok(JoinResponse {
@@ -432,6 +425,27 @@ impl<B: Backend> Driver<B> {
             }],
             disable_gateway_service: true,
         })
+    }
+
+    /// The first 169.254.1.N next hop the sandbox does not use yet: neither routed in
+    /// its namespace (interfaces Docker moved in after earlier `Join`s, whoever served
+    /// them) nor chosen by a `Join` of this process whose interface is not in yet.
+    async fn free_next_hop(&self, eid: &str, sandbox: &str) -> Result<Ipv4Addr, DockerError> {
+        let mut used = self
+            .dataplane()
+            .next_hops_in_netns(Path::new(sandbox))
+            .await?;
+        used.extend(
+            self.cache()
+                .endpoints
+                .values()
+                .filter(|e| e.base.id != eid && e.sandbox.as_deref() == Some(sandbox))
+                .filter_map(|e| e.gateway),
+        );
+        (1..=254u8)
+            .map(|n| Ipv4Addr::new(169, 254, 1, n))
+            .find(|gw| !used.contains(gw))
+            .ok_or(DockerError::TooManyNetworks)
     }
 
     /// Docker moves the interface back to the host itself; forget the sandbox so its
@@ -455,23 +469,21 @@ impl<B: Backend> Driver<B> {
         let ep = self.endpoint(&eid).await.unwrap_or_default();
         // The address's route is this endpoint's only while its allocation is: after a
         // takeover it routes the new holder's veth (delete just this veth then).
-        let ip = ep
-            .filter(|e| {
-                self.cache()
-                    .held
-                    .get(&e.base.ip)
-                    .is_none_or(|h| h.handle == e.base.handle)
-            })
-            .map(|e| e.base.ip);
-        match ip {
-            Some(ip) => {
+        let holder = ep.filter(|e| {
+            self.cache()
+                .held
+                .get(&e.base.ip)
+                .is_none_or(|h| h.handle == e.base.handle)
+        });
+        match &holder {
+            Some(e) => {
                 // Unroute the address at once; the kernel's teardown of the veth pair
                 // (~20 ms, mostly waiting for RCU) need not hold Docker up. The reaper
                 // deletes exactly this link; until it is gone, a `CreateEndpoint` of
                 // the same address waits for it.
-                self.dataplane().del_host_route(ip).await?;
+                self.dataplane().del_host_route(e.base.ip).await?;
                 if let Some(link) = self.dataplane().host_veth(&host).await? {
-                    self.backend.reaper().schedule(link, Some(ip));
+                    self.backend.reaper().schedule(link, Some(e.base.ip));
                 }
             }
             None => {
@@ -479,9 +491,26 @@ impl<B: Backend> Driver<B> {
             }
         }
         // Forgotten first: the endpoint is gone for `ReleaseAddress` (which ignores a
-        // release of an address a live endpoint holds) even if the record write fails;
-        // a retried `DeleteEndpoint` reads the record again.
-        self.cache().endpoints.remove(&eid);
+        // release of an address a live endpoint holds); a retried `DeleteEndpoint`
+        // reads the record again.
+        let waits_for_release = {
+            let mut cache = self.cache();
+            cache.endpoints.remove(&eid);
+            holder.map(|e| {
+                // Its record goes in the transaction that releases the address, which
+                // Docker asks for next: one write for both. Should that never come, the
+                // reconcile removes both once dockerd no longer lists the endpoint.
+                let unreleased = Unreleased {
+                    endpoint: eid.clone(),
+                    handle: e.base.handle,
+                };
+                cache.unreleased.insert(e.base.ip, unreleased);
+            })
+        };
+        if waits_for_release.is_some() {
+            info!(endpoint = %short(&eid), %host, "endpoint deleted; its record goes with its address");
+            return Ok(());
+        }
         let key = self.keys().endpoint(self.node(), &eid);
         records::delete(self.store(), key).await.map_err(|source| {
             DockerError::RecordNotDeleted {

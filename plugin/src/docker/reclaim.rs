@@ -32,9 +32,11 @@
 //! container's allocation and the next container would get the same address. A release
 //! is judged against the allocation's identity, its handle and the `dockerd` that asked
 //! for it, and against the endpoint using it ([`Driver::stale_release`]):
-//! - an allocation that a live endpoint record of this node holds (same address and
-//!   handle) is not released: Docker deletes an endpoint before it releases its address,
-//!   so the release belongs to someone else;
+//! - an allocation that a live endpoint of this node holds (a record with the same
+//!   address and handle, and the address routed to its veth) is not released: Docker
+//!   deletes an endpoint before it releases its address, so the release belongs to
+//!   someone else (a record whose route is gone is an endpoint `DeleteEndpoint` took
+//!   down: its record waits for this release and goes with it);
 //! - an allocation requested by another dockerd that still runs is not released by
 //!   this one (a daemon releases what it, or a predecessor that is gone, asked for);
 //! - between the takeover and the new container's `CreateEndpoint`, the old endpoint's
@@ -58,7 +60,7 @@ use super::http::Caller;
 use super::ipam_driver::{ATTR_DOCKERD, ATTR_ORCHESTRATOR};
 use super::net_driver::short;
 use super::records::{self, NetworkRecord, ORCHESTRATOR};
-use super::{Backend, Driver, Held};
+use super::{Backend, Driver, Held, Unreleased};
 use crate::endpoints::list_endpoints;
 
 /// How long after an old endpoint's `DeleteEndpoint` its `ReleaseAddress` is expected
@@ -208,6 +210,7 @@ impl<B: Backend> Driver<B> {
         records::delete(self.store(), key).await?;
         let mut cache = self.cache();
         cache.endpoints.remove(id);
+        cache.unreleased.retain(|_, u| u.endpoint != id);
         cache.reclaimed.insert(id.to_string(), ip);
         info!(endpoint = %short(id), "deleted the record of an endpoint whose container is gone");
         Ok(())
@@ -254,13 +257,28 @@ impl<B: Backend> Driver<B> {
             .endpoints
             .values()
             .find(|e| e.base.ip == ip && e.base.handle == held.handle)
-            .map(|e| e.base.id.clone());
-        Ok(user.map(|id| {
-            format!(
+            .map(|e| (e.base.id.clone(), e.base.host_ifname.clone()));
+        let Some((id, host_ifname)) = user else {
+            return Ok(None);
+        };
+        if self.live_routes().await?.get(&ip) == Some(&host_ifname) {
+            return Ok(Some(format!(
                 "endpoint {} still uses it (Docker deletes an endpoint before releasing its address): a late release of an earlier holder",
                 short(&id)
-            )
-        }))
+            )));
+        }
+        // Its record without its route: `DeleteEndpoint` took it down before a restart
+        // of brindled forgot that (the record waits for this release).
+        let mut cache = self.cache();
+        cache.endpoints.remove(&id);
+        cache.unreleased.insert(
+            ip,
+            Unreleased {
+                endpoint: id,
+                handle: held.handle.clone(),
+            },
+        );
+        Ok(None)
     }
 
     /// Addresses routed to an existing interface on this host, with that interface.

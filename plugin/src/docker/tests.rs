@@ -207,12 +207,17 @@ impl Env {
         .await
     }
 
+    /// `Join`, then what Docker does with the answer: route the next hop in the sandbox.
     async fn join(&self, net: &str, ep: &str, sandbox: &str) -> Value {
-        self.ok(
-            "/NetworkDriver.Join",
-            json!({"NetworkID":net,"EndpointID":ep,"SandboxKey":sandbox,"Options":{}}),
-        )
-        .await
+        let reply = self
+            .ok(
+                "/NetworkDriver.Join",
+                json!({"NetworkID":net,"EndpointID":ep,"SandboxKey":sandbox,"Options":{}}),
+            )
+            .await;
+        let hop = reply["Gateway"].as_str().unwrap().parse().unwrap();
+        self.dp.route_next_hop_in_netns(Path::new(sandbox), hop);
+        reply
     }
 
     /// Holder of an address in IPAM.
@@ -426,16 +431,18 @@ async fn container_lifecycle_as_docker_drives_it() {
     assert!(env.dp.host_routes().is_empty());
     settle(&env.dp).await;
     assert!(env.dp.endpoints().is_empty());
-    assert!(env.endpoint_record(EP1).await.is_none());
     // The address stays until Docker releases it (never earlier: a late release
-    // could otherwise free a new owner's address).
+    // could otherwise free a new owner's address), and the record with it: both go
+    // in the release's one transaction.
     assert!(env.holder("10.50.0.7").await.is_some());
+    assert!(env.endpoint_record(EP1).await.is_some());
     env.ok(
         "/IpamDriver.ReleaseAddress",
         json!({"PoolID":pool_id,"Address":"10.50.0.7"}),
     )
     .await;
     assert!(env.holder("10.50.0.7").await.is_none());
+    assert!(env.endpoint_record(EP1).await.is_none());
     // Repeats are harmless.
     env.ok("/NetworkDriver.DeleteEndpoint", ids).await;
     env.ok(
@@ -820,6 +827,83 @@ async fn failures_leave_nothing_behind() {
         )
         .await;
     assert!(e.starts_with("address 10.75.0.6 is not allocated"), "{e}");
+}
+
+/// Issue 12: the allocation, the record, and the release carrying the record's delete;
+/// `Join`, `Leave` and `DeleteEndpoint` write nothing, and at no point does a record
+/// name an address that is not allocated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_costs_three_writes_and_no_record_outlives_its_address() {
+    let env = env().await;
+    let id = env.pool("10.77.0.0/24", "", json!({})).await;
+    env.network(NET, "10.77.0.0/24", json!({})).await;
+    // The node's block claimed already, as on a node running containers.
+    env.address(&id, "10.77.0.2").await;
+    let ids = json!({"NetworkID":NET,"EndpointID":EP1});
+    let writes = |before: i64| env.store.revision() - before;
+
+    let before = env.store.revision();
+    env.address(&id, "10.77.0.7").await;
+    assert_eq!(writes(before), 1, "RequestAddress");
+    let before = env.store.revision();
+    env.endpoint(NET, EP1, "10.77.0.7/32").await;
+    assert_eq!(writes(before), 1, "CreateEndpoint");
+    let before = env.store.revision();
+    env.join(NET, EP1, SANDBOX).await;
+    env.ok("/NetworkDriver.Leave", ids.clone()).await;
+    env.ok("/NetworkDriver.DeleteEndpoint", ids.clone()).await;
+    assert_eq!(writes(before), 0, "Join, Leave, DeleteEndpoint");
+    assert!(env.endpoint_record(EP1).await.is_some());
+    assert!(env.holder("10.77.0.7").await.is_some());
+    let before = env.store.revision();
+    env.ok(
+        "/IpamDriver.ReleaseAddress",
+        json!({"PoolID":id,"Address":"10.77.0.7"}),
+    )
+    .await;
+    assert_eq!(writes(before), 1, "ReleaseAddress");
+    assert!(env.endpoint_record(EP1).await.is_none());
+    assert!(env.holder("10.77.0.7").await.is_none());
+}
+
+/// brindled restarted between `DeleteEndpoint` and `ReleaseAddress`: the new process
+/// never saw the delete, but the record's route is gone, so the release is the
+/// endpoint's own and takes the record along; a live endpoint's address is still kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_after_a_restart_takes_the_deleted_endpoints_record_along() {
+    let env = env().await;
+    let id = env.pool("10.78.0.0/24", "", json!({})).await;
+    env.network(NET, "10.78.0.0/24", json!({})).await;
+    env.address(&id, "10.78.0.5").await;
+    env.address(&id, "10.78.0.6").await;
+    env.endpoint(NET, EP1, "10.78.0.5/32").await;
+    env.endpoint(NET, EP2, "10.78.0.6/32").await;
+    env.join(NET, EP1, SANDBOX).await;
+    env.ok(
+        "/NetworkDriver.DeleteEndpoint",
+        json!({"NetworkID":NET,"EndpointID":EP1}),
+    )
+    .await;
+
+    let fresh = driver(&env.store, &env.dp, None);
+    let release = |ip: &str| ReleaseAddressRequest {
+        pool_id: id.clone(),
+        address: ip.into(),
+    };
+    // EP2 is live (routed to its veth): a release of its address is a late one.
+    fresh
+        .release_address(release("10.78.0.6"), &me())
+        .await
+        .unwrap();
+    assert!(env.holder("10.78.0.6").await.is_some());
+    assert!(env.endpoint_record(EP2).await.is_some());
+    // EP1 was deleted: its release frees the address and its record together.
+    fresh
+        .release_address(release("10.78.0.5"), &me())
+        .await
+        .unwrap();
+    assert!(env.holder("10.78.0.5").await.is_none());
+    assert!(env.endpoint_record(EP1).await.is_none());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
