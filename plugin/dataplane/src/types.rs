@@ -24,13 +24,14 @@ pub struct EndpointSpec {
     /// Container network namespace file (`/proc/PID/ns/net`, `/run/netns/NAME`); `Some`
     /// for CNI, `None` for Docker.
     pub netns: Option<PathBuf>,
-    /// The container side's MAC; `None` lets the kernel pick one. CNI endpoints take
-    /// theirs from the address ([`container_mac_for`]), so the endpoint record, which
-    /// is written with the address before the veth exists, already holds it.
+    /// The container side's MAC; `None` lets the kernel pick one. brindle's endpoints
+    /// take theirs from the address ([`container_mac_for`]), so the endpoint record,
+    /// written before or while the veth is made, already holds it.
     pub container_mac: Option<MacAddr>,
 }
 
-/// The container-side MAC of a CNI endpoint: locally administered (`0e:62`, "b") plus
+/// The container-side MAC of an endpoint (CNI, and Docker unless the user set one):
+/// locally administered (`0e:62`, "b") plus
 /// the four octets of its address. Only the veth's two ends see it (there is no shared
 /// segment), and one address is on one endpoint at a time.
 pub fn container_mac_for(ip: Ipv4Addr) -> MacAddr {
@@ -39,7 +40,8 @@ pub fn container_mac_for(ip: Ipv4Addr) -> MacAddr {
 }
 
 impl EndpointSpec {
-    /// A Docker (CNM) endpoint: host end `brl<id>`, peer `tmp<id>` on the host.
+    /// A Docker (CNM) endpoint: host end `brl<id>`, peer `tmp<id>` on the host; the
+    /// kernel picks the peer's MAC unless `container_mac` is set.
     pub fn for_docker(endpoint_id: &str, ip: Ipv4Addr, mtu: Option<u32>) -> Self {
         Self {
             host_ifname: host_ifname_for(endpoint_id),

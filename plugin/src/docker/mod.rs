@@ -28,8 +28,7 @@
 //! | path, in order | killed after this step, left behind | repaired by |
 //! |---|---|---|
 //! | `RequestAddress`: 1. allocate (handle `docker-<random>`, `orchestrator=docker`, `node`, `dockerd`) | an address no endpoint holds | the retry takes another; the reconcile releases it (no record, dockerd does not list it, no route) |
-//! | `CreateEndpoint`: 1. veth + /32 route | a record-less veth | the retry replaces it (the name derives from the endpoint id); else the reconcile deletes it, then releases the address |
-//! | 2. record (before the answer) | a record Docker may not know | the retry answers from it; else the reconcile removes record, veth and address once dockerd does not list the endpoint |
+//! | `CreateEndpoint`: veth + /32 route, and at the same time the record (both before the answer) | a record-less veth, or a record without its veth, or both | the retry writes the record again and replaces the veth (the name derives from the endpoint id); else the reconcile deletes a record-less veth, removes a record once dockerd does not list the endpoint, then releases the address |
 //! | `Join`: in memory only (the next hop is routed in the sandbox, where a restarted brindled reads it) | — | the retry |
 //! | `Leave`: in memory only | — | — |
 //! | `DeleteEndpoint`: 1. /32 route deleted 2. veth handed to the reaper (the record stays for `ReleaseAddress`) | a route-less veth and its record | the retry; `ReleaseAddress`, which sees the record's route gone; else the reconcile: record (dockerd no longer lists it), veth, address |

@@ -16,7 +16,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use brindle_dataplane::{host_ifname_for, temp_ifname_for, EndpointSpec};
+use brindle_dataplane::{container_mac_for, host_ifname_for, temp_ifname_for, EndpointSpec};
 use brindle_ipam::state::{self, cas_loop, cas_put, Attempt};
 use brindle_ipam::{budget, IpamError};
 use ipnetwork::Ipv4Network;
@@ -254,35 +254,11 @@ impl<B: Backend> Driver<B> {
         let handle = self.handle_of(ip).await?;
         // A veth of a deleted endpoint that served this address may still be going.
         self.backend.reaper().settle_ip(ip).await;
-        let spec = EndpointSpec::for_docker(&eid, ip, net.mtu);
-        let peer_mac = match self.dataplane().create_veth_on_host(&spec).await {
-            Ok(mac) => mac,
-            // The name derives from the endpoint id: the veth of an earlier attempt of
-            // this very call, which a kill interrupted (Docker retries the call).
-            Err(e)
-                if e.errno() == Some(libc::EEXIST)
-                    && self
-                        .dataplane()
-                        .host_veth(&spec.host_ifname)
-                        .await?
-                        .is_some() =>
-            {
-                let key = self.keys().endpoint(self.node(), &eid);
-                let stored: Option<DockerEndpoint> = records::get(self.store(), key).await?;
-                if let Some(ep) = stored.filter(|ep| ep.base.ip == ip) {
-                    // Interrupted after its record was written: answer as it would have.
-                    let mac = ep.base.mac.clone().unwrap_or_default();
-                    self.cache().endpoints.insert(eid, ep);
-                    return Ok(reply(&mac));
-                }
-                warn!(host = %spec.host_ifname, "replacing the veth an interrupted CreateEndpoint of this endpoint left");
-                self.dataplane().delete_endpoint(&spec.host_ifname).await?;
-                self.dataplane().create_veth_on_host(&spec).await?
-            }
-            Err(e) => return Err(e.into()),
-        };
+        let mut spec = EndpointSpec::for_docker(&eid, ip, net.mtu);
+        // A MAC known beforehand, so the record can be written while the veth is built.
+        spec.container_mac = Some(container_mac_for(ip));
         let mac = if iface.mac_address.is_empty() {
-            peer_mac.to_string()
+            container_mac_for(ip).to_string()
         } else {
             iface.mac_address.clone()
         };
@@ -304,16 +280,52 @@ impl<B: Backend> Driver<B> {
             gateway: None,
             dockerd: caller.0.clone(),
         };
-        if let Err(e) = self.persist_endpoint(&ep).await {
-            // Not acknowledged, so Docker will not delete it: undo the veth now.
-            if let Err(undo) = self.dataplane().delete_endpoint(&spec.host_ifname).await {
-                warn!(host = %spec.host_ifname, error = %undo, "cannot remove the veth of an endpoint that failed");
+        // The etcd write and the kernel's work overlap: either alone is what a kill
+        // between two sequential steps would leave, which the retry and the reconcile
+        // repair (see the table in `mod.rs`).
+        let (wired, persisted) = tokio::join!(self.build_veth(&spec), self.persist_endpoint(&ep));
+        // Not acknowledged, so Docker will not delete it: undo what was made.
+        match (wired, persisted) {
+            (Ok(()), Ok(())) => {}
+            (Err(e), persisted) => {
+                if persisted.is_ok() {
+                    let key = self.keys().endpoint(self.node(), &eid);
+                    if let Err(undo) = records::delete(self.store(), key).await {
+                        warn!(endpoint = %short(&eid), error = %undo, "cannot remove the record of an endpoint that failed");
+                    }
+                }
+                return Err(e);
             }
-            return Err(e);
+            (Ok(()), Err(e)) => {
+                if let Err(undo) = self.dataplane().delete_endpoint(&spec.host_ifname).await {
+                    warn!(host = %spec.host_ifname, error = %undo, "cannot remove the veth of an endpoint that failed");
+                }
+                return Err(e);
+            }
         }
         info!(endpoint = %short(&eid), network = %short(&net.id), %ip, host = %spec.host_ifname, "endpoint created");
         self.cache().endpoints.insert(eid, ep);
         Ok(reply(&mac))
+    }
+
+    /// The endpoint's veth pair and /32 route. The name derives from the endpoint id:
+    /// a veth by that name is what an earlier attempt of this very call left when a
+    /// kill interrupted it (Docker retries the call), so it is replaced.
+    async fn build_veth(&self, spec: &EndpointSpec) -> Result<(), DockerError> {
+        let dp = self.dataplane();
+        match dp.create_veth_on_host(spec).await {
+            Ok(_) => Ok(()),
+            Err(e)
+                if e.errno() == Some(libc::EEXIST)
+                    && dp.host_veth(&spec.host_ifname).await?.is_some() =>
+            {
+                warn!(host = %spec.host_ifname, "replacing the veth an interrupted CreateEndpoint of this endpoint left");
+                dp.delete_endpoint(&spec.host_ifname).await?;
+                dp.create_veth_on_host(spec).await?;
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     async fn persist_endpoint(&self, ep: &DockerEndpoint) -> Result<(), DockerError> {
@@ -711,12 +723,20 @@ mod tests {
             (stored.base.ip, stored.base.handle.as_str()),
             (ip, "docker-1")
         );
-        // Killed after the record, before the answer: answered from the record.
+        // Killed after both, before the answer: done again, with the same answer.
         let again = restarted()
             .create_endpoint(req(), &Caller::default())
             .await
             .unwrap();
         assert_eq!(again.interface.unwrap().mac_address, mac);
-        assert_eq!(dp.link_of(&spec.host_ifname), Some(link), "veth kept");
+        assert_eq!(mac, container_mac_for(ip).to_string());
+        let relinked = dp.link_of(&spec.host_ifname).expect("a veth");
+        assert_ne!(relinked, link, "the unacknowledged veth was replaced");
+        assert_eq!(dp.host_routes(), [(ip, spec.host_ifname.clone())]);
+        let stored: DockerEndpoint = records::get(&store, ipam.keys().endpoint("n1", &eid))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(stored.base.mac.as_deref(), Some(mac.as_str()));
     }
 }

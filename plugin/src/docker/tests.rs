@@ -379,7 +379,7 @@ async fn container_lifecycle_as_docker_drives_it() {
     let handle = env.holder("10.50.0.7").await.expect("allocated");
     assert!(handle.starts_with("docker-"), "{handle}");
     let r = env.endpoint(NET, EP1, "10.50.0.7/32").await;
-    let mac = FakeDataplane::mac_for("10.50.0.7".parse().unwrap()).to_string();
+    let mac = brindle_dataplane::container_mac_for("10.50.0.7".parse().unwrap()).to_string();
     assert_eq!(r, json!({"Interface":{"MacAddress":mac}}));
     let spec = &env.dp.endpoints()[0];
     assert_eq!(spec.host_ifname, "brld7f55ee7720");
