@@ -10,6 +10,8 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
+use futures::channel::oneshot;
+
 use ipnetwork::Ipv4Network;
 
 use super::{
@@ -124,6 +126,8 @@ struct State {
     last_ifindex: u32,
     /// netns path → the link-local next hops routed there (what Docker installs).
     netns_next_hops: BTreeMap<PathBuf, BTreeSet<Ipv4Addr>>,
+    /// Operations whose next call waits for its gate before it takes effect.
+    holds: HashMap<FakeOp, oneshot::Receiver<()>>,
 }
 
 /// A recording, failure-injecting, in-memory [`Dataplane`].
@@ -248,6 +252,14 @@ impl FakeDataplane {
         }
     }
 
+    /// Makes the next call of `op` wait, before it takes effect, until the returned
+    /// gate is fired or dropped: a slow kernel, to order concurrent requests in tests.
+    pub fn hold_next(&self, op: FakeOp) -> oneshot::Sender<()> {
+        let (open, gate) = oneshot::channel();
+        self.lock().holds.insert(op, gate);
+        open
+    }
+
     /// Removes an endpoint's host route as if someone else had (to test CHECK).
     pub fn remove_host_route_externally(&self, ip: Ipv4Addr) {
         self.lock().host_routes.remove(&ip);
@@ -265,14 +277,34 @@ impl FakeDataplane {
     }
 
     /// Records the call and applies `f` unless a failure is injected for it.
-    fn call<T: Send + 'static>(
-        &self,
+    /// Records `call`, then applies `f` (or an injected failure) at once, or once the
+    /// gate of [`FakeDataplane::hold_next`] opens.
+    fn call<'a, T: Send + 'a>(
+        &'a self,
         call: FakeCall,
-        f: impl FnOnce(&mut State) -> Result<T, DataplaneError>,
-    ) -> DpFuture<'static, T> {
-        let mut st = self.lock();
+        f: impl FnOnce(&mut State) -> Result<T, DataplaneError> + Send + 'a,
+    ) -> DpFuture<'a, T> {
         let op = call.op();
-        st.calls.push(call);
+        let held = {
+            let mut st = self.lock();
+            st.calls.push(call);
+            st.holds.remove(&op)
+        };
+        match held {
+            None => Box::pin(std::future::ready(self.apply(op, f))),
+            Some(gate) => Box::pin(async move {
+                let _ = gate.await;
+                self.apply(op, f)
+            }),
+        }
+    }
+
+    fn apply<T>(
+        &self,
+        op: FakeOp,
+        f: impl FnOnce(&mut State) -> Result<T, DataplaneError>,
+    ) -> Result<T, DataplaneError> {
+        let mut st = self.lock();
         let injected = match st.failures.get_mut(&op) {
             Some(fail) => {
                 let errno = fail.errno;
@@ -286,14 +318,13 @@ impl FakeDataplane {
             }
             None => None,
         };
-        let res = match injected {
+        match injected {
             Some(errno) => Err(DataplaneError::from_errno(
                 format!("{op:?} (injected)"),
                 errno,
             )),
             None => f(&mut st),
-        };
-        Box::pin(std::future::ready(res))
+        }
     }
 }
 
@@ -390,7 +421,7 @@ impl Dataplane for FakeDataplane {
     }
 
     fn delete_endpoint<'a>(&'a self, host_ifname: &'a str) -> DpFuture<'a, bool> {
-        self.call(FakeCall::DeleteEndpoint(host_ifname.to_string()), |st| {
+        self.call(FakeCall::DeleteEndpoint(host_ifname.to_string()), move |st| {
             validate_ifname(host_ifname)?;
             let existed = st.endpoints.remove(host_ifname).is_some();
             // The kernel drops every route through a deleted link.
@@ -443,7 +474,7 @@ impl Dataplane for FakeDataplane {
     }
 
     fn list_routes_with_our_protocol(&self) -> DpFuture<'_, Vec<OwnedRoute>> {
-        self.call(FakeCall::ListRoutes, |st| {
+        self.call(FakeCall::ListRoutes, move |st| {
             let mut out: Vec<OwnedRoute> = st
                 .blackholes
                 .iter()
@@ -489,14 +520,14 @@ impl Dataplane for FakeDataplane {
     }
 
     fn enable_ip_forward(&self) -> DpFuture<'_, ()> {
-        self.call(FakeCall::EnableIpForward, |st| {
+        self.call(FakeCall::EnableIpForward, move |st| {
             st.ip_forward = true;
             Ok(())
         })
     }
 
     fn list_host_veths(&self) -> DpFuture<'_, Vec<String>> {
-        self.call(FakeCall::ListHostVeths, |st| {
+        self.call(FakeCall::ListHostVeths, move |st| {
             Ok(st.endpoints.keys().cloned().collect())
         })
     }

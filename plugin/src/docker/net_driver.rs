@@ -251,6 +251,10 @@ impl<B: Backend> Driver<B> {
             // A repeated call: the veth and the record exist already.
             return Ok(reply(ep.base.mac.as_deref().unwrap_or_default()));
         }
+        // Until the record and the route are both in place, a `ReleaseAddress` of the
+        // address (a late one of an earlier holder) waits: it would take a record
+        // without its route for a deleted endpoint's (`stale_release`).
+        let _claim = self.lock_address(ip).await?;
         let handle = self.handle_of(ip).await?;
         // A veth of a deleted endpoint that served this address may still be going.
         self.backend.reaper().settle_ip(ip).await;

@@ -866,6 +866,56 @@ async fn a_container_costs_three_writes_and_no_record_outlives_its_address() {
     assert!(env.holder("10.77.0.7").await.is_none());
 }
 
+/// `CreateEndpoint` writes the record while the kernel builds the veth: a late
+/// `ReleaseAddress` of an earlier holder of the address that arrives then must not
+/// take the record without its route for a deleted endpoint's and free the address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_release_during_create_endpoint_waits_and_is_ignored() {
+    let env = env().await;
+    let id = env.pool("10.79.0.0/24", "", json!({})).await;
+    env.network(NET, "10.79.0.0/24", json!({})).await;
+    env.address(&id, "10.79.0.5").await;
+    let slow_kernel = env.dp.hold_next(FakeOp::CreateVethOnHost);
+    let create = tokio::spawn({
+        let driver = env.driver.clone();
+        async move {
+            let req = CreateEndpointRequest {
+                network_id: NET.into(),
+                endpoint_id: EP1.into(),
+                interface: Some(EndpointInterface {
+                    address: "10.79.0.5/32".into(),
+                    ..Default::default()
+                }),
+                options: None,
+            };
+            driver.create_endpoint(req, &me()).await
+        }
+    });
+    // The record is written; the veth and its route are not there yet.
+    while env.endpoint_record(EP1).await.is_none() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(env.dp.host_routes().is_empty());
+    let release = tokio::spawn({
+        let driver = env.driver.clone();
+        let req = ReleaseAddressRequest {
+            pool_id: id.clone(),
+            address: "10.79.0.5".into(),
+        };
+        async move { driver.release_address(req, &me()).await }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    slow_kernel.send(()).unwrap();
+    create.await.unwrap().unwrap();
+    release.await.unwrap().unwrap();
+    assert!(
+        env.holder("10.79.0.5").await.is_some(),
+        "a live endpoint's address was released"
+    );
+    assert!(env.endpoint_record(EP1).await.is_some());
+    assert_eq!(env.dp.host_routes().len(), 1);
+}
+
 /// brindled restarted between `DeleteEndpoint` and `ReleaseAddress`: the new process
 /// never saw the delete, but the record's route is gone, so the release is the
 /// endpoint's own and takes the record along; a live endpoint's address is still kept.
