@@ -295,6 +295,19 @@ async fn settle(dp: &FakeDataplane) {
     }
 }
 
+/// A `CreateEndpoint` as Docker sends it for `address` (`A.B.C.D/32`).
+fn create_request(net: &str, ep: &str, address: impl Into<String>) -> CreateEndpointRequest {
+    CreateEndpointRequest {
+        network_id: net.into(),
+        endpoint_id: ep.into(),
+        interface: Some(EndpointInterface {
+            address: address.into(),
+            ..Default::default()
+        }),
+        options: None,
+    }
+}
+
 fn me() -> Caller {
     Caller(dockerd::identity(std::process::id() as i32))
 }
@@ -879,15 +892,7 @@ async fn a_late_release_during_create_endpoint_waits_and_is_ignored() {
     let create = tokio::spawn({
         let driver = env.driver.clone();
         async move {
-            let req = CreateEndpointRequest {
-                network_id: NET.into(),
-                endpoint_id: EP1.into(),
-                interface: Some(EndpointInterface {
-                    address: "10.79.0.5/32".into(),
-                    ..Default::default()
-                }),
-                options: None,
-            };
+            let req = create_request(NET, EP1, "10.79.0.5/32");
             driver.create_endpoint(req, &me()).await
         }
     });
@@ -980,18 +985,7 @@ async fn state_survives_a_restart_of_brindled() {
         .unwrap()
         .address;
     let ep2 = fresh
-        .create_endpoint(
-            CreateEndpointRequest {
-                network_id: NET.into(),
-                endpoint_id: EP2.into(),
-                interface: Some(EndpointInterface {
-                    address,
-                    ..Default::default()
-                }),
-                options: None,
-            },
-            &me(),
-        )
+        .create_endpoint(create_request(NET, EP2, address), &me())
         .await
         .unwrap();
     assert!(ep2.interface.is_some());
@@ -1046,18 +1040,7 @@ async fn fixed_address_comes_back_after_a_dockerd_restart_that_skipped_the_relea
         .await
         .unwrap();
     env.driver
-        .create_endpoint(
-            CreateEndpointRequest {
-                network_id: NET.into(),
-                endpoint_id: EP1.into(),
-                interface: Some(EndpointInterface {
-                    address: "10.77.0.5/32".into(),
-                    ..Default::default()
-                }),
-                options: None,
-            },
-            &old,
-        )
+        .create_endpoint(create_request(NET, EP1, "10.77.0.5/32"), &old)
         .await
         .unwrap();
     // The same daemon asking again: another container wants a live one's address.
@@ -1154,18 +1137,7 @@ async fn sweep_frees_what_dead_daemons_left_but_keeps_reservations() {
         .await
         .unwrap();
     env.driver
-        .create_endpoint(
-            CreateEndpointRequest {
-                network_id: NET.into(),
-                endpoint_id: EP1.into(),
-                interface: Some(EndpointInterface {
-                    address: "10.78.0.30/32".into(),
-                    ..Default::default()
-                }),
-                options: None,
-            },
-            &old,
-        )
+        .create_endpoint(create_request(NET, EP1, "10.78.0.30/32"), &old)
         .await
         .unwrap();
     // One from the current daemon: never touched.
@@ -1302,18 +1274,7 @@ async fn endpoint_on(
         .unwrap()
         .address;
     driver
-        .create_endpoint(
-            CreateEndpointRequest {
-                network_id: net.into(),
-                endpoint_id: ep.into(),
-                interface: Some(EndpointInterface {
-                    address,
-                    ..Default::default()
-                }),
-                options: None,
-            },
-            &me(),
-        )
+        .create_endpoint(create_request(net, ep, address), &me())
         .await
         .unwrap();
     let key = driver.keys().endpoint(driver.node(), ep);
@@ -1574,18 +1535,7 @@ async fn a_reclaimed_address_survives_late_releases_of_its_previous_owner() {
     };
     env.driver.request_address(ask, &old).await.unwrap();
     env.driver
-        .create_endpoint(
-            CreateEndpointRequest {
-                network_id: NET.into(),
-                endpoint_id: EP1.into(),
-                interface: Some(EndpointInterface {
-                    address: "10.91.0.5/32".into(),
-                    ..Default::default()
-                }),
-                options: None,
-            },
-            &old,
-        )
+        .create_endpoint(create_request(NET, EP1, "10.91.0.5/32"), &old)
         .await
         .unwrap();
     // The old container died with its daemon; the new daemon (this process, on the
@@ -1660,18 +1610,7 @@ async fn the_new_daemon_releases_what_an_adopted_container_held() {
         .unwrap();
     let ip = r.address.trim_end_matches("/32").to_string();
     env.driver
-        .create_endpoint(
-            CreateEndpointRequest {
-                network_id: NET.into(),
-                endpoint_id: EP1.into(),
-                interface: Some(EndpointInterface {
-                    address: r.address.clone(),
-                    ..Default::default()
-                }),
-                options: None,
-            },
-            &old,
-        )
+        .create_endpoint(create_request(NET, EP1, r.address.clone()), &old)
         .await
         .unwrap();
     let ids = json!({"NetworkID":NET,"EndpointID":EP1});
