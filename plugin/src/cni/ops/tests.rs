@@ -50,16 +50,21 @@ fn add_req(cid: &str, mode: Mode, ip: Option<Ipv4Addr>) -> AddRequest {
     }
 }
 
+/// Node `n1` on `dp`, deleting veths before DEL returns.
+fn ctx_on<'a>(ipam: &'a Ipam<MemoryStore>, dp: &'a FakeDataplane) -> Ctx<'a, MemoryStore> {
+    Ctx {
+        ipam,
+        dataplane: Some(dp),
+        node: "n1",
+        reaper: None,
+    }
+}
+
 #[tokio::test(flavor = "current_thread")]
 async fn add_is_idempotent_and_del_releases() {
     let ipam = setup("10.9.0.0/24").await;
     let dp = FakeDataplane::new();
-    let ctx = Ctx {
-        ipam: &ipam,
-        dataplane: Some(&dp),
-        node: "n1",
-        reaper: None,
-    };
+    let ctx = ctx_on(&ipam, &dp);
     let a = add(&ctx, &add_req("c1", Mode::Ipam, None)).await.unwrap();
     let b = add(&ctx, &add_req("c1", Mode::Ipam, None)).await.unwrap();
     assert_eq!(a.ip, b.ip);
@@ -99,12 +104,7 @@ async fn add_is_idempotent_and_del_releases() {
 async fn endpoint_record_carries_segment_and_allow_from() {
     let ipam = setup("10.9.5.0/24").await;
     let dp = FakeDataplane::new();
-    let ctx = Ctx {
-        ipam: &ipam,
-        dataplane: Some(&dp),
-        node: "n1",
-        reaper: None,
-    };
+    let ctx = ctx_on(&ipam, &dp);
     let allow: Vec<Ipv4Network> = vec!["192.0.2.0/24".parse().unwrap()];
     let direct = AddRequest {
         allow_from: allow.clone(),
@@ -142,12 +142,7 @@ async fn endpoint_record_carries_segment_and_allow_from() {
 async fn failed_wiring_releases_a_new_address_only() {
     let ipam = setup("10.9.1.0/24").await;
     let dp = FakeDataplane::new();
-    let ctx = Ctx {
-        ipam: &ipam,
-        dataplane: Some(&dp),
-        node: "n1",
-        reaper: None,
-    };
+    let ctx = ctx_on(&ipam, &dp);
     dp.fail_once(FakeOp::CreateVethIntoNetns, libc::EPERM);
     let e = add(&ctx, &add_req("c1", Mode::Main, None))
         .await
@@ -163,12 +158,7 @@ async fn failed_wiring_releases_a_new_address_only() {
 async fn check_and_gc() {
     let ipam = setup("10.9.2.0/24").await;
     let dp = FakeDataplane::new();
-    let ctx = Ctx {
-        ipam: &ipam,
-        dataplane: Some(&dp),
-        node: "n1",
-        reaper: None,
-    };
+    let ctx = ctx_on(&ipam, &dp);
     let keep = add(&ctx, &add_req("keep", Mode::Main, None)).await.unwrap();
     let _gone = add(&ctx, &add_req("gone", Mode::Main, None)).await.unwrap();
     // Another network and a non-CNI allocation must survive GC.
@@ -351,12 +341,7 @@ async fn status_needs_a_usable_pool() {
 async fn add_and_del_are_one_write_each_and_a_record_never_outlives_its_address() {
     let ipam = setup("10.9.5.0/24").await;
     let dp = FakeDataplane::new();
-    let ctx = Ctx {
-        ipam: &ipam,
-        dataplane: Some(&dp),
-        node: "n1",
-        reaper: None,
-    };
+    let ctx = ctx_on(&ipam, &dp);
     let record = |id: &'static str| {
         let ipam = &ipam;
         async move {
