@@ -72,31 +72,31 @@ pub fn desired(snap: &Snapshot, node: &str) -> FirewallSpec {
         ..Default::default()
     };
     // The segments of each container (endpoints without a known container stand alone).
-    let mut containers: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
-    let owner = |e: &crate::endpoints::EndpointRecord| {
-        (
-            e.node.clone(),
-            e.container_id
-                .clone()
-                .unwrap_or_else(|| format!("endpoint:{}", e.id)),
-        )
-    };
-    for e in snap.endpoints.values() {
-        containers.entry(owner(e)).or_default().insert(e.segment());
+    let mut containers: BTreeMap<(&str, &str), BTreeSet<&str>> = BTreeMap::new();
+    for e in snap.endpoints.iter() {
+        containers
+            .entry((e.node, e.owner()))
+            .or_default()
+            .insert(&e.view.segment);
     }
-    for e in snap.endpoints.values() {
-        for segment in &containers[&owner(e)] {
-            spec.members
-                .entry(segment.clone())
-                .or_default()
-                .insert(e.ip);
+    for e in snap.endpoints.iter() {
+        let v = e.view;
+        for &segment in &containers[&(e.node, e.owner())] {
+            match spec.members.get_mut(segment) {
+                Some(set) => set.insert(v.ip),
+                None => spec
+                    .members
+                    .entry(segment.to_string())
+                    .or_default()
+                    .insert(v.ip),
+            };
         }
         if e.node == node {
             spec.local.insert(
-                e.ip,
+                v.ip,
                 Guard {
-                    segment: e.segment(),
-                    allow_from: e.allow_from.iter().copied().collect(),
+                    segment: v.segment.to_string(),
+                    allow_from: v.allow_from.iter().copied().collect(),
                 },
             );
         }

@@ -2,7 +2,9 @@
 //!
 //! One task follows etcd with the watch API (`watch.rs`) and publishes an immutable
 //! [`Snapshot`] of what this node acts on: nodes, global BGP settings, peers, pools,
-//! blocks and this node's endpoints. The reconcile loop wakes on every new snapshot
+//! and compact views of blocks and of every node's endpoints, shared between
+//! snapshots so that publishing one copies pointers (`snapshot.rs`, `cow.rs`,
+//! `endpoint_view.rs`). The reconcile loop wakes on every new snapshot
 //! (a change converges in milliseconds, well within a second) and every
 //! [`RESYNC`] (to repair drift: a route someone deleted, BIRD restarted) and makes
 //! one pass:
@@ -23,7 +25,10 @@
 //! allocations whose owner is gone, each repaired after `--reconcile-grace`.
 
 pub mod bird;
+pub mod cow;
+pub mod endpoint_view;
 pub mod firewall;
+pub mod memory;
 pub mod metrics;
 pub mod reconcile;
 pub mod register;
@@ -44,7 +49,7 @@ use bird::{BirdManager, BirdPaths, SyncState};
 use metrics::METRICS;
 use register::Registered;
 use routes::{Desired, RouteReconciler};
-pub use snapshot::{Prefixes, Snapshot};
+pub use snapshot::{EndpointView, Endpoints, Prefixes, Snapshot};
 
 /// Full re-check of kernel routes and BIRD, even without etcd changes.
 pub const RESYNC: Duration = Duration::from_secs(10);
@@ -270,7 +275,7 @@ pub async fn run_with<S: Store + Clone>(
     }
 
     let (tx, mut rx) = tokio::sync::watch::channel(Arc::new(Snapshot::default()));
-    let prefixes = Prefixes::new(&keys);
+    let prefixes = Prefixes::for_node(&keys, &cfg.node);
     let _watch = AbortOnDrop(tokio::spawn(watch::run(store.clone(), prefixes, tx)));
     let _repair = repair.map(|task| {
         let (node, dp, snapshots) = (cfg.node.clone(), dataplane.clone(), rx.clone());
@@ -301,6 +306,9 @@ pub async fn run_with<S: Store + Clone>(
                 next_full = now + RESYNC;
             }
             wait = wait.min(agent.pass(&snap, full).await);
+            if full {
+                memory::trim();
+            }
         }
         let until_full = next_full.saturating_duration_since(Instant::now());
         tokio::select! {
@@ -347,7 +355,7 @@ mod tests {
                 allocations: Default::default(),
                 cursor: 0,
             };
-            s.blocks.insert(cidr.to_string(), b);
+            s.blocks.insert(cidr.to_string(), Arc::new(b));
         }
         s
     }

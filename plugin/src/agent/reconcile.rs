@@ -243,7 +243,7 @@ impl Reconciler {
         let named: HashSet<&str> = locals
             .iter()
             .map(|l| l.ep.base.host_ifname.as_str())
-            .chain(snap.endpoints.values().map(|e| e.host_ifname.as_str()))
+            .chain(snap.endpoints.iter().map(|e| &*e.view.host_ifname))
             .collect();
         let pools: Vec<Ipv4Network> = snap.pools.values().map(|p| p.cidr).collect();
         let mut seen_links = HashSet::new();
@@ -609,6 +609,7 @@ pub async fn run<S: Store>(
                 warn!(error = %e, "reconcile pass failed; retrying at the next one");
             }
         }
+        super::memory::trim();
         tokio::time::sleep(settings.period).await;
     }
 }
@@ -622,6 +623,7 @@ mod tests {
     use brindle_ipam::pools::NewPool;
     use brindle_ipam::{AllocRequest, MemoryStore};
 
+    use crate::agent::snapshot::compact_block;
     use crate::cni::ops::{self, AddRequest, Attachment, Ctx, Mode, Target};
     use crate::endpoints::{get_endpoint, EndpointRecord};
 
@@ -694,7 +696,7 @@ mod tests {
             }
         }
 
-        /// The agent's view: pools and blocks as stored now.
+        /// The agent's view: pools and blocks as stored now, compacted as the agent's.
         async fn snapshot(&self) -> Snapshot {
             let mut snap = Snapshot {
                 revision: 1,
@@ -704,7 +706,8 @@ mod tests {
                 snap.pools.insert(p.name.clone(), p);
             }
             for b in self.ipam.all_blocks().await.unwrap() {
-                snap.blocks.insert(b.cidr.to_string(), b);
+                let b = compact_block(b, Some(NODE));
+                snap.blocks.insert(b.cidr.to_string(), Arc::new(b));
             }
             snap
         }

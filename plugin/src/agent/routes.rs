@@ -50,9 +50,8 @@ impl Desired {
             .collect();
         let host_routes = snap
             .endpoints
-            .values()
-            .filter(|e| e.node == node)
-            .map(|e| (e.ip, e.host_ifname.clone()))
+            .on(node)
+            .map(|e| (e.view.ip, e.view.host_ifname.to_string()))
             .collect();
         let pools = snap.pools.values().map(|p| p.cidr).collect();
         Self {
@@ -244,6 +243,7 @@ mod tests {
     use crate::endpoints::EndpointRecord;
     use brindle_dataplane::{EndpointSpec, FakeCall, FakeDataplane, FakeOp};
     use brindle_ipam::Block;
+    use std::sync::Arc;
 
     fn block(cidr: &str, node: Option<&str>) -> Block {
         Block {
@@ -292,10 +292,10 @@ mod tests {
             );
         }
         for b in blocks {
-            s.blocks.insert(b.cidr.to_string(), b.clone());
+            s.blocks.insert(b.cidr.to_string(), Arc::new(b.clone()));
         }
         for e in endpoints {
-            s.endpoints.insert(e.id.clone(), e.clone());
+            s.endpoints.insert(&e.id, e.clone());
         }
         s
     }

@@ -1,18 +1,28 @@
-//! The agent's view of etcd: everything that decides this node's routes and BIRD
-//! configuration, kept current from one etcd watch (see `watch.rs`) and handed to the
-//! reconcile loop as an immutable [`Snapshot`].
+//! The agent's view of etcd: everything that decides this node's routes, BIRD
+//! configuration and firewall, kept current from one etcd watch (see `watch.rs`) and
+//! handed to the passes as an immutable [`Snapshot`].
+//!
+//! The view is compact and shared: of blocks and endpoints it keeps only what the
+//! passes read (below), and each section sits behind an `Arc` (`cow.rs`), so cloning
+//! a snapshot to publish it copies pointers, and a change copies only its section
+//! (for endpoints, only its node's group).
 
-use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use brindle_bgp::{BgpGlobal, BgpNode, BgpPeer, RoutingView};
+use brindle_ipam::model::ATTR_NODE;
 use brindle_ipam::state::decode_value;
-use brindle_ipam::{Block, Keys, Pool};
+use brindle_ipam::{Allocation, Block, Keys, Pool};
+use serde::de::DeserializeOwned;
 use tracing::warn;
 
+use super::cow::CowMap;
+pub use super::endpoint_view::{EndpointView, Endpoints, Entry};
 use crate::bgpstore;
 use crate::endpoints::EndpointRecord;
 
-/// Where the watched records live (each taken from [`Keys`]; the layout is its own).
+/// Where the watched records live (each taken from [`Keys`]; the layout is its own),
+/// and whose view it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Prefixes {
     /// `PREFIX/v1/`: the one watch covers everything below.
@@ -30,10 +40,13 @@ pub struct Prefixes {
     /// `PREFIX/v1/endpoints/`: every node's endpoints (the firewall's network sets
     /// need the remote ones; routes take the local ones).
     pub endpoints: String,
+    /// The node whose view this is: its allocations are kept whole (the crash repair
+    /// reads their owners); `None` keeps no one's.
+    pub node: Option<String>,
 }
 
 impl Prefixes {
-    /// The prefixes under `keys`.
+    /// The prefixes under `keys`, for a view of no particular node.
     pub fn new(keys: &Keys) -> Self {
         Self {
             root: keys.all(),
@@ -43,6 +56,15 @@ impl Prefixes {
             pools: keys.pools(),
             blocks: keys.blocks(),
             endpoints: keys.endpoints(),
+            node: None,
+        }
+    }
+
+    /// The prefixes under `keys`, for `node`'s agent.
+    pub fn for_node(keys: &Keys, node: &str) -> Self {
+        Self {
+            node: Some(node.to_string()),
+            ..Self::new(keys)
         }
     }
 
@@ -59,7 +81,8 @@ impl Prefixes {
     }
 }
 
-/// The records one node's agent acts on, as of one etcd revision.
+/// The records one node's agent acts on, as of one etcd revision. Cloning is cheap:
+/// the sections are shared until written.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Snapshot {
     /// etcd revision this view is complete up to; 0 before the first load.
@@ -67,15 +90,15 @@ pub struct Snapshot {
     /// Global BGP settings (defaults when never set).
     pub global: BgpGlobal,
     /// Nodes by name.
-    pub nodes: BTreeMap<String, BgpNode>,
+    pub nodes: CowMap<String, BgpNode>,
     /// Peers by name.
-    pub peers: BTreeMap<String, BgpPeer>,
+    pub peers: CowMap<String, BgpPeer>,
     /// IP pools by name.
-    pub pools: BTreeMap<String, Pool>,
-    /// Every block, by key.
-    pub blocks: BTreeMap<String, Block>,
-    /// Every node's endpoints, by key (`EndpointRecord::node` tells local ones).
-    pub endpoints: BTreeMap<String, EndpointRecord>,
+    pub pools: CowMap<String, Pool>,
+    /// Every block, by key, compacted by [`compact_block`].
+    pub blocks: CowMap<String, Arc<Block>>,
+    /// Every node's endpoints, as [`EndpointView`]s.
+    pub endpoints: Endpoints,
 }
 
 /// Which part of the snapshot a key belongs to.
@@ -87,6 +110,48 @@ pub enum KeyKind {
     Pool,
     Block,
     Endpoint,
+}
+
+/// What the passes read of `block`: its CIDR, pool and node, and of its allocations
+/// those of `local` (whole: the crash repair judges them by their owner attributes)
+/// and those another node holds (that node alone: BIRD announces them as /32s).
+/// Every other allocation, the bulk of a cluster's state, is dropped.
+pub fn compact_block(mut block: Block, local: Option<&str>) -> Block {
+    let affinity = block.affinity.as_deref();
+    block.allocations = std::mem::take(&mut block.allocations)
+        .into_iter()
+        .filter_map(|(ip, mut a)| {
+            let node = a.node()?;
+            if Some(node) == local {
+                return Some((ip, a));
+            }
+            if Some(node) == affinity {
+                return None;
+            }
+            let node = a.attrs.remove(ATTR_NODE)?;
+            let borrowed = Allocation {
+                handle: String::new(),
+                attrs: [(ATTR_NODE.to_string(), node)].into(),
+            };
+            Some((ip, borrowed))
+        })
+        .collect();
+    block
+}
+
+/// `value` decoded, or `None` (logged) when it does not decode.
+fn decoded<T: DeserializeOwned>(key: &str, value: &[u8], what: &str) -> Option<T> {
+    decode_value::<T>(key, value)
+        .map_err(|e| warn!(error = %e, "ignoring {what}"))
+        .ok()
+}
+
+/// A BGP record decoded and checked as `bgpstore` reads it (its name agrees with its
+/// key, its values are valid), or `None` (logged).
+fn decoded_bgp<T: bgpstore::StoredRecord>(key: &str, value: &[u8], what: &str) -> Option<T> {
+    bgpstore::decode_record::<T>(key, value)
+        .map_err(|e| warn!(error = %e, "ignoring {what}"))
+        .ok()
 }
 
 impl Snapshot {
@@ -122,68 +187,61 @@ impl Snapshot {
         let Some(kind) = Self::classify(prefixes, key) else {
             return false;
         };
-        fn set<T: serde::de::DeserializeOwned>(
-            map: &mut BTreeMap<String, T>,
-            key: &str,
-            value: Option<&[u8]>,
-        ) {
-            match value.map(|v| decode_value::<T>(key, v)) {
-                Some(Ok(v)) => {
-                    map.insert(key.to_string(), v);
-                }
-                Some(Err(e)) => {
-                    warn!(error = %e, "ignoring a record");
-                    map.remove(key);
-                }
-                None => {
-                    map.remove(key);
-                }
-            }
-        }
         match kind {
             KeyKind::Global => {
-                self.global = match value.map(|v| decode_value::<BgpGlobal>(key, v)) {
-                    Some(Ok(g)) => g,
-                    Some(Err(e)) => {
-                        warn!(error = %e, "ignoring the global BGP settings; using defaults");
-                        BgpGlobal::default()
-                    }
-                    None => BgpGlobal::default(),
-                };
+                self.global = value
+                    .and_then(|v| decoded_bgp(key, v, "the global BGP settings; using defaults"))
+                    .unwrap_or_default();
             }
             KeyKind::Node => {
                 let name = &key[prefixes.nodes.len()..];
-                let mut tmp = BTreeMap::new();
-                set::<BgpNode>(&mut tmp, key, value);
-                match tmp.remove(key) {
+                match value.and_then(|v| decoded_bgp::<BgpNode>(key, v, "a record")) {
                     Some(n) if n.name == name => {
                         self.nodes.insert(name.to_string(), n);
                     }
                     Some(n) => {
                         warn!(key, stored = %n.name, "ignoring a node record whose name differs from its key");
-                        self.nodes.remove(name);
+                        remove(&mut self.nodes, name);
                     }
-                    None => {
-                        self.nodes.remove(name);
-                    }
+                    None => remove(&mut self.nodes, name),
                 }
             }
             KeyKind::Peer => {
                 let name = &key[prefixes.peers.len()..];
-                let mut tmp = BTreeMap::new();
-                set::<BgpPeer>(&mut tmp, key, value);
-                match tmp.remove(key) {
+                match value.and_then(|v| decoded_bgp::<BgpPeer>(key, v, "a record")) {
                     Some(p) => {
                         self.peers.insert(name.to_string(), p);
                     }
-                    None => {
-                        self.peers.remove(name);
-                    }
+                    None => remove(&mut self.peers, name),
                 }
             }
-            KeyKind::Pool => set(&mut self.pools, key, value),
-            KeyKind::Block => set(&mut self.blocks, key, value),
-            KeyKind::Endpoint => set(&mut self.endpoints, key, value),
+            KeyKind::Pool => match value.and_then(|v| decoded::<Pool>(key, v, "a record")) {
+                Some(p) => {
+                    self.pools.insert(key.to_string(), p);
+                }
+                None => remove(&mut self.pools, key),
+            },
+            KeyKind::Block => match value.and_then(|v| decoded::<Block>(key, v, "a record")) {
+                Some(b) => {
+                    let b = compact_block(b, prefixes.node.as_deref());
+                    self.blocks.insert(key.to_string(), Arc::new(b));
+                }
+                None => remove(&mut self.blocks, key),
+            },
+            KeyKind::Endpoint => {
+                let rest = &key[prefixes.endpoints.len()..];
+                let (node, id) = rest.split_once('/').unwrap_or((rest, ""));
+                match value.and_then(|v| decoded::<EndpointRecord>(key, v, "a record")) {
+                    Some(e) if e.node == node => {
+                        self.endpoints.put(node, id, e);
+                    }
+                    Some(e) => {
+                        warn!(key, stored = %e.node, "ignoring an endpoint record whose node differs from its key");
+                        self.endpoints.remove(node, id);
+                    }
+                    None => self.endpoints.remove(node, id),
+                }
+            }
         }
         true
     }
@@ -200,7 +258,14 @@ impl Snapshot {
 
     /// Blocks, borrowed addresses and pools for the renderers.
     pub fn routing_view(&self) -> RoutingView {
-        bgpstore::routing_view(self.blocks.values(), self.pools.values())
+        bgpstore::routing_view(self.blocks.values().map(|b| &**b), self.pools.values())
+    }
+}
+
+/// Removes `key` from a shared map, copying the map only when the key is there.
+fn remove<V: Clone>(map: &mut CowMap<String, V>, key: &str) {
+    if map.contains_key(key) {
+        map.remove(key);
     }
 }
 
@@ -270,6 +335,94 @@ mod tests {
         assert!(s.nodes.is_empty());
         assert!(s.apply(&p, "/b/v1/ipam/blocks/10.9.0.0-26", None));
         assert!(s.blocks.is_empty());
+    }
+
+    #[test]
+    fn blocks_keep_what_the_passes_read() {
+        let p = Prefixes::for_node(&Keys::new("/b"), "me");
+        let mut s = Snapshot::default();
+        let cni = json!({"node": "me", "orchestrator": "cni", "container": "c", "ifname": "eth0"});
+        s.apply(
+            &p,
+            "/b/v1/ipam/blocks/10.9.0.0-26",
+            Some(&bytes(json!({
+                "cidr": "10.9.0.0/26", "pool": "p", "affinity": "n2",
+                "allocations": {
+                    "10.9.0.1": {"handle": "mine", "attrs": cni},
+                    "10.9.0.2": {"handle": "theirs", "attrs": {"node": "n2", "container": "x"}},
+                    "10.9.0.3": {"handle": "borrowed", "attrs": {"node": "n3", "container": "y"}},
+                    "10.9.0.4": {"handle": "nobody's", "attrs": {}}
+                }
+            }))),
+        );
+        let b = &s.blocks["/b/v1/ipam/blocks/10.9.0.0-26"];
+        assert_eq!(b.affinity.as_deref(), Some("n2"));
+        let kept: Vec<String> = b.allocations.keys().map(ToString::to_string).collect();
+        assert_eq!(kept, ["10.9.0.1", "10.9.0.3"]);
+        let mine = &b.allocations[&"10.9.0.1".parse().unwrap()];
+        assert_eq!(mine.handle, "mine");
+        assert_eq!(mine.attrs.len(), 4, "this node's allocations stay whole");
+        let borrowed = &b.allocations[&"10.9.0.3".parse().unwrap()];
+        assert_eq!(borrowed.node(), Some("n3"));
+        assert_eq!(borrowed.attrs.len(), 1);
+        let view = s.routing_view();
+        let holders: Vec<&str> = view.borrowed.iter().map(|b| b.node.as_str()).collect();
+        assert_eq!(holders, ["me", "n3"]);
+
+        // A view of no node keeps the borrowed ones only.
+        let plain = Prefixes::new(&Keys::new("/b"));
+        let mut s2 = Snapshot::default();
+        let raw = json!({
+            "cidr": "10.9.0.0/26", "pool": "p", "affinity": "n2",
+            "allocations": {"10.9.0.1": {"handle": "mine", "attrs": cni}}
+        });
+        s2.apply(&plain, "/b/v1/ipam/blocks/10.9.0.0-26", Some(&bytes(raw)));
+        let b = &s2.blocks["/b/v1/ipam/blocks/10.9.0.0-26"];
+        assert_eq!(b.allocations[&"10.9.0.1".parse().unwrap()].attrs.len(), 1);
+    }
+
+    #[test]
+    fn endpoints_are_kept_by_node_and_follow_deletes() {
+        let p = prefixes();
+        let mut s = Snapshot::default();
+        let ep = |node: &str, id: &str, ip: &str| {
+            bytes(json!({
+                "id": id, "node": node, "orchestrator": "cni", "container_id": "c1",
+                "network": "net", "ip": ip, "host_ifname": "brlx", "handle": id,
+                "segment": "cni:net", "allow_from": ["192.0.2.0/24"]
+            }))
+        };
+        assert!(s.apply(
+            &p,
+            "/b/v1/endpoints/n1/c1+eth0",
+            Some(&ep("n1", "c1+eth0", "10.0.0.1"))
+        ));
+        s.apply(
+            &p,
+            "/b/v1/endpoints/n2/e2",
+            Some(&ep("n2", "e2", "10.0.0.2")),
+        );
+        // A record filed under another node's key is not trusted.
+        s.apply(
+            &p,
+            "/b/v1/endpoints/n3/e3",
+            Some(&ep("n1", "e3", "10.0.0.3")),
+        );
+        assert_eq!(s.endpoints.len(), 2);
+        let e = s.endpoints.on("n1").next().unwrap();
+        assert_eq!((e.owner(), &*e.view.segment), ("c1", "cni:net"));
+        assert_eq!(e.view.allow_from.len(), 1);
+
+        let published = s.clone();
+        s.apply(&p, "/b/v1/endpoints/n2/e2", None);
+        assert_eq!(s.endpoints.len(), 1);
+        assert_eq!(
+            published.endpoints.len(),
+            2,
+            "a published view never changes"
+        );
+        assert!(s.endpoints.shares_node(&published.endpoints, "n1"));
+        assert!(s.pools.shares(&published.pools));
     }
 
     #[test]

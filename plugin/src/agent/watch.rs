@@ -15,20 +15,22 @@ use brindle_ipam::store::{Store, StoreError, WatchBatch};
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
+use super::memory;
 use super::metrics::METRICS;
 use super::snapshot::{Prefixes, Snapshot};
 
 /// Pause before trying again after a failed load or an ended watch.
 const RETRY: Duration = Duration::from_secs(1);
 
-/// Loads every watched record at one revision.
+/// Loads every watched record at one revision. Each listing's records are compacted
+/// into the view and freed one by one, so at most one listing is held in full.
 pub async fn load<S: Store>(store: &S, prefixes: &Prefixes) -> Result<Snapshot, StoreError> {
     let mut snap = Snapshot::default();
     let mut revision = None;
     for (key, is_prefix) in prefixes.reads() {
         let listing = store.list_at(key, revision).await?;
         revision = Some(listing.revision);
-        for kv in &listing.kvs {
+        for kv in listing.kvs {
             if is_prefix || kv.key == key {
                 snap.apply(prefixes, &kv.key, Some(&kv.value));
             }
@@ -72,6 +74,7 @@ async fn follow<S: Store>(
                 if apply(prefixes, snap, &batch) {
                     METRICS.watch_events.inc();
                     debug!(revision = snap.revision, "store change");
+                    // Copies pointers: the sections stay shared until written (cow.rs).
                     tx.send_replace(Arc::new(snap.clone()));
                 }
             }
@@ -90,6 +93,8 @@ pub async fn run<S: Store>(store: S, prefixes: Prefixes, tx: watch::Sender<Arc<S
                 Ok(s) => {
                     tx.send_replace(Arc::new(s.clone()));
                     METRICS.snapshot_loads.inc();
+                    // The listings and the records before compaction are gone now.
+                    memory::trim();
                     snap.insert(s)
                 }
                 Err(StoreError::Compacted { revision, .. }) => {

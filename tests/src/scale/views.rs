@@ -1,7 +1,7 @@
 //! Simulated nodes, each a task with its own etcd client, of two kinds:
 //! - agents: the agent's own load-and-watch loop (`brindle_plugin::agent::watch::run`),
-//!   which publishes the [`Snapshot`] the agent's passes (routes, BIRD) act on: its
-//!   route view;
+//!   which publishes the [`Snapshot`] the agent's passes (routes, BIRD, firewall) act
+//!   on: its route view;
 //! - bare watchers: the store's watch alone, noting each block's node as its event
 //!   arrives: what etcd's fan-out to that many clients costs by itself.
 //!
@@ -11,6 +11,7 @@
 //! the way tasks on one runtime can.
 
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -150,16 +151,19 @@ impl<T: View + Clone + Default> Views<T> {
 }
 
 impl Views<Arc<Snapshot>> {
-    /// `n` more agents, started at once.
+    /// `n` more agents, started at once; the k-th agent is node `nKKK` (the
+    /// benchmark's node names), so it keeps its own allocations as brindled does.
     pub async fn add_agents(
         &mut self,
         endpoint: &str,
         prefix: &str,
         n: usize,
     ) -> anyhow::Result<()> {
-        let prefixes = Prefixes::new(&Keys::new(prefix));
+        let keys = Keys::new(prefix);
+        let next = AtomicUsize::new(self.len());
         self.add(endpoint, n, |store, tx| {
-            watch::run(store, prefixes.clone(), tx)
+            let node = format!("n{:03}", next.fetch_add(1, Ordering::Relaxed));
+            watch::run(store, Prefixes::for_node(&keys, &node), tx)
         })
         .await
     }
