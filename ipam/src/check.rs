@@ -1,9 +1,10 @@
 //! `ipam check [--gc]`: find inconsistencies between pools, blocks, affinities and
 //! handles, and repair the ones that are safe to repair.
 //!
-//! Everything is read in one listing, so the findings come from a single consistent
-//! revision; every repair compares the revisions of that snapshot, so a record that
-//! changed since is left alone and reported as not repaired.
+//! Everything is read at one store revision (pools, blocks, affinities and handles in
+//! listings of their own, all at the revision of the first), so the findings come from
+//! a single consistent state; every repair compares the revisions of that snapshot, so
+//! a record that changed since is left alone and reported as not repaired.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
@@ -16,8 +17,12 @@ use crate::error::IpamError;
 use crate::model::{Affinity, Block, HandleRecord, Pool};
 use crate::state::Keys;
 use crate::state::{decode, encode, Versioned};
-use crate::store::{Compare, Op, Store, Txn, TxnOutcome};
+use crate::store::{Compare, Op, Store, StoreError, Txn, TxnOutcome};
 use crate::Ipam;
+
+/// How many times the check starts reading over when etcd compacts the revision it
+/// reads at.
+const SNAPSHOT_ATTEMPTS: usize = 3;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -144,25 +149,56 @@ impl<S: Store> Ipam<S> {
         })
     }
 
-    /// All IPAM records at one revision (a single prefix listing).
+    /// All IPAM records at one revision, read again from the start (a few times at
+    /// most) when etcd compacts that revision away meanwhile.
     async fn snapshot(&self) -> Result<Snapshot, IpamError> {
-        let keys = self.keys();
-        let all = self.store().list(&keys.all()).await?;
+        let mut attempt = 1;
+        loop {
+            match self.snapshot_at_one_revision().await {
+                Err(IpamError::Store(StoreError::Compacted { revision, .. }))
+                    if attempt < SNAPSHOT_ATTEMPTS =>
+                {
+                    info!(revision, "etcd compacted during ipam check; reading again");
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// The pools first, a small read that fixes the revision; then blocks,
+    /// affinities and handles at that revision, side by side, each a listing of its
+    /// own so that the many small handles are read in large pages.
+    async fn snapshot_at_one_revision(&self) -> Result<Snapshot, IpamError> {
+        let (keys, store) = (self.keys(), self.store());
+        let pools = store.list_at(&keys.pools(), None).await?;
+        let at = Some(pools.revision);
+        let prefixes = [keys.blocks(), keys.affinities(), keys.handles()];
+        let (blocks, affinities, handles) = futures::try_join!(
+            store.list_at(&prefixes[0], at),
+            store.list_at(&prefixes[1], at),
+            store.list_at(&prefixes[2], at),
+        )?;
         let mut snap = Snapshot {
-            pools: Vec::new(),
+            pools: Vec::with_capacity(pools.kvs.len()),
             blocks: BTreeMap::new(),
-            affinities: Vec::new(),
+            affinities: Vec::with_capacity(affinities.kvs.len()),
             handles: BTreeMap::new(),
         };
-        for kv in &all {
-            if kv.key.starts_with(&keys.pools()) {
-                snap.pools.push(decode::<Pool>(kv)?.value);
-            } else if kv.key.starts_with(&keys.blocks()) {
-                let block: Versioned<Block> = decode(kv)?;
-                snap.blocks.insert(block.value.cidr, block);
-            } else if let Some((node, cidr)) = keys.parse_affinity(&kv.key) {
+        for kv in &pools.kvs {
+            snap.pools.push(decode::<Pool>(kv)?.value);
+        }
+        for kv in &blocks.kvs {
+            let block: Versioned<Block> = decode(kv)?;
+            snap.blocks.insert(block.value.cidr, block);
+        }
+        for kv in &affinities.kvs {
+            if let Some((node, cidr)) = keys.parse_affinity(&kv.key) {
                 snap.affinities.push((node, cidr, kv.mod_revision));
-            } else if let Some(id) = kv.key.strip_prefix(&keys.handles()) {
+            }
+        }
+        for kv in &handles.kvs {
+            if let Some(id) = kv.key.strip_prefix(&prefixes[2]) {
                 snap.handles.insert(id.to_string(), decode(kv)?);
             }
         }
@@ -314,16 +350,23 @@ fn affinity_findings(keys: &Keys, snap: &Snapshot, out: &mut Vec<Finding>) {
 
 fn handle_findings(keys: &Keys, snap: &Snapshot, out: &mut Vec<Finding>) {
     // Who the blocks say holds each address, and who the handles say.
-    let mut owner_by_block: HashMap<Ipv4Addr, (&str, Ipv4Network)> = HashMap::new();
+    let allocations = snap
+        .blocks
+        .values()
+        .map(|b| b.value.allocations.len())
+        .sum();
+    let mut owner_by_block: HashMap<Ipv4Addr, (&str, Ipv4Network)> =
+        HashMap::with_capacity(allocations);
     for (cidr, block) in &snap.blocks {
         for (ip, a) in &block.value.allocations {
             owner_by_block.insert(*ip, (a.handle.as_str(), *cidr));
         }
     }
-    let mut listed_by: HashMap<Ipv4Addr, Vec<&str>> = HashMap::new();
-    for (id, record) in &snap.handles {
+    // How many handles list each address (only whether more than one does matters).
+    let mut listed_by: HashMap<Ipv4Addr, usize> = HashMap::with_capacity(owner_by_block.len());
+    for record in snap.handles.values() {
         for ip in record.value.addresses.keys() {
-            listed_by.entry(*ip).or_default().push(id.as_str());
+            *listed_by.entry(*ip).or_default() += 1;
         }
     }
 
@@ -342,7 +385,7 @@ fn handle_findings(keys: &Keys, snap: &Snapshot, out: &mut Vec<Finding>) {
         }
         let double = stale
             .iter()
-            .any(|ip| owner_by_block.contains_key(ip) && listed_by[ip].len() > 1);
+            .any(|ip| owner_by_block.contains_key(ip) && listed_by.get(ip).is_some_and(|n| *n > 1));
         let kind = if double {
             ProblemKind::DoubleOwned
         } else {

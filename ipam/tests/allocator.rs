@@ -490,6 +490,44 @@ mod property {
     }
 }
 
+/// The check reads pools, blocks, affinities and handles in listings of their own,
+/// page by page; another node allocating and releasing between those pages must not
+/// make it see half of a change (a block's allocation without its handle record, say):
+/// every listing is at the revision of the first.
+#[tokio::test]
+async fn check_sees_one_revision_while_another_node_writes() {
+    let store = MemoryStore::new().with_page_size(2);
+    let ipam = Ipam::new(store.clone(), PREFIX);
+    add_pool(&ipam, "p1", "10.81.0.0/24", 29).await;
+    for i in 0..6 {
+        ipam.allocate(&req(&format!("seed{i}"), "n1"))
+            .await
+            .unwrap();
+    }
+    let writer = {
+        let other = Ipam::new(store.clone(), PREFIX);
+        tokio::spawn(async move {
+            for i in 0..200 {
+                let handle = format!("w{i}");
+                other.allocate(&req(&handle, "n2")).await.unwrap();
+                if i % 3 != 0 {
+                    other.release_handle(&handle).await.unwrap();
+                }
+                tokio::task::yield_now().await;
+            }
+        })
+    };
+    let mut checks = 0;
+    while !writer.is_finished() {
+        let before = store.revision();
+        let report = ipam.check(false).await.unwrap();
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
+        checks += usize::from(store.revision() > before);
+    }
+    writer.await.unwrap();
+    assert!(checks > 0, "no check ran while the other node wrote");
+}
+
 /// brindled's axum handlers and spawned tasks need every IPAM future to be `Send`.
 #[test]
 fn ipam_futures_are_send() {

@@ -11,6 +11,9 @@
 //! Every write is one transaction that compares the revision it read (absent = must
 //! still be absent), retried by the state layer's `cas_loop` like IPAM's.
 //! [`routing_view`] turns IPAM's blocks and pools into what the renderers read.
+//!
+//! Every record read is checked against its key and the rules its writers keep
+//! (`checked.rs`); [`decode_record`] does the same for a value from a watch.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -24,7 +27,10 @@ use brindle_ipam::state::{
 };
 use brindle_ipam::store::{Store, StoreError};
 use brindle_ipam::{Block, Keys, Pool, Versioned};
-use serde::de::DeserializeOwned;
+
+mod checked;
+
+pub use checked::{decode as decode_record, StoredRecord, MAX_MACHINE_FIELD};
 
 /// Errors of the BGP store. Each is one sentence naming the value and the way out.
 #[derive(Debug, thiserror::Error)]
@@ -95,23 +101,20 @@ impl From<StateError> for BgpStoreError {
     }
 }
 
-async fn list<S: Store, T: DeserializeOwned>(
-    store: &S,
-    prefix: &str,
-) -> Result<Vec<T>, BgpStoreError> {
-    let all = state::read_all(store, prefix).await?;
+async fn list<S: Store, T: StoredRecord>(store: &S, prefix: &str) -> Result<Vec<T>, BgpStoreError> {
+    let all = checked::read_all(store, prefix).await?;
     Ok(all.into_iter().map(|r| r.value).collect())
 }
 
 /// Delete a record as read (compare and swap, retried); `missing` when it is absent.
-async fn remove<S: Store, T: DeserializeOwned>(
+async fn remove<S: Store, T: StoredRecord>(
     store: &S,
     key: &str,
     missing: impl Fn() -> BgpStoreError,
 ) -> Result<T, BgpStoreError> {
     let missing = &missing;
     let (value, _) = cas_loop::<BgpStoreError, _, _>(store, || async move {
-        let Some(current) = state::read::<T>(store, key).await? else {
+        let Some(current) = checked::read::<T>(store, key).await? else {
             return Err(missing());
         };
         Ok(Attempt::Commit(
@@ -132,7 +135,7 @@ pub async fn get_global<S: Store>(
     keys: &Keys,
 ) -> Result<(BgpGlobal, Option<i64>), BgpStoreError> {
     Ok(
-        match state::read::<BgpGlobal>(store, &keys.bgp_global()).await? {
+        match checked::read::<BgpGlobal>(store, &keys.bgp_global()).await? {
             Some(r) => (r.value, Some(r.revision)),
             None => (BgpGlobal::default(), None),
         },
@@ -172,7 +175,7 @@ pub async fn get_node<S: Store>(
     name: &str,
 ) -> Result<Option<Versioned<BgpNode>>, BgpStoreError> {
     brindle_bgp::validate_node_name(name)?;
-    Ok(state::read(store, &keys.node(name)).await?)
+    Ok(checked::read(store, &keys.node(name)).await?)
 }
 
 /// A change to a node record: `None` fields keep what is stored.
@@ -208,7 +211,7 @@ pub async fn set_node<S: Store>(
     brindle_bgp::validate_node_name(name)?;
     let key = &keys.node(name);
     let (written, _) = cas_loop::<BgpStoreError, _, _>(store, || async move {
-        let current = state::read::<BgpNode>(store, key).await?;
+        let current = checked::read::<BgpNode>(store, key).await?;
         let node = match &current {
             Some(r) => BgpNode {
                 name: name.to_string(),
@@ -326,7 +329,7 @@ pub async fn node_machines<S: Store>(
     keys: &Keys,
 ) -> Result<BTreeMap<String, NodeMachine>, BgpStoreError> {
     let prefix = keys.node_identities();
-    Ok(state::read_entries::<NodeMachine>(store, &prefix)
+    Ok(checked::read_entries::<NodeMachine>(store, &prefix)
         .await?
         .into_iter()
         .filter_map(|(key, m)| Some((Keys::name_in(&prefix, &key)?.to_string(), m.value)))
@@ -340,7 +343,7 @@ pub async fn node_machine<S: Store>(
     name: &str,
 ) -> Result<Option<NodeMachine>, BgpStoreError> {
     brindle_bgp::validate_node_name(name)?;
-    Ok(state::read(store, &keys.node_identity(name))
+    Ok(checked::read(store, &keys.node_identity(name))
         .await?
         .map(|r| r.value))
 }
@@ -359,11 +362,11 @@ pub async fn claim_node<S: Store>(
     brindle_bgp::validate_node_name(name)?;
     let key = &keys.node_identity(name);
     let (claim, _) = cas_loop::<BgpStoreError, _, _>(store, || async move {
-        let current = state::read::<NodeMachine>(store, key).await?;
+        let current = checked::read::<NodeMachine>(store, key).await?;
         let claim = match &current {
             None => Claim::New,
             Some(r) if r.value.machine_id != me.machine_id => {
-                let ip = state::read::<BgpNode>(store, &keys.node(name))
+                let ip = checked::read::<BgpNode>(store, &keys.node(name))
                     .await?
                     .map(|n| n.value.ip);
                 return Err(BgpStoreError::NodeNameTaken {

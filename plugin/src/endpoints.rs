@@ -3,6 +3,10 @@
 //! used by the agent to keep each local endpoint's /32 route. This file is the record's
 //! one definition: its fields, its JSON (serde) and its reads and writes through the
 //! state layer (`brindle_ipam::state`).
+//!
+//! A record read from etcd is checked as it is deserialised (`checked.rs`): its `node`
+//! and `id` agree with its key, its names are bounded, its addresses valid. A record
+//! another tool wrote is an error naming the key, never a wrong route or a panic.
 
 use std::net::Ipv4Addr;
 
@@ -12,8 +16,13 @@ use brindle_ipam::{IpamError, Keys};
 use ipnetwork::Ipv4Network;
 use serde::{Deserialize, Serialize};
 
+mod checked;
+
+pub use checked::{MAX_ENDPOINT_NAME, MAX_IFNAME};
+
 /// One wired container interface.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 pub struct EndpointRecord {
     /// Docker endpoint id, or `<containerID>+<ifname>` for CNI (also the IPAM handle).
     pub id: String,

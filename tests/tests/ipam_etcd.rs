@@ -765,9 +765,100 @@ fn corrupted_and_oversized_records_give_errors_naming_the_key() {
     );
 }
 
-/// Store `value` at `key` as it is (etcdctl takes a value up to 128 KiB as argument).
+/// Endpoint and BGP records another tool (or a hand with etcdctl) wrote: each command
+/// reading one fails with one line naming its key. Before the checks, a record at the
+/// key of another node or name was taken as it came (listed under the wrong node, a
+/// node rendered under another's name), and bad addresses went on to the kernel or BIRD.
+#[test]
+fn corrupted_endpoint_and_bgp_records_give_errors_naming_the_key() {
+    let etcd = Etcd::start();
+    let keys = Keys::default_prefix();
+    let brindle = |args: &[&str]| cli(&etcd, "n1", args);
+    ok(&mut brindle(&["node", "set", "n1", "--ip", "10.96.0.1"]));
+    ok(&mut brindle(&[
+        "bgp",
+        "peer",
+        "add",
+        "tor",
+        "--peer-ip",
+        "10.96.0.254",
+        "--as",
+        "65000",
+    ]));
+    ok(&mut brindle(&["bgp", "set", "--as", "65010"]));
+
+    // Endpoints: one at the key of another node's endpoint, one with a host veth name
+    // the kernel cannot have.
+    let ep_key = keys.endpoint("n1", "c1+eth0");
+    let endpoint = |node: &str, ifname: &str| {
+        serde_json::json!({
+            "id": "c1+eth0", "node": node, "orchestrator": "cni", "container_id": "c1",
+            "network": "net", "ip": "10.96.1.5", "mac": null, "host_ifname": ifname,
+            "handle": "c1+eth0"
+        })
+        .to_string()
+    };
+    etcd.etcdctl(&["put", &ep_key, &endpoint("n1", "brlc1")]);
+    ok(&mut brindle(&["endpoints"]));
+    for (value, why) in [
+        (
+            endpoint("n2", "brlc1"),
+            "is not stored at the key of its node and id",
+        ),
+        (
+            endpoint("n1", "brl-much-too-long-a-name"),
+            "is no interface name",
+        ),
+    ] {
+        etcd.etcdctl(&["put", &ep_key, &value]);
+        for args in [&["endpoints"][..], &["endpoints", "--node", "n1"]] {
+            fails(&mut brindle(args), &[&ep_key, why]);
+        }
+    }
+    etcd.etcdctl(&["del", &ep_key]);
+
+    // A node record naming another node: listed, routed and rendered under that name.
+    let node_key = keys.node("n1");
+    let node = etcd.etcdctl(&["get", &node_key, "--print-value-only"]);
+    etcd.etcdctl(&["put", &node_key, r#"{"name":"n9","ip":"10.96.0.1"}"#]);
+    for args in [&["node", "list"][..], &["bgp", "render"], &["routes"]] {
+        fails(
+            &mut brindle(args),
+            &[
+                &node_key,
+                "node \"n9\" is not stored at the key of its name",
+            ],
+        );
+    }
+    etcd.etcdctl(&["put", &node_key, r#"{"name":"n1","ip":"0.0.0.0"}"#]);
+    fails(&mut brindle(&["node", "list"]), &[&node_key, "0.0.0.0"]);
+    etcd.etcdctl(&["put", &node_key, node.trim()]);
+
+    // A peer without a unicast address, then the global settings out of range.
+    let peer_key = keys.bgp_peer("tor");
+    etcd.etcdctl(&[
+        "put",
+        &peer_key,
+        r#"{"name":"tor","peer_ip":"255.255.255.255","as_num":65000}"#,
+    ]);
+    for args in [&["bgp", "peer", "list"][..], &["bgp", "render"]] {
+        fails(&mut brindle(args), &[&peer_key, "broadcast"]);
+    }
+    etcd.etcdctl(&["del", &peer_key]);
+    let global_key = keys.bgp_global();
+    etcd.etcdctl(&["put", &global_key, r#"{"as_num":65010,"restart_time":0}"#]);
+    for args in [&["bgp", "show"][..], &["bgp", "render"]] {
+        fails(&mut brindle(args), &[&global_key, "restart_time"]);
+    }
+    etcd.etcdctl(&["put", &global_key, r#"{"as_num":65010}"#]);
+    ok(&mut brindle(&["bgp", "render"]));
+    ok(&mut brindle(&["node", "list"]));
+}
+
+/// Store `value` at `key` as it is, through the raw client: brindle's store refuses
+/// to write a value larger than a record may be (etcdctl takes a value up to 128 KiB
+/// as argument).
 fn write_raw(etcd: &Etcd, key: &str, value: &[u8]) {
-    use brindle_ipam::store::{Op, Store, Txn};
     use brindle_ipam::{EtcdConfig, EtcdStore};
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -780,13 +871,10 @@ fn write_raw(etcd: &Etcd, key: &str, value: &[u8]) {
         })
         .await
         .expect("connect");
-        let txn = Txn {
-            ops: vec![Op::Put {
-                key: key.to_string(),
-                value: value.to_vec(),
-            }],
-            ..Txn::default()
-        };
-        store.txn(txn).await.expect("write the raw value");
+        let mut client = store.client().await.expect("an etcd member");
+        client
+            .put(key, value.to_vec(), None)
+            .await
+            .expect("write the raw value");
     });
 }

@@ -130,7 +130,7 @@ async fn a_paged_listing_sees_every_record_once_while_records_move() {
 #[tokio::test]
 async fn large_records_are_read_in_pages_under_the_message_limit() {
     // 48 records of 100 kB: one response with all of them exceeds the client's 4 MiB
-    // limit, so the default page of 500 keys must shrink.
+    // limit, so pages must stay under it.
     let etcd = Etcd::start();
     let s = store(&etcd).await;
     for i in 0..48 {

@@ -17,10 +17,8 @@ pub struct Versioned<T> {
     pub revision: i64,
 }
 
-/// Largest stored value decoded: etcd's default request limit (`--max-request-bytes`,
-/// 1.5 MiB), so every record brindle can write to a default etcd decodes, while a value
-/// another tool stored beyond it is refused before any parsing.
-pub const MAX_RECORD_BYTES: usize = 3 << 19;
+/// Largest stored value decoded (and written: the store's own limit).
+pub use crate::store::MAX_RECORD_BYTES;
 
 /// A stored value that is not a valid record of its type.
 #[derive(Debug, thiserror::Error)]

@@ -8,12 +8,14 @@
 //! the keys back and reports a conflict, so the caller's CAS loop decides on fresh
 //! data and finds its own write if it landed.
 //!
-//! Listings are paginated by key (see [`EtcdStore::with_page_size`]), every page at the
-//! revision of the first; watches run in `watch.rs`.
+//! Listings are paginated, pages sized by the bytes of the records read (`paging.rs`,
+//! at most [`EtcdStore::with_page_size`] keys), every page at the revision of the
+//! first; watches run in `watch.rs`.
 
 mod failover;
 mod faults;
 mod members;
+mod paging;
 mod watch;
 
 use std::time::{Duration, Instant};
@@ -29,18 +31,14 @@ pub use members::MemberClient;
 use self::failover::{Failed, Replay};
 use self::members::Members;
 use super::{
-    prefix_end, Compare, Kv, Listing, Op, Store, StoreError, Txn, TxnOutcome, Watch,
-    DEFAULT_PAGE_SIZE, REQUEST_TIMEOUT,
+    prefix_end, refuse_oversized, Compare, Kv, Listing, Op, Store, StoreError, Txn, TxnOutcome,
+    Watch, DEFAULT_PAGE_SIZE, REQUEST_TIMEOUT,
 };
 
 /// How long one store call moves between members and retries before it reports the
 /// cluster unreachable: a second under [`REQUEST_TIMEOUT`], so that a Docker or CNI
 /// request around it (its own work, its rollback) still fails within the 5 s promised.
 const FAILOVER_BUDGET: Duration = Duration::from_secs(4);
-
-/// A page of at most about this many bytes is comfortably under the client's message
-/// limit (4 MiB).
-const PAGE_BYTES_AIM: usize = 2 << 20;
 
 /// How many times a listing at the current revision starts over when compaction
 /// overtakes it between two pages.
@@ -186,9 +184,9 @@ impl EtcdStore {
         }
     }
 
-    /// One consistent listing of `prefix`: pages of at most `page_size` keys, each
-    /// starting after the last key of the one before, all at `revision` (or at the
-    /// revision of the first page).
+    /// One consistent listing of `prefix`: pages of at most `page_size` keys, sized
+    /// by the bytes of the records read (see [`paging`]), each starting after the last
+    /// key of the one before, all at `revision` (or at the revision of the first page).
     async fn pages(
         &self,
         prefix: &str,
@@ -203,11 +201,11 @@ impl EtcdStore {
         };
         let mut pinned = revision;
         let mut kvs = Vec::new();
-        let mut limit = self.page_size;
+        let mut sizer = paging::PageSizer::new(self.page_size);
         loop {
             let mut opts = GetOptions::new()
                 .with_range(end.clone())
-                .with_limit(i64::try_from(limit).unwrap_or(i64::MAX));
+                .with_limit(i64::try_from(sizer.limit()).unwrap_or(i64::MAX));
             if keys_only {
                 opts = opts.with_keys_only();
             }
@@ -220,16 +218,16 @@ impl EtcdStore {
                     async move { c.get(key, Some(opts)).await }
                 })
                 .await;
-            let resp = match read {
+            let mut resp = match read {
                 Ok(resp) => resp,
-                // Large records (blocks full of allocations): ask for fewer at a time.
+                // Records larger than the ones before: ask for the share that fits.
                 Err(StoreError::Etcd { source, .. })
-                    if faults::is_too_large(&source) && limit > 1 =>
+                    if faults::is_too_large(&source)
+                        && sizer.refused(faults::too_large_size(&source)) =>
                 {
-                    limit /= 2;
                     info!(
                         prefix,
-                        keys = limit,
+                        keys = sizer.limit(),
                         "etcd page larger than the message limit; reading fewer keys per page"
                     );
                     continue;
@@ -244,23 +242,22 @@ impl EtcdStore {
             };
             let at = *pinned
                 .get_or_insert_with(|| resp.header().map(|h| h.revision()).unwrap_or_default());
-            let bytes: usize = resp
-                .kvs()
+            let more = resp.more();
+            let page = resp.take_kvs();
+            let bytes: usize = page
                 .iter()
                 .map(|kv| kv.key().len() + kv.value().len())
                 .sum();
-            kvs.extend(resp.kvs().iter().map(to_kv));
-            // Back to larger pages once the records are small again (the blocks of a
-            // listing are large, the handles after them small): a page far under the
-            // limit may double.
-            if limit < self.page_size && bytes.saturating_mul(4) < PAGE_BYTES_AIM {
-                limit = (limit * 2).min(self.page_size);
-            }
-            match resp.kvs().last() {
-                Some(last) if resp.more() => {
-                    from = last.key().to_vec();
-                    from.push(0);
-                }
+            let next_from = page.last().map(|last| {
+                let mut next = last.key().to_vec();
+                next.push(0);
+                next
+            });
+            sizer.read(page.len(), bytes);
+            kvs.reserve(page.len());
+            kvs.extend(page.into_iter().map(into_kv));
+            match next_from {
+                Some(next) if more => from = next,
                 _ => return Ok(Listing { revision: at, kvs }),
             }
         }
@@ -343,6 +340,19 @@ fn to_kv(kv: &KeyValue) -> Kv {
     }
 }
 
+/// [`to_kv`] without copying: a listing moves each page's buffers into its records.
+fn into_kv(kv: KeyValue) -> Kv {
+    let mod_revision = kv.mod_revision();
+    let (key, value) = kv.into_key_value();
+    let key = String::from_utf8(key)
+        .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
+    Kv {
+        key,
+        value,
+        mod_revision,
+    }
+}
+
 /// Pair each key with the result of the get op at the same position.
 fn pair_reads(keys: Vec<String>, resp: &TxnResponse) -> Vec<(String, Option<Kv>)> {
     keys.into_iter()
@@ -413,6 +423,7 @@ impl Store for EtcdStore {
     }
 
     async fn txn(&self, txn: Txn) -> Result<TxnOutcome, StoreError> {
+        refuse_oversized(&txn)?;
         let request = to_etcd_txn(&txn);
         // Without compares a transaction is a plain write: repeating it writes the same
         // values again. With compares, a repeat after an unknown outcome could apply
@@ -482,5 +493,31 @@ mod tests {
         );
         let none = format!("{:?}", EtcdConfig::default());
         assert!(none.contains("password: None"), "{none}");
+    }
+
+    /// The size is checked before any connection: with nothing listening, an oversized
+    /// write is still refused at once for its size, not reported as unreachable.
+    #[tokio::test]
+    async fn an_oversized_record_is_never_sent() {
+        let store = EtcdStore::connect(&EtcdConfig {
+            endpoints: vec!["http://127.0.0.1:9".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let txn = Txn {
+            ops: vec![Op::Put {
+                key: "/b/v1/endpoints/n1/e1".into(),
+                value: vec![b'x'; crate::store::MAX_RECORD_BYTES + 10],
+            }],
+            ..Txn::default()
+        };
+        let started = Instant::now();
+        let err = store.txn(txn).await.unwrap_err();
+        assert!(
+            matches!(&err, StoreError::RecordTooLarge { key, .. } if key == "/b/v1/endpoints/n1/e1"),
+            "{err}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(1));
     }
 }

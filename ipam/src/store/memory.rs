@@ -12,8 +12,8 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
 use super::{
-    Compare, Kv, Listing, Op, Store, StoreError, Txn, TxnOutcome, Watch, WatchBatch, WatchEvent,
-    DEFAULT_PAGE_SIZE,
+    refuse_oversized, Compare, Kv, Listing, Op, Store, StoreError, Txn, TxnOutcome, Watch,
+    WatchBatch, WatchEvent, DEFAULT_PAGE_SIZE,
 };
 
 /// How many revisions the history keeps unless told otherwise.
@@ -346,6 +346,7 @@ impl Store for MemoryStore {
     }
 
     async fn txn(&self, txn: Txn) -> Result<TxnOutcome, StoreError> {
+        refuse_oversized(&txn)?;
         let mut inner = self.lock();
         let holds = txn.compares.iter().all(|c| match c {
             Compare::ModRevision { key, revision } => {

@@ -5,8 +5,8 @@
 //! when all compares hold, and the keys to read back in the same round trip when one does
 //! not, so a conflicting writer costs no extra read.
 //!
-//! Reads of a whole prefix are paginated ([`DEFAULT_PAGE_SIZE`] keys per request, all
-//! pages at the revision of the first), so a listing never exceeds etcd's response
+//! Reads of a whole prefix are paginated (at most [`DEFAULT_PAGE_SIZE`] keys per
+//! request, all pages at the revision of the first), so a listing never exceeds etcd's response
 //! limit and is still consistent. [`Store::list_at`] returns that revision, and
 //! [`Store::watch`] follows changes from the next one: load-then-watch without a gap.
 
@@ -21,13 +21,19 @@ pub use etcd::{EtcdConfig, EtcdStore, MemberClient};
 pub use memory::MemoryStore;
 pub use watch::{Watch, WatchBatch, WatchEvent};
 
+/// Largest value written or decoded: etcd's default request limit
+/// (`--max-request-bytes`, 1.5 MiB), so every record brindle writes fits a default
+/// etcd, and a value another tool stored beyond it is refused before any parsing.
+pub const MAX_RECORD_BYTES: usize = 3 << 19;
+
 /// How long any single store request may take before the store counts as unreachable.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// How many keys one listing request returns at most (`with_page_size` changes it):
-/// small enough that a page of the largest records stays far below etcd's 4 MiB
-/// response limit, large enough that listing 100,000 keys takes 200 round trips.
-pub const DEFAULT_PAGE_SIZE: usize = 500;
+/// How many keys one listing request returns at most (`with_page_size` changes it).
+/// The etcd store sizes its pages by the bytes of the records it reads, within this
+/// bound: a page of the largest records stays far below etcd's 4 MiB response limit,
+/// and 100,000 small records (handles) take about ten round trips.
+pub const DEFAULT_PAGE_SIZE: usize = 10_000;
 
 /// One stored key with the revision of its last write.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,6 +121,15 @@ pub enum StoreError {
     },
     #[error("invalid etcd endpoint {0:?}: expected http://HOST:PORT or https://HOST:PORT")]
     BadEndpoint(String),
+    /// A write of a value larger than any record may be ([`MAX_RECORD_BYTES`]):
+    /// refused before it is sent, since etcd would refuse it with an opaque error (or,
+    /// with a larger request limit, store a record no reader decodes).
+    #[error("record {key} would be {size} bytes long, more than the {limit} bytes a record may have; nothing was written")]
+    RecordTooLarge {
+        key: String,
+        size: usize,
+        limit: usize,
+    },
     /// The history at `revision` was compacted away: read the state again at the
     /// current revision (and watch from there).
     #[error("store revision {revision} was compacted (history is kept from revision {compacted} on); load the state again")]
@@ -160,8 +175,26 @@ pub trait Store: Send + Sync + 'static {
     /// longer in the history (the consumer loads again and watches from there).
     /// Call within a Tokio runtime; dropping the [`Watch`] stops it.
     fn watch(&self, prefix: &str, start_revision: i64) -> Watch;
-    /// Apply a transaction atomically.
+    /// Apply a transaction atomically. A write of a value larger than
+    /// [`MAX_RECORD_BYTES`] is refused ([`StoreError::RecordTooLarge`]), nothing sent.
     fn txn(&self, txn: Txn) -> impl Future<Output = Result<TxnOutcome, StoreError>> + Send;
+}
+
+/// Refuse a transaction writing a value larger than [`MAX_RECORD_BYTES`], before
+/// anything of it is sent: both stores call this first.
+pub(crate) fn refuse_oversized(txn: &Txn) -> Result<(), StoreError> {
+    let too_large = txn.ops.iter().find_map(|op| match op {
+        Op::Put { key, value } if value.len() > MAX_RECORD_BYTES => Some((key, value.len())),
+        _ => None,
+    });
+    match too_large {
+        Some((key, size)) => Err(StoreError::RecordTooLarge {
+            key: key.clone(),
+            size,
+            limit: MAX_RECORD_BYTES,
+        }),
+        None => Ok(()),
+    }
 }
 
 /// The first key after every key that starts with `prefix` (etcd's range end for a

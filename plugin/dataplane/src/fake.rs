@@ -421,13 +421,16 @@ impl Dataplane for FakeDataplane {
     }
 
     fn delete_endpoint<'a>(&'a self, host_ifname: &'a str) -> DpFuture<'a, bool> {
-        self.call(FakeCall::DeleteEndpoint(host_ifname.to_string()), move |st| {
-            validate_ifname(host_ifname)?;
-            let existed = st.endpoints.remove(host_ifname).is_some();
-            // The kernel drops every route through a deleted link.
-            st.host_routes.retain(|_, dev| dev != host_ifname);
-            Ok(existed)
-        })
+        self.call(
+            FakeCall::DeleteEndpoint(host_ifname.to_string()),
+            move |st| {
+                validate_ifname(host_ifname)?;
+                let existed = st.endpoints.remove(host_ifname).is_some();
+                // The kernel drops every route through a deleted link.
+                st.host_routes.retain(|_, dev| dev != host_ifname);
+                Ok(existed)
+            },
+        )
     }
 
     fn host_veth<'a>(&'a self, host_ifname: &'a str) -> DpFuture<'a, Option<HostLink>> {

@@ -107,7 +107,9 @@ impl From<StoreError> for CniError {
         let c = match e {
             StoreError::Unreachable { .. } => code::TRY_AGAIN,
             StoreError::TlsFile { .. } | StoreError::BadEndpoint(_) => code::INVALID_CONFIG,
-            StoreError::Etcd { .. } | StoreError::Compacted { .. } => code::INTERNAL,
+            StoreError::Etcd { .. }
+            | StoreError::Compacted { .. }
+            | StoreError::RecordTooLarge { .. } => code::INTERNAL,
         };
         CniError::new(c, e.to_string())
     }

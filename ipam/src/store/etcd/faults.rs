@@ -100,6 +100,16 @@ pub(super) fn is_too_large(e: &etcd_client::Error) -> bool {
         if s.code() == Code::OutOfRange && s.message().contains("message length too large"))
 }
 
+/// The size of the answer [`is_too_large`] refused, when the client said it.
+pub(super) fn too_large_size(e: &etcd_client::Error) -> Option<usize> {
+    match e {
+        etcd_client::Error::GRpcStatus(s) if is_too_large(e) => {
+            super::paging::found_bytes(s.message())
+        }
+        _ => None,
+    }
+}
+
 /// "tcp connect error: Connection refused (os error 111)" rather than the outer layer only.
 pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut parts = vec![e.to_string()];
@@ -236,6 +246,7 @@ mod tests {
             "Error, decoded message length too large: found 6291456 bytes, the limit is: 4194304 bytes",
         );
         assert!(is_too_large(&big) && !is_compacted(&big));
+        assert_eq!(too_large_size(&big), Some(6_291_456));
     }
 
     #[test]

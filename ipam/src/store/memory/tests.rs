@@ -283,3 +283,41 @@ async fn a_watch_behind_the_bounded_history_reports_compaction_and_ends() {
         Err(StoreError::Compacted { .. })
     ));
 }
+
+/// A value larger than a record may be is refused before anything is written, naming
+/// the key and the limit; one exactly at the limit is written.
+#[tokio::test]
+async fn an_oversized_record_is_refused_and_nothing_written() {
+    use crate::store::MAX_RECORD_BYTES;
+    let store = MemoryStore::new();
+    let before = store.revision();
+    let txn = Txn {
+        ops: vec![
+            put("/small", "x"),
+            Op::Put {
+                key: "/t/v1/ipam/blocks/10.0.0.0-26".into(),
+                value: vec![b' '; MAX_RECORD_BYTES + 1],
+            },
+        ],
+        ..Txn::default()
+    };
+    let err = store.txn(txn).await.unwrap_err();
+    assert!(
+        matches!(&err, StoreError::RecordTooLarge { key, size, limit }
+            if key == "/t/v1/ipam/blocks/10.0.0.0-26" && *size == MAX_RECORD_BYTES + 1 && *limit == MAX_RECORD_BYTES),
+        "{err:?}"
+    );
+    let text = err.to_string();
+    assert!(
+        text.starts_with("record /t/v1/ipam/blocks/10.0.0.0-26 would be 1572865 bytes long")
+            && text.contains("1572864"),
+        "{text}"
+    );
+    assert_eq!(store.revision(), before, "nothing written");
+    assert_eq!(store.get("/small").await.unwrap(), None);
+    let fits = Op::Put {
+        key: "/fits".into(),
+        value: vec![b' '; MAX_RECORD_BYTES],
+    };
+    write(&store, vec![fits]).await;
+}
