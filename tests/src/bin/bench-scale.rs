@@ -365,20 +365,31 @@ async fn run_brindled(
     let at_ready = b.rss_kib().0;
     tokio::time::sleep(SETTLE).await;
     let (rss, peak) = b.rss_kib();
+    let split = b.rss_split_kib();
     b.kill();
-    print_start(tag, &start, at_ready, rss, peak, routes);
+    print_start(tag, &start, at_ready, (rss, split), peak, routes);
     Ok(rss)
 }
 
-fn print_start(tag: &str, s: &Startup, at_ready: u64, rss: u64, peak: u64, routes: usize) {
+/// `rss`: settled RSS, with its split into anonymous memory and file pages.
+fn print_start(
+    tag: &str,
+    s: &Startup,
+    at_ready: u64,
+    (rss, (anon, file)): (u64, (u64, u64)),
+    peak: u64,
+    routes: usize,
+) {
     let mb = |kib: u64| format!("{:.1} MB", kib as f64 * 1024.0 / 1e6);
     println!(
-        "brindled, {tag}: view loaded after {}, {routes} routes in place after {}; RSS {} when ready, {} after {}s, peak {}",
+        "brindled, {tag}: view loaded after {}, {routes} routes in place after {}; RSS {} when ready, {} after {}s (heap and stacks {}, binary and library pages {}), peak {}",
         ms(s.loaded),
         ms(s.ready),
         mb(at_ready),
         mb(rss),
         SETTLE.as_secs(),
+        mb(anon),
+        mb(file),
         mb(peak)
     );
 }

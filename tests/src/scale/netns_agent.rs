@@ -208,9 +208,23 @@ impl Brindled {
 
     /// `VmRSS` and `VmHWM` (peak) in KiB.
     pub fn rss_kib(&self) -> (u64, u64) {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
-            .expect("brindled's /proc status");
+        let status = self.status();
         (status_kib(&status, "VmRSS:"), status_kib(&status, "VmHWM:"))
+    }
+
+    /// What `VmRSS` is made of, in KiB: `RssAnon` (heap, stacks) and `RssFile` (the
+    /// pages of the binary and libraries it touched, shared with other processes).
+    pub fn rss_split_kib(&self) -> (u64, u64) {
+        let status = self.status();
+        (
+            status_kib(&status, "RssAnon:"),
+            status_kib(&status, "RssFile:"),
+        )
+    }
+
+    fn status(&self) -> String {
+        std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("brindled's /proc status")
     }
 
     /// Its metrics by name (empty while it does not answer yet).
