@@ -11,8 +11,11 @@
 //! 1. the allocation is a Docker one of this node (`orchestrator=docker`, `node`);
 //! 2. it was made by a dockerd instance (`dockerd=PID:STARTTIME`) that is not the caller
 //!    and no longer runs, so nobody will ever release it (a live daemon still may:
-//!    its endpoint may be between `DeleteEndpoint` and `ReleaseAddress`, or a
-//!    container may be starting, so the same daemon's allocations are never touched);
+//!    a container may be starting with it, so a live daemon's allocations are not
+//!    touched), or its endpoint was deleted and the release lost: the endpoint's
+//!    record is there but its route is not (`DeleteEndpoint` unroutes first and leaves
+//!    the record to the release; under the address's claim lock no `CreateEndpoint` is
+//!    half-way, so nothing else leaves a record without its route);
 //! 3. no interface on this host routes the address (no live container uses it, e.g.
 //!    one kept running across the restart by `--live-restore`);
 //! 4. it is not the `--gateway` or an `--aux-address` of an existing network.
@@ -118,13 +121,20 @@ impl<B: Backend> Driver<B> {
         };
 
         let owner = attrs.get(ATTR_DOCKERD);
-        let provably_orphaned = handle == holder
+        let ours_and_unused = handle == holder
             && docker
             && node == self.node()
             && reserved.is_none()
-            && !live.contains_key(&ip)
-            && matches!((&caller.0, owner), (Some(me), Some(o)) if me != o && !dockerd::alive(o));
-        if !provably_orphaned {
+            && !live.contains_key(&ip);
+        let dockerd_gone =
+            matches!((&caller.0, owner), (Some(me), Some(o)) if me != o && !dockerd::alive(o));
+        // Its endpoint's record without a route: `DeleteEndpoint` took it down and its
+        // `ReleaseAddress` was lost (brindled was killed in between). With the claim
+        // lock held no `CreateEndpoint` is half-way on this address, so nothing else
+        // leaves a record without its route. (A caller whose dockerd is unknown never
+        // takes anything over.)
+        let release_lost = user.is_some() && caller.0.is_some();
+        if !(ours_and_unused && (dockerd_gone || release_lost)) {
             return Ok(Some(describe()));
         }
 
@@ -133,7 +143,11 @@ impl<B: Backend> Driver<B> {
         if let Some(e) = &user {
             self.forget_endpoint(&e.id, e.ip).await?;
         }
-        info!(%ip, %handle, old_dockerd = ?owner, "took over an address its dockerd never released (it no longer runs and no container uses the address)");
+        if dockerd_gone {
+            info!(%ip, %handle, old_dockerd = ?owner, "took over an address its dockerd never released (it no longer runs and no container uses the address)");
+        } else {
+            info!(%ip, %handle, "took over the address of a deleted endpoint whose release was lost");
+        }
         Ok(None)
     }
 

@@ -921,6 +921,49 @@ async fn a_late_release_during_create_endpoint_waits_and_is_ignored() {
     assert_eq!(env.dp.host_routes().len(), 1);
 }
 
+/// brindled killed between `DeleteEndpoint` and `ReleaseAddress` while dockerd stays up:
+/// dockerd gives up on the release, and the container comes back with the same `--ip`
+/// (`--restart always`). The record without its route shows the endpoint is gone, so
+/// the address is taken over at once instead of failing "in use" until the
+/// reconcile's grace period ends; a live endpoint's address is still refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fixed_address_whose_release_was_lost_is_taken_over_at_once() {
+    let env = env().await;
+    let id = env.pool("10.80.0.0/24", "", json!({})).await;
+    env.network(NET, "10.80.0.0/24", json!({})).await;
+    env.address(&id, "10.80.0.5").await;
+    env.address(&id, "10.80.0.6").await;
+    env.endpoint(NET, EP1, "10.80.0.5/32").await;
+    env.endpoint(NET, EP2, "10.80.0.6/32").await;
+    env.join(NET, EP1, SANDBOX).await;
+    let ids = json!({"NetworkID":NET,"EndpointID":EP1});
+    env.ok("/NetworkDriver.Leave", ids.clone()).await;
+    env.ok("/NetworkDriver.DeleteEndpoint", ids).await;
+    let old = env.holder("10.80.0.5").await.expect("still allocated");
+
+    let fresh = driver(&env.store, &env.dp, None);
+    let ask = |ip: &str| RequestAddressRequest {
+        pool_id: id.clone(),
+        address: ip.into(),
+        options: None,
+    };
+    let again = fresh
+        .request_address(ask("10.80.0.5"), &me())
+        .await
+        .unwrap();
+    assert!(again.address.starts_with("10.80.0.5/"), "{}", again.address);
+    let new = env.holder("10.80.0.5").await.expect("allocated again");
+    assert_ne!(new, old, "a new allocation, not the lost one");
+    assert!(env.endpoint_record(EP1).await.is_none());
+    // EP2 is live: its address stays its own.
+    let e = fresh
+        .request_address(ask("10.80.0.6"), &me())
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("in use"), "{e}");
+    assert!(env.endpoint_record(EP2).await.is_some());
+}
+
 /// brindled restarted between `DeleteEndpoint` and `ReleaseAddress`: the new process
 /// never saw the delete, but the record's route is gone, so the release is the
 /// endpoint's own and takes the record along; a live endpoint's address is still kept.
