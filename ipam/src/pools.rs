@@ -30,6 +30,21 @@ pub struct NewPool {
     pub nat_outgoing: bool,
 }
 
+impl NewPool {
+    /// An enabled pool of `cidr` in blocks of the default size, nothing reserved, no
+    /// outgoing NAT: `pool add NAME --cidr CIDR` without options.
+    pub fn new(name: impl Into<String>, cidr: Ipv4Network) -> Self {
+        Self {
+            name: name.into(),
+            cidr,
+            block_size: crate::cidr::DEFAULT_BLOCK_SIZE,
+            disabled: false,
+            reserved: BTreeSet::new(),
+            nat_outgoing: false,
+        }
+    }
+}
+
 /// What `pool set` changes; `None` leaves a setting as it is.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PoolUpdate {

@@ -196,14 +196,7 @@ async fn release_by_address_and_reuse() {
 async fn pool_rules() {
     let ipam = ipam_with_pool("10.74.0.0/16", 26).await;
     let overlap = ipam
-        .add_pool(NewPool {
-            name: "p2".into(),
-            cidr: "10.74.8.0/24".parse().unwrap(),
-            block_size: 26,
-            disabled: false,
-            reserved: BTreeSet::new(),
-            nat_outgoing: false,
-        })
+        .add_pool(NewPool::new("p2", "10.74.8.0/24".parse().unwrap()))
         .await
         .unwrap_err()
         .to_string();
@@ -533,14 +526,7 @@ async fn check_sees_one_revision_while_another_node_writes() {
 fn ipam_futures_are_send() {
     fn assert_send<T: Send>(_: &T) {}
     let ipam = Ipam::new(MemoryStore::new(), PREFIX);
-    let new_pool = NewPool {
-        name: "p".into(),
-        cidr: "10.83.0.0/24".parse().unwrap(),
-        block_size: 26,
-        disabled: false,
-        reserved: BTreeSet::new(),
-        nat_outgoing: false,
-    };
+    let new_pool = NewPool::new("p", "10.83.0.0/24".parse().unwrap());
     assert_send(&ipam.add_pool(new_pool));
     assert_send(&ipam.remove_pool("p", true));
     assert_send(&ipam.update_pool("p", &brindle_ipam::pools::PoolUpdate::default()));

@@ -7,7 +7,7 @@
 //! or makes every call hang until the operation's deadline and then fail, as etcd's
 //! client does when no member answers.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::HashSet;
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -80,16 +80,9 @@ impl Store for Slow {
 async fn setup() -> (Slow, Arc<Ipam<Slow>>) {
     let store = Slow::default();
     let ipam = Ipam::new(store.clone(), PREFIX);
-    ipam.add_pool(NewPool {
-        name: "p1".into(),
-        cidr: "10.93.0.0/24".parse().unwrap(),
-        block_size: 26,
-        disabled: false,
-        reserved: BTreeSet::new(),
-        nat_outgoing: false,
-    })
-    .await
-    .unwrap();
+    ipam.add_pool(NewPool::new("p1", "10.93.0.0/24".parse().unwrap()))
+        .await
+        .unwrap();
     (store, Arc::new(ipam))
 }
 

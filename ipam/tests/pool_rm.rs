@@ -5,7 +5,6 @@
 //!
 //! The failure is injected by a store wrapper that fails its Nth transaction.
 
-use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -65,16 +64,9 @@ impl Store for Flaky {
 async fn setup() -> (Flaky, Ipam<Flaky>) {
     let store = Flaky::default();
     let ipam = Ipam::new(store.clone(), PREFIX);
-    ipam.add_pool(NewPool {
-        name: "p1".into(),
-        cidr: "10.93.0.0/24".parse().unwrap(),
-        block_size: 26,
-        disabled: false,
-        reserved: BTreeSet::new(),
-        nat_outgoing: false,
-    })
-    .await
-    .unwrap();
+    ipam.add_pool(NewPool::new("p1", "10.93.0.0/24".parse().unwrap()))
+        .await
+        .unwrap();
     (store, ipam)
 }
 

@@ -541,15 +541,8 @@ fn queued_allocations_each_fail_within_the_budget_while_the_cluster_is_frozen() 
     let mut cluster = EtcdCluster::start(3);
     let (rt, store) = runtime_and_store(&cluster);
     let ipam = Arc::new(Ipam::new(store, "/brindle"));
-    rt.block_on(ipam.add_pool(NewPool {
-        name: "frozen".into(),
-        cidr: "10.94.0.0/24".parse().unwrap(),
-        block_size: 26,
-        disabled: false,
-        reserved: Default::default(),
-        nat_outgoing: false,
-    }))
-    .expect("pool");
+    rt.block_on(ipam.add_pool(NewPool::new("frozen", "10.94.0.0/24".parse().unwrap())))
+        .expect("pool");
     let request = |handle: &str| AllocRequest {
         handle: handle.into(),
         node: "n1".into(),

@@ -1493,25 +1493,11 @@ async fn segment_is_equal_for_networks_created_alike_on_two_nodes() {
     let n1 = driver_on("n1", &store, &dp1, None);
     let n2 = driver_on("n2", &store, &dp2, None);
     n1.ipam()
-        .add_pool(NewPool {
-            name: "default".into(),
-            cidr: "10.85.0.0/16".parse().unwrap(),
-            block_size: 26,
-            disabled: false,
-            reserved: Default::default(),
-            nat_outgoing: false,
-        })
+        .add_pool(NewPool::new("default", "10.85.0.0/16".parse().unwrap()))
         .await
         .unwrap();
     n1.ipam()
-        .add_pool(NewPool {
-            name: "big".into(),
-            cidr: "10.86.0.0/16".parse().unwrap(),
-            block_size: 26,
-            disabled: false,
-            reserved: Default::default(),
-            nat_outgoing: false,
-        })
+        .add_pool(NewPool::new("big", "10.86.0.0/16".parse().unwrap()))
         .await
         .unwrap();
     // (subnet, ip-range, ipam-opts) of distinct networks; each created on both nodes

@@ -234,16 +234,9 @@ fn bench(args: &Args) -> Result<(), String> {
         Ipam::new(store, "/brindle")
     });
     rt.block_on(async {
-        ipam.add_pool(NewPool {
-            name: "bench".into(),
-            cidr: BRINDLE_POOL.parse().unwrap(),
-            block_size: 26,
-            disabled: false,
-            reserved: Default::default(),
-            nat_outgoing: false,
-        })
-        .await
-        .expect("add pool");
+        ipam.add_pool(NewPool::new("bench", BRINDLE_POOL.parse().unwrap()))
+            .await
+            .expect("add pool");
         for node in [FAST_NODE, DIRECT_NODE] {
             ipam.allocate(&AllocRequest {
                 handle: format!("bench-warm-{node}"),

@@ -230,14 +230,7 @@ async fn main() {
     let ep = etcd.endpoint.clone();
     let admin = Ipam::new(store(&ep).await, "/brindle");
     admin
-        .add_pool(NewPool {
-            name: "bench".into(),
-            cidr: "10.128.0.0/16".parse().unwrap(),
-            block_size: 26,
-            disabled: false,
-            reserved: Default::default(),
-            nat_outgoing: false,
-        })
+        .add_pool(NewPool::new("bench", "10.128.0.0/16".parse().unwrap()))
         .await
         .expect("pool");
     println!(

@@ -56,16 +56,9 @@ struct World {
 impl World {
     async fn new() -> Self {
         let ipam = Ipam::new(MemoryStore::new(), "/brindle");
-        ipam.add_pool(NewPool {
-            name: "p".into(),
-            cidr: "10.7.0.0/24".parse().unwrap(),
-            block_size: 26,
-            disabled: false,
-            reserved: Default::default(),
-            nat_outgoing: false,
-        })
-        .await
-        .unwrap();
+        ipam.add_pool(NewPool::new("p", "10.7.0.0/24".parse().unwrap()))
+            .await
+            .unwrap();
         Self {
             ipam,
             dp: Arc::new(FakeDataplane::new()),

@@ -34,16 +34,7 @@ async fn a_retried_create_endpoint_finishes_what_a_killed_one_began() {
     };
     let ipam = Ipam::new(store.clone(), "/brindle");
     let cidr: Ipv4Network = "10.8.0.0/24".parse().unwrap();
-    ipam.add_pool(NewPool {
-        name: "p".into(),
-        cidr,
-        block_size: 26,
-        disabled: false,
-        reserved: Default::default(),
-        nat_outgoing: false,
-    })
-    .await
-    .unwrap();
+    ipam.add_pool(NewPool::new("p", cidr)).await.unwrap();
     let net = NetworkRecord {
         id: "net".into(),
         node: "n1".into(),
