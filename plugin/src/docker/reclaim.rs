@@ -64,7 +64,8 @@ use super::ipam_driver::{ATTR_DOCKERD, ATTR_ORCHESTRATOR};
 use super::net_driver::short;
 use super::records::{self, NetworkRecord, ORCHESTRATOR};
 use super::{Backend, Driver, Held, Unreleased};
-use crate::endpoints::list_endpoints;
+use crate::endpoints::{delete_endpoint_op, list_endpoints};
+use brindle_ipam::store::Op;
 
 /// How long after an old endpoint's `DeleteEndpoint` its `ReleaseAddress` is expected
 /// (Docker sends them back to back).
@@ -138,10 +139,16 @@ impl<B: Backend> Driver<B> {
             return Ok(Some(describe()));
         }
 
-        self.ipam().release_handle(&handle).await?;
+        // The old endpoint's record goes in the release's transaction: a kill between
+        // two writes would leave it without its address.
+        let also: Vec<Op> = user
+            .iter()
+            .map(|e| delete_endpoint_op(self.keys(), self.node(), &e.id))
+            .collect();
+        self.ipam().release_handle_with(&handle, &also).await?;
         self.cache().held.remove(&ip);
         if let Some(e) = &user {
-            self.forget_endpoint(&e.id, e.ip).await?;
+            self.remember_forgotten(&e.id, e.ip);
         }
         if dockerd_gone {
             info!(%ip, %handle, old_dockerd = ?owner, "took over an address its dockerd never released (it no longer runs and no container uses the address)");
@@ -222,12 +229,18 @@ impl<B: Backend> Driver<B> {
     async fn forget_endpoint(&self, id: &str, ip: Ipv4Addr) -> Result<(), DockerError> {
         let key = self.keys().endpoint(self.node(), id);
         records::delete(self.store(), key).await?;
+        self.remember_forgotten(id, ip);
+        Ok(())
+    }
+
+    /// The record of endpoint `id` is deleted: forget it, and remember it for Docker's
+    /// late requests about it.
+    fn remember_forgotten(&self, id: &str, ip: Ipv4Addr) {
         let mut cache = self.cache();
         cache.endpoints.remove(id);
         cache.unreleased.retain(|_, u| u.endpoint != id);
         cache.reclaimed.insert(id.to_string(), ip);
         info!(endpoint = %short(id), "deleted the record of an endpoint whose container is gone");
-        Ok(())
     }
 
     /// `DeleteEndpoint` of an endpoint whose address was taken over: Docker releases its
