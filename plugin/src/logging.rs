@@ -3,28 +3,48 @@
 
 use std::io::IsTerminal;
 
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::{LevelFilter, Targets};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+
+/// The level filter from `BRINDLE_LOG` or `RUST_LOG` (`info`, `warn,brindle_plugin=debug`:
+/// a default level and levels per module), else `default`. `Targets` rather than
+/// `EnvFilter`: brindle's logs need no span or field filters, and `EnvFilter` brings
+/// a regex engine into every binary.
+fn level_filter(default: &str) -> Targets {
+    let fallback = || {
+        default
+            .parse()
+            .unwrap_or_else(|_| Targets::new().with_default(LevelFilter::INFO))
+    };
+    let Ok(spec) = std::env::var("BRINDLE_LOG").or_else(|_| std::env::var("RUST_LOG")) else {
+        return fallback();
+    };
+    spec.parse().unwrap_or_else(|e| {
+        eprintln!(
+            "brindle: ignoring the log filter {spec:?} ({e}); valid: a level (error, warn, \
+             info, debug, trace) and module=level pairs, comma-separated"
+        );
+        fallback()
+    })
+}
 
 /// Text logs on stderr at `default` level unless the environment says otherwise.
 pub fn init_stderr(default: &str) {
-    let filter = std::env::var("BRINDLE_LOG")
-        .or_else(|_| std::env::var("RUST_LOG"))
-        .unwrap_or_else(|_| default.to_string());
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::new(filter))
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
+        .finish()
+        .with(level_filter(default))
         .try_init();
 }
 
 /// JSON logs on stderr, for `--log-format json`.
 pub fn init_stderr_json(default: &str) {
-    let filter = std::env::var("BRINDLE_LOG")
-        .or_else(|_| std::env::var("RUST_LOG"))
-        .unwrap_or_else(|_| default.to_string());
     let _ = tracing_subscriber::fmt()
         .json()
-        .with_env_filter(EnvFilter::new(filter))
         .with_writer(std::io::stderr)
+        .finish()
+        .with(level_filter(default))
         .try_init();
 }

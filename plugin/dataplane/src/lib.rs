@@ -28,6 +28,7 @@
 mod error;
 mod fake;
 pub mod firewall;
+mod link_dump;
 mod linux;
 mod names;
 mod netlink;

@@ -21,6 +21,7 @@ use rtnetlink::{Handle, LinkUnspec, LinkVeth, RouteMessageBuilder};
 use tokio::task::JoinHandle;
 
 use super::error::netlink_errno;
+use super::link_dump::LinkDumper;
 use super::netns::Netns;
 use super::{DataplaneError, MacAddr};
 
@@ -118,6 +119,7 @@ impl Route {
 pub(crate) struct Netlink {
     handle: Handle,
     task: JoinHandle<()>,
+    links: LinkDumper,
 }
 
 impl Drop for Netlink {
@@ -139,9 +141,11 @@ impl Netlink {
         let rt = runtime()?;
         let (conn, handle, _) =
             rtnetlink::new_connection().map_err(io_err("open netlink socket"))?;
+        let links = LinkDumper::open()?;
         Ok(Self {
             handle,
             task: rt.spawn(conn),
+            links,
         })
     }
 
@@ -149,18 +153,19 @@ impl Netlink {
     pub(crate) async fn connect_in(ns: &Netns) -> Result<Self, DataplaneError> {
         let rt = runtime()?;
         let rt2 = rt.clone();
-        let (conn, handle) = ns
+        let (conn, handle, links) = ns
             .run(move || {
                 // The socket registers with the runtime's reactor: enter it on this thread.
                 let _guard = rt2.enter();
                 let (conn, handle, _) =
                     rtnetlink::new_connection().map_err(io_err("open netlink socket in netns"))?;
-                Ok((conn, handle))
+                Ok((conn, handle, LinkDumper::open()?))
             })
             .await?;
         Ok(Self {
             handle,
             task: rt.spawn(conn),
+            links,
         })
     }
 
@@ -183,17 +188,9 @@ impl Netlink {
         })
     }
 
-    /// RTM_GETLINK dump.
+    /// RTM_GETLINK dump (see `link_dump.rs` for why it does not go through rtnetlink).
     pub(crate) async fn dump_links(&self) -> Result<Vec<Link>, DataplaneError> {
-        let msgs: Vec<LinkMessage> = self
-            .handle
-            .link()
-            .get()
-            .execute()
-            .try_collect()
-            .await
-            .map_err(|e| DataplaneError::netlink("dump links", e))?;
-        Ok(msgs.iter().map(parse_link).collect())
+        self.links.dump().await
     }
 
     /// RTM_NEWLINK of a veth pair in one message: `host` (up, with `host_mac`) here and
@@ -350,15 +347,15 @@ impl Netlink {
 
     /// RTM_GETROUTE dump of the IPv4 main table.
     pub(crate) async fn dump_routes(&self) -> Result<Vec<Route>, DataplaneError> {
-        let msgs: Vec<RouteMessage> = self
-            .handle
+        // Boiled down as they arrive, as the links are.
+        self.handle
             .route()
             .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
             .execute()
+            .try_filter_map(|m| std::future::ready(Ok(parse_route(&m))))
             .try_collect()
             .await
-            .map_err(|e| DataplaneError::netlink("dump ipv4 routes", e))?;
-        Ok(msgs.iter().filter_map(parse_route).collect())
+            .map_err(|e| DataplaneError::netlink("dump ipv4 routes", e))
     }
 }
 

@@ -733,6 +733,11 @@ fn host_namespace_is_fixed_at_connect() {
             "B untouched"
         );
         assert!(!host_link_exists(&spec.host_ifname), "veth not in B");
+        assert_eq!(
+            dp.list_host_veths().await.expect("list"),
+            vec![spec.host_ifname.clone()],
+            "links listed in A"
+        );
         let host_ifname = spec.host_ifname.clone();
         let (fwd, proxy_arp, link_in_a) = std::thread::spawn(move || {
             setns(&ns_a, CloneFlags::CLONE_NEWNET).unwrap();
@@ -748,5 +753,42 @@ fn host_namespace_is_fixed_at_connect() {
         assert_eq!(proxy_arp, "1", "proxy_arp written in A");
         assert!(link_in_a, "veth made in A");
         assert!(dp.delete_endpoint(&spec.host_ifname).await.unwrap());
+    });
+}
+
+#[test]
+fn host_veths_are_listed_across_a_dump_of_many_chunks() {
+    if !can_run("host_veths_are_listed_across_a_dump_of_many_chunks") {
+        return;
+    }
+    in_host_ns(|| async {
+        // 400 pairs: 800 links, a dump the kernel sends in dozens of chunks.
+        let pairs = 400;
+        let mut batch = String::new();
+        for i in 0..pairs {
+            batch.push_str(&format!(
+                "link add brl{i:04} type veth peer name xpeer{i:04}\n"
+            ));
+        }
+        // Our prefix, but not a veth: never listed (so never reaped).
+        batch.push_str("link add brlbridge0 type bridge\n");
+        let mut child = Command::new("ip")
+            .args(["-batch", "-"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .expect("ip -batch");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(batch.as_bytes())
+            .unwrap();
+        assert!(child.wait().unwrap().success(), "ip -batch failed");
+
+        let dp = connect();
+        let mut listed = dp.list_host_veths().await.expect("list host veths");
+        listed.sort();
+        let expected: Vec<String> = (0..pairs).map(|i| format!("brl{i:04}")).collect();
+        assert_eq!(listed, expected);
     });
 }

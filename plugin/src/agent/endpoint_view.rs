@@ -1,10 +1,14 @@
 //! Every node's endpoints as the agent's passes read them: per endpoint only its
 //! address, host veth, segment, `allow-from` and container, grouped by node so a
-//! change copies one node's group (see `cow.rs`), not the cluster's.
+//! change copies one node's group, not the cluster's.
 //!
 //! Readers: routes (this node's address → veth), the firewall (every endpoint's
 //! segment and container, this node's `allow-from`), the crash repair (every veth
 //! name, so two nodes sharing one kernel leave each other's veths alone).
+//!
+//! Sized for clusters of tens of thousands of endpoints, most of them other nodes':
+//! a group is a sorted vector behind an `Arc` (72 bytes an endpoint, no tree nodes
+//! half empty), and an endpoint's key and veth name share one allocation.
 
 use std::fmt;
 use std::net::Ipv4Addr;
@@ -18,13 +22,14 @@ use crate::endpoints::EndpointRecord;
 /// What the passes read of one endpoint record (its node is the group's).
 #[derive(Clone, PartialEq, Eq)]
 pub struct EndpointView {
-    pub ip: Ipv4Addr,
-    /// With `owner` `None`: the owner is this many leading bytes of the entry's key
-    /// (a CNI endpoint's id starts with its container id), saving a copy of it.
+    /// The entry's key, then the host veth's name.
+    names: Box<str>,
+    key_len: u16,
+    /// With `owner` `None`: the owner is this many leading bytes of the key (a CNI
+    /// endpoint's id starts with its container id), saving a copy of it.
     owner_len: u16,
+    pub ip: Ipv4Addr,
     owner: Option<Box<str>>,
-    /// Host-side veth.
-    pub host_ifname: Box<str>,
     /// [`EndpointRecord::segment`], shared by every endpoint of that network.
     pub segment: Arc<str>,
     /// `brindle.allow-from`.
@@ -32,8 +37,11 @@ pub struct EndpointView {
 }
 
 impl EndpointView {
-    /// The view of `record`, stored under `key`, in `segment`.
-    fn new(key: &str, record: EndpointRecord, segment: Arc<str>) -> Self {
+    /// The view of `record`, stored under `key`, in `segment`; `None` for a key or a
+    /// veth name too long for this compact form (no valid record has one).
+    fn new(key: &str, record: EndpointRecord, segment: Arc<str>) -> Option<Self> {
+        let key_len = u16::try_from(key.len()).ok()?;
+        u16::try_from(key.len() + record.host_ifname.len()).ok()?;
         // The firewall groups a container's endpoints by this; one without a known
         // container stands alone.
         let owner = record
@@ -43,13 +51,32 @@ impl EndpointView {
             Ok(n) if key.starts_with(owner.as_str()) => (n, None),
             _ => (0, Some(owner.into_boxed_str())),
         };
-        Self {
-            ip: record.ip,
+        Some(Self {
+            names: [key, &record.host_ifname].concat().into_boxed_str(),
+            key_len,
             owner_len,
+            ip: record.ip,
             owner,
-            host_ifname: record.host_ifname.into_boxed_str(),
             segment,
             allow_from: record.allow_from.into_boxed_slice(),
+        })
+    }
+
+    /// The key it is stored under within its node.
+    fn key(&self) -> &str {
+        &self.names[..usize::from(self.key_len)]
+    }
+
+    /// Host-side veth.
+    pub fn host_ifname(&self) -> &str {
+        &self.names[usize::from(self.key_len)..]
+    }
+
+    /// Its container id, or `endpoint:ID` when the record names none.
+    pub fn owner(&self) -> &str {
+        match &self.owner {
+            Some(o) => o,
+            None => &self.names[..usize::from(self.owner_len)],
         }
     }
 }
@@ -57,8 +84,9 @@ impl EndpointView {
 impl fmt::Debug for EndpointView {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("EndpointView")
+            .field("key", &self.key())
             .field("ip", &self.ip)
-            .field("host_ifname", &self.host_ifname)
+            .field("host_ifname", &self.host_ifname())
             .field("segment", &self.segment)
             .finish_non_exhaustive()
     }
@@ -68,24 +96,61 @@ impl fmt::Debug for EndpointView {
 #[derive(Clone, Copy)]
 pub struct Entry<'a> {
     pub node: &'a str,
-    key: &'a str,
     pub view: &'a EndpointView,
 }
 
 impl<'a> Entry<'a> {
     /// Its container id, or `endpoint:ID` when the record names none.
     pub fn owner(&self) -> &'a str {
-        match &self.view.owner {
-            Some(o) => o,
-            None => &self.key[..usize::from(self.view.owner_len)],
+        self.view.owner()
+    }
+}
+
+/// One node's endpoints, sorted by key, copied on the first write while shared.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Group(Arc<Vec<EndpointView>>);
+
+impl Group {
+    fn find(&self, key: &str) -> Result<usize, usize> {
+        self.0.binary_search_by(|v| v.key().cmp(key))
+    }
+
+    /// Adds or replaces; returns whether it was new.
+    fn put(&mut self, view: EndpointView) -> bool {
+        match self.find(view.key()) {
+            Ok(i) => {
+                Arc::make_mut(&mut self.0)[i] = view;
+                false
+            }
+            Err(i) => {
+                Arc::make_mut(&mut self.0).insert(i, view);
+                true
+            }
+        }
+    }
+
+    /// Removes `key`; returns whether it was there. Looked up read-only first: a
+    /// delete of an unknown key copies nothing.
+    fn remove(&mut self, key: &str) -> bool {
+        let Ok(i) = self.find(key) else {
+            return false;
+        };
+        Arc::make_mut(&mut self.0).remove(i);
+        true
+    }
+
+    /// Gives back the room growing left, when no other snapshot shares the group.
+    fn shrink(&mut self) {
+        if let Some(v) = Arc::get_mut(&mut self.0) {
+            v.shrink_to_fit();
         }
     }
 }
 
-/// Every node's endpoints: node → key → view.
+/// Every node's endpoints: node → its group.
 #[derive(Debug, Clone, Default)]
 pub struct Endpoints {
-    nodes: CowMap<String, CowMap<Box<str>, EndpointView>>,
+    nodes: CowMap<String, Group>,
     len: usize,
     /// Every segment seen, each stored once (networks are few; never pruned).
     segments: CowMap<Arc<str>, ()>,
@@ -105,30 +170,41 @@ impl Endpoints {
         self.put(&node, key.as_ref(), record);
     }
 
-    /// Adds or replaces `record` as `node`'s entry under `key`.
+    /// Adds or replaces `record` as `node`'s entry under `key`. A key or veth name
+    /// over 64 KiB (which no valid record has) is dropped instead, with the entry it
+    /// would replace.
     pub fn put(&mut self, node: &str, key: &str, record: EndpointRecord) {
         let segment = self.intern(record.segment());
-        let view = EndpointView::new(key, record, segment);
+        let Some(view) = EndpointView::new(key, record, segment) else {
+            self.remove(node, key);
+            return;
+        };
         if !self.nodes.contains_key(node) {
-            self.nodes.insert(node.to_string(), CowMap::default());
+            self.nodes.insert(node.to_string(), Group::default());
         }
         let group = self.nodes.get_mut(node).expect("inserted");
-        if group.insert(key.into(), view).is_none() {
+        if group.put(view) {
             self.len += 1;
         }
     }
 
     /// Removes `node`'s entry under `key`, if any.
     pub fn remove(&mut self, node: &str, key: &str) {
-        // Looked up read-only first: a delete of an unknown key copies nothing.
-        if !self.nodes.get(node).is_some_and(|g| g.contains_key(key)) {
+        if self.nodes.get(node).is_none_or(|g| g.find(key).is_err()) {
             return;
         }
         let group = self.nodes.get_mut(node).expect("checked");
         group.remove(key);
         self.len -= 1;
-        if group.is_empty() {
+        if group.0.is_empty() {
             self.nodes.remove(node);
+        }
+    }
+
+    /// Gives back the spare room of groups no other snapshot shares (after a load).
+    pub fn shrink(&mut self) {
+        for group in self.nodes.values_mut() {
+            group.shrink();
         }
     }
 
@@ -166,20 +242,15 @@ impl Endpoints {
             .flat_map(|(node, group)| Self::entries(node, group))
     }
 
-    fn entries<'a>(
-        node: &'a str,
-        group: &'a CowMap<Box<str>, EndpointView>,
-    ) -> impl Iterator<Item = Entry<'a>> {
-        group
-            .iter()
-            .map(move |(key, view)| Entry { node, key, view })
+    fn entries<'a>(node: &'a str, group: &'a Group) -> impl Iterator<Item = Entry<'a>> {
+        group.0.iter().map(move |view| Entry { node, view })
     }
 
     /// Whether `self` and `other` share `node`'s group (tests: a change elsewhere
     /// must not copy it).
     pub fn shares_node(&self, other: &Self, node: &str) -> bool {
         match (self.nodes.get(node), other.nodes.get(node)) {
-            (Some(a), Some(b)) => a.shares(b),
+            (Some(a), Some(b)) => Arc::ptr_eq(&a.0, &b.0),
             _ => false,
         }
     }
@@ -253,5 +324,24 @@ mod tests {
         assert!(!e.shares_node(&published, "n2"));
         assert_eq!(published.len(), 2);
         assert_eq!(e.len(), 3);
+    }
+
+    #[test]
+    fn a_key_too_long_for_the_compact_form_is_dropped_with_what_it_replaced() {
+        let mut e = Endpoints::default();
+        e.put(
+            "n1",
+            &"k".repeat(70_000),
+            record("x", "n1", None, "10.0.0.1"),
+        );
+        assert!(e.is_empty());
+        e.put("n1", "a", record("a", "n1", None, "10.0.0.2"));
+        e.put("n1", "b", record("b", "n1", None, "10.0.0.3"));
+        let mut huge = record("a", "n1", None, "10.0.0.2");
+        huge.host_ifname = "v".repeat(70_000);
+        e.put("n1", "a", huge);
+        let ips: Vec<String> = e.on("n1").map(|x| x.view.ip.to_string()).collect();
+        assert_eq!(ips, ["10.0.0.3"]);
+        assert_eq!(e.len(), 1);
     }
 }

@@ -243,7 +243,7 @@ impl Reconciler {
         let named: HashSet<&str> = locals
             .iter()
             .map(|l| l.ep.base.host_ifname.as_str())
-            .chain(snap.endpoints.iter().map(|e| &*e.view.host_ifname))
+            .chain(snap.endpoints.iter().map(|e| e.view.host_ifname()))
             .collect();
         let pools: Vec<Ipv4Network> = snap.pools.values().map(|p| p.cidr).collect();
         let mut seen_links = HashSet::new();

@@ -51,7 +51,7 @@ impl Desired {
         let host_routes = snap
             .endpoints
             .on(node)
-            .map(|e| (e.view.ip, e.view.host_ifname.to_string()))
+            .map(|e| (e.view.ip, e.view.host_ifname().to_string()))
             .collect();
         let pools = snap.pools.values().map(|p| p.cidr).collect();
         Self {

@@ -37,6 +37,7 @@ pub async fn load<S: Store>(store: &S, prefixes: &Prefixes) -> Result<Snapshot, 
         }
     }
     snap.revision = revision.unwrap_or_default();
+    snap.endpoints.shrink();
     Ok(snap)
 }
 

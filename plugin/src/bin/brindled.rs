@@ -4,6 +4,7 @@ use brindle_plugin::daemon::{run, DaemonArgs, LogFormat};
 use clap::Parser;
 
 fn main() -> anyhow::Result<()> {
+    brindle_plugin::agent::memory::tune_allocator();
     let args = DaemonArgs::parse();
     match args.log_format {
         LogFormat::Text => brindle_plugin::logging::init_stderr("info"),
