@@ -1103,3 +1103,62 @@ fn cni_etcd_password_file() {
     ]);
     assert!(handles.trim().is_empty(), "left behind: {handles}");
 }
+
+/// POSTs `len` bytes of `{` to `path` on a unix socket; the answer's status and body.
+/// The writes stop early if the server closes the connection mid-body.
+fn post_oversized(socket: &std::path::Path, path: &str, len: usize) -> (u16, Vec<u8>) {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(socket).expect("connect to brindled");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: brindled\r\nContent-Type: application/json\r\n\
+         Content-Length: {len}\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    let chunk = vec![b'{'; 64 * 1024];
+    let mut sent = 0;
+    while sent < len {
+        let n = chunk.len().min(len - sent);
+        if s.write_all(&chunk[..n]).is_err() {
+            break;
+        }
+        sent += n;
+    }
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no HTTP status in {text:?}"));
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.as_bytes().to_vec())
+        .unwrap_or_default();
+    (status, body)
+}
+
+#[test]
+fn an_api_body_over_the_limit_gets_a_cni_error_naming_the_limit() {
+    if !root_or_skip("an_api_body_over_the_limit_gets_a_cni_error_naming_the_limit") {
+        return;
+    }
+    let etcd = Etcd::start();
+    let d = Brindled::start(&etcd.endpoint, "n1");
+    let limit = brindle_plugin::api::MAX_BODY_BYTES;
+    let (status, body) = post_oversized(&d.api_socket, "/v1/cni/add", limit + 1);
+    assert_eq!(status, 413, "{}", String::from_utf8_lossy(&body));
+    let err: Value = serde_json::from_slice(&body)
+        .unwrap_or_else(|e| panic!("not a CNI error ({e}): {}", String::from_utf8_lossy(&body)));
+    let msg = err["msg"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains(&format!("at most {limit} bytes")),
+        "the error names the limit: {err}"
+    );
+    // Within the limit, a body that is not a request is still a decoding error (400),
+    // on which the plugin goes to etcd itself.
+    let (status, body) = post_oversized(&d.api_socket, "/v1/cni/add", 1000);
+    assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).contains("cannot decode"));
+}

@@ -17,6 +17,7 @@
 //! the plugin prints as its CNI error. A request for another node or key prefix than
 //! brindled serves, or naming a netns path brindled cannot see, answers 409, and a
 //! body that does not decode 400: the plugin then does the work itself against etcd.
+//! A body over [`MAX_BODY_BYTES`] answers 413 with a CNI error naming the limit.
 //! A caller other than root or a member of `--api-group` (`crate::socket::peer`), or a
 //! netns path outside the directories brindled opens ([`netns_path`]), answers 403
 //! with a CNI error of code 106, which the plugin prints: no second attempt directly.
@@ -26,7 +27,8 @@ pub mod netns_path;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -41,6 +43,7 @@ use crate::cni::error::{code, CniError};
 use crate::cni::ops::{
     self, AddRequest, CheckRequest, Ctx, DelRequest, GcRequest, StatusRequest, Target,
 };
+use crate::cni::MAX_CONFIG_BYTES;
 use netns_path::NetnsDirs;
 
 /// What the API needs from brindled (which implements it on its node state).
@@ -66,6 +69,11 @@ pub struct Api<B: Backend> {
     pub netns_dirs: NetnsDirs,
 }
 
+/// Largest request body brindled reads. A request carries fields brindle-cni took from
+/// its stdin, which it caps at [`MAX_CONFIG_BYTES`]; twice that leaves room for JSON
+/// escaping them again.
+pub const MAX_BODY_BYTES: usize = 2 * MAX_CONFIG_BYTES as usize;
+
 /// The routes served on `--api-socket`.
 ///
 /// CNI requests get a netlink socket of their own (when one can be opened here, in the
@@ -90,6 +98,7 @@ pub fn router<B: Backend>(backend: Arc<B>, netns_dirs: NetnsDirs) -> Router {
         .route(paths::CHECK, post(check::<B>))
         .route(paths::GC, post(gc::<B>))
         .route(paths::STATUS, post(status::<B>))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
 
@@ -97,6 +106,22 @@ type Rejection = Box<Response>;
 
 fn error_response(status: StatusCode, e: CniError) -> Response {
     (status, Json(e)).into_response()
+}
+
+/// The body, or the CNI error for one that could not be read (over the limit: 413).
+fn read_body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, Rejection> {
+    body.map_err(|e| {
+        Box::new(error_response(
+            e.status(),
+            CniError::new(
+                code::BRINDLED,
+                format!(
+                    "brindled cannot read the request body ({}): it takes at most {MAX_BODY_BYTES} bytes",
+                    e.body_text()
+                ),
+            ),
+        ))
+    })
 }
 
 /// Decode the body and make sure it is meant for this brindled.
@@ -151,7 +176,14 @@ fn answer<T: Serialize>(r: Result<T, CniError>) -> Response {
     }
 }
 
-async fn add<B: Backend>(State(st): State<Arc<Api<B>>>, body: Bytes) -> Response {
+async fn add<B: Backend>(
+    State(st): State<Arc<Api<B>>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let body = match read_body(body) {
+        Ok(body) => body,
+        Err(r) => return *r,
+    };
     match accept(&st, &body, |r: &AddRequest| &r.target) {
         Ok(req) => match netns_usable(&st, req.mode, req.netns.as_deref()) {
             Ok(()) => answer(ops::add(&ctx(&st), &req).await),
@@ -191,14 +223,28 @@ fn netns_usable<B: Backend>(
     Ok(())
 }
 
-async fn del<B: Backend>(State(st): State<Arc<Api<B>>>, body: Bytes) -> Response {
+async fn del<B: Backend>(
+    State(st): State<Arc<Api<B>>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let body = match read_body(body) {
+        Ok(body) => body,
+        Err(r) => return *r,
+    };
     match accept(&st, &body, |r: &DelRequest| &r.target) {
         Ok(req) => answer(ops::del(&ctx(&st), &req).await),
         Err(r) => *r,
     }
 }
 
-async fn check<B: Backend>(State(st): State<Arc<Api<B>>>, body: Bytes) -> Response {
+async fn check<B: Backend>(
+    State(st): State<Arc<Api<B>>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let body = match read_body(body) {
+        Ok(body) => body,
+        Err(r) => return *r,
+    };
     match accept(&st, &body, |r: &CheckRequest| &r.target) {
         Ok(req) => match netns_usable(&st, req.mode, req.netns.as_deref()) {
             Ok(()) => answer(ops::check(&ctx(&st), &req).await),
@@ -208,14 +254,28 @@ async fn check<B: Backend>(State(st): State<Arc<Api<B>>>, body: Bytes) -> Respon
     }
 }
 
-async fn gc<B: Backend>(State(st): State<Arc<Api<B>>>, body: Bytes) -> Response {
+async fn gc<B: Backend>(
+    State(st): State<Arc<Api<B>>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let body = match read_body(body) {
+        Ok(body) => body,
+        Err(r) => return *r,
+    };
     match accept(&st, &body, |r: &GcRequest| &r.target) {
         Ok(req) => answer(ops::gc(&ctx(&st), &req).await),
         Err(r) => *r,
     }
 }
 
-async fn status<B: Backend>(State(st): State<Arc<Api<B>>>, body: Bytes) -> Response {
+async fn status<B: Backend>(
+    State(st): State<Arc<Api<B>>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let body = match read_body(body) {
+        Ok(body) => body,
+        Err(r) => return *r,
+    };
     match accept(&st, &body, |r: &StatusRequest| &r.target) {
         Ok(req) => answer(ops::status(&ctx(&st), &req).await),
         Err(r) => *r,
