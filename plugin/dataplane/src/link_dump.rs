@@ -7,8 +7,8 @@
 //! reconcile listed veths. Here each message is read where it lies in the receive
 //! buffer, and the kernel leaves the statistics out (`RTEXT_FILTER_SKIP_STATS`).
 //!
-//! The socket is a plain blocking one, opened beside the rtnetlink connection in the
-//! same namespace; a dump runs on tokio's blocking pool.
+//! The socket is a plain blocking one, opened by `LinuxDataplane::connect` beside its
+//! rtnetlink connection, so in the host namespace; a dump runs on tokio's blocking pool.
 
 use std::io;
 use std::os::fd::AsRawFd;

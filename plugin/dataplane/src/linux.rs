@@ -8,6 +8,7 @@ use std::net::Ipv4Addr;
 use ipnetwork::Ipv4Network;
 use tracing::{debug, info, warn};
 
+use super::link_dump::LinkDumper;
 use super::netlink::{Link, Netlink, Route, RouteKind};
 use super::netns::Netns;
 use super::{
@@ -24,6 +25,8 @@ const CONTAINER_ROUTE_PROTOCOL: u8 = 3;
 /// thread later runs the futures.
 pub struct LinuxDataplane {
     nl: Netlink,
+    /// The host's link dumps (the container-side sockets never list links).
+    links: LinkDumper,
     host_ns: Netns,
 }
 
@@ -34,7 +37,8 @@ impl LinuxDataplane {
     pub fn connect() -> Result<Self, DataplaneError> {
         let host_ns = Netns::current()?;
         let nl = Netlink::connect()?;
-        Ok(Self { nl, host_ns })
+        let links = LinkDumper::open()?;
+        Ok(Self { nl, links, host_ns })
     }
 
     async fn create_on_host(&self, spec: &EndpointSpec) -> Result<MacAddr, DataplaneError> {
@@ -356,8 +360,8 @@ impl LinuxDataplane {
     async fn list_ours(&self) -> Result<Vec<OwnedRoute>, DataplaneError> {
         let routes = self.nl.dump_routes().await?;
         let names: HashMap<u32, String> = self
-            .nl
-            .dump_links()
+            .links
+            .dump()
             .await?
             .into_iter()
             .map(|l| (l.index, l.name))
@@ -580,8 +584,8 @@ impl Dataplane for LinuxDataplane {
     fn list_host_veths(&self) -> DpFuture<'_, Vec<String>> {
         Box::pin(async move {
             Ok(self
-                .nl
-                .dump_links()
+                .links
+                .dump()
                 .await?
                 .into_iter()
                 .filter(|l| l.is_veth && l.name.starts_with(super::names::HOST_PREFIX))

@@ -21,7 +21,6 @@ use rtnetlink::{Handle, LinkUnspec, LinkVeth, RouteMessageBuilder};
 use tokio::task::JoinHandle;
 
 use super::error::netlink_errno;
-use super::link_dump::LinkDumper;
 use super::netns::Netns;
 use super::{DataplaneError, MacAddr};
 
@@ -119,7 +118,6 @@ impl Route {
 pub(crate) struct Netlink {
     handle: Handle,
     task: JoinHandle<()>,
-    links: LinkDumper,
 }
 
 impl Drop for Netlink {
@@ -141,11 +139,9 @@ impl Netlink {
         let rt = runtime()?;
         let (conn, handle, _) =
             rtnetlink::new_connection().map_err(io_err("open netlink socket"))?;
-        let links = LinkDumper::open()?;
         Ok(Self {
             handle,
             task: rt.spawn(conn),
-            links,
         })
     }
 
@@ -153,19 +149,18 @@ impl Netlink {
     pub(crate) async fn connect_in(ns: &Netns) -> Result<Self, DataplaneError> {
         let rt = runtime()?;
         let rt2 = rt.clone();
-        let (conn, handle, links) = ns
+        let (conn, handle) = ns
             .run(move || {
                 // The socket registers with the runtime's reactor: enter it on this thread.
                 let _guard = rt2.enter();
                 let (conn, handle, _) =
                     rtnetlink::new_connection().map_err(io_err("open netlink socket in netns"))?;
-                Ok((conn, handle, LinkDumper::open()?))
+                Ok((conn, handle))
             })
             .await?;
         Ok(Self {
             handle,
             task: rt.spawn(conn),
-            links,
         })
     }
 
@@ -186,11 +181,6 @@ impl Netlink {
         first_link(req.execute().try_next().await, || {
             format!("get link #{index}")
         })
-    }
-
-    /// RTM_GETLINK dump (see `link_dump.rs` for why it does not go through rtnetlink).
-    pub(crate) async fn dump_links(&self) -> Result<Vec<Link>, DataplaneError> {
-        self.links.dump().await
     }
 
     /// RTM_NEWLINK of a veth pair in one message: `host` (up, with `host_mac`) here and
@@ -347,7 +337,7 @@ impl Netlink {
 
     /// RTM_GETROUTE dump of the IPv4 main table.
     pub(crate) async fn dump_routes(&self) -> Result<Vec<Route>, DataplaneError> {
-        // Boiled down as they arrive, as the links are.
+        // Each message boiled down as it arrives, not all held decoded at once.
         self.handle
             .route()
             .get(RouteMessageBuilder::<Ipv4Addr>::new().build())

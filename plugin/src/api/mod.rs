@@ -27,8 +27,7 @@ pub mod netns_path;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -108,20 +107,30 @@ fn error_response(status: StatusCode, e: CniError) -> Response {
     (status, Json(e)).into_response()
 }
 
-/// The body, or the CNI error for one that could not be read (over the limit: 413).
-fn read_body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, Rejection> {
-    body.map_err(|e| {
-        Box::new(error_response(
-            e.status(),
-            CniError::new(
-                code::BRINDLED,
-                format!(
-                    "brindled cannot read the request body ({}): it takes at most {MAX_BODY_BYTES} bytes",
-                    e.body_text()
-                ),
-            ),
-        ))
-    })
+/// A request body read whole, or the CNI error answering one that could not be read
+/// (over [`MAX_BODY_BYTES`]: 413).
+struct CniBody(Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for CniBody {
+    type Rejection = Response;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Response> {
+        Bytes::from_request(req, state)
+            .await
+            .map(CniBody)
+            .map_err(|e| {
+                error_response(
+                    e.status(),
+                    CniError::new(
+                        code::BRINDLED,
+                        format!(
+                            "brindled cannot read the request body ({}): it takes at most {MAX_BODY_BYTES} bytes",
+                            e.body_text()
+                        ),
+                    ),
+                )
+            })
+    }
 }
 
 /// Decode the body and make sure it is meant for this brindled.
@@ -176,14 +185,7 @@ fn answer<T: Serialize>(r: Result<T, CniError>) -> Response {
     }
 }
 
-async fn add<B: Backend>(
-    State(st): State<Arc<Api<B>>>,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let body = match read_body(body) {
-        Ok(body) => body,
-        Err(r) => return *r,
-    };
+async fn add<B: Backend>(State(st): State<Arc<Api<B>>>, CniBody(body): CniBody) -> Response {
     match accept(&st, &body, |r: &AddRequest| &r.target) {
         Ok(req) => match netns_usable(&st, req.mode, req.netns.as_deref()) {
             Ok(()) => answer(ops::add(&ctx(&st), &req).await),
@@ -223,28 +225,14 @@ fn netns_usable<B: Backend>(
     Ok(())
 }
 
-async fn del<B: Backend>(
-    State(st): State<Arc<Api<B>>>,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let body = match read_body(body) {
-        Ok(body) => body,
-        Err(r) => return *r,
-    };
+async fn del<B: Backend>(State(st): State<Arc<Api<B>>>, CniBody(body): CniBody) -> Response {
     match accept(&st, &body, |r: &DelRequest| &r.target) {
         Ok(req) => answer(ops::del(&ctx(&st), &req).await),
         Err(r) => *r,
     }
 }
 
-async fn check<B: Backend>(
-    State(st): State<Arc<Api<B>>>,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let body = match read_body(body) {
-        Ok(body) => body,
-        Err(r) => return *r,
-    };
+async fn check<B: Backend>(State(st): State<Arc<Api<B>>>, CniBody(body): CniBody) -> Response {
     match accept(&st, &body, |r: &CheckRequest| &r.target) {
         Ok(req) => match netns_usable(&st, req.mode, req.netns.as_deref()) {
             Ok(()) => answer(ops::check(&ctx(&st), &req).await),
@@ -254,28 +242,14 @@ async fn check<B: Backend>(
     }
 }
 
-async fn gc<B: Backend>(
-    State(st): State<Arc<Api<B>>>,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let body = match read_body(body) {
-        Ok(body) => body,
-        Err(r) => return *r,
-    };
+async fn gc<B: Backend>(State(st): State<Arc<Api<B>>>, CniBody(body): CniBody) -> Response {
     match accept(&st, &body, |r: &GcRequest| &r.target) {
         Ok(req) => answer(ops::gc(&ctx(&st), &req).await),
         Err(r) => *r,
     }
 }
 
-async fn status<B: Backend>(
-    State(st): State<Arc<Api<B>>>,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let body = match read_body(body) {
-        Ok(body) => body,
-        Err(r) => return *r,
-    };
+async fn status<B: Backend>(State(st): State<Arc<Api<B>>>, CniBody(body): CniBody) -> Response {
     match accept(&st, &body, |r: &StatusRequest| &r.target) {
         Ok(req) => answer(ops::status(&ctx(&st), &req).await),
         Err(r) => *r,
