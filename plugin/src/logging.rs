@@ -29,22 +29,29 @@ fn level_filter(default: &str) -> Targets {
     })
 }
 
+// Layers on a bare registry, not `fmt().finish()`: that subscriber has its own INFO
+// ceiling, under which `BRINDLE_LOG=debug` would silently log nothing more.
+
 /// Text logs on stderr at `default` level unless the environment says otherwise.
 pub fn init_stderr(default: &str) {
-    let _ = tracing_subscriber::fmt()
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .finish()
+    let _ = tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_ansi(std::io::stderr().is_terminal())
+                .with_writer(std::io::stderr),
+        )
         .with(level_filter(default))
         .try_init();
 }
 
 /// JSON logs on stderr, for `--log-format json`.
 pub fn init_stderr_json(default: &str) {
-    let _ = tracing_subscriber::fmt()
-        .json()
-        .with_writer(std::io::stderr)
-        .finish()
+    let _ = tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .json()
+                .with_writer(std::io::stderr),
+        )
         .with(level_filter(default))
         .try_init();
 }

@@ -1162,3 +1162,25 @@ fn an_api_body_over_the_limit_gets_a_cni_error_naming_the_limit() {
     assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
     assert!(String::from_utf8_lossy(&body).contains("cannot decode"));
 }
+
+/// `BRINDLE_LOG=debug` must reach debug lines: an operator asks for them to see why an
+/// invocation went the way it did (and the Docker benchmark reads brindled's per-call
+/// timings at debug level). A logger with its own INFO ceiling would print nothing more.
+#[test]
+fn brindle_log_debug_shows_debug_lines() {
+    let plugins = PluginDir::new();
+    let call = || Call::new("VERSION", "", "", "");
+    let conf = json!({"cniVersion": "1.0.0"});
+    let quiet = call().run(&plugins.plugin("brindle"), &conf);
+    assert!(quiet.success, "{quiet:?}");
+    assert!(!quiet.stderr.contains("DEBUG"), "{}", quiet.stderr);
+    let debug = call()
+        .env("BRINDLE_LOG", "debug")
+        .run(&plugins.plugin("brindle"), &conf);
+    assert!(debug.success, "{debug:?}");
+    assert!(
+        debug.stderr.contains("DEBUG") && debug.stderr.contains("cni invocation"),
+        "no debug line with BRINDLE_LOG=debug: {}",
+        debug.stderr
+    );
+}
