@@ -23,6 +23,7 @@ mod txn;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
+use futures::future::BoxFuture;
 use ipnetwork::Ipv4Network;
 use std::sync::Mutex;
 
@@ -71,6 +72,10 @@ pub struct Assigned {
 /// [`Ipam::allocate_with`].
 pub type AlsoWrite<'a> = dyn Fn(&Assigned) -> Vec<Op> + Send + Sync + 'a;
 
+/// Work that runs while an allocation's transaction is in flight, given the address
+/// the transaction assigns; see [`Ipam::allocate_alongside`].
+pub type Alongside<'a> = dyn Fn(Assigned) -> BoxFuture<'a, ()> + Send + Sync + 'a;
+
 /// The IPAM service over a store.
 pub struct Ipam<S: Store> {
     store: S,
@@ -107,9 +112,15 @@ impl<S: Store> Ipam<S> {
         &self.keys
     }
 
-    /// Drop everything cached (after a watch reports outside changes, for instance).
+    /// Drop everything cached (after a watch reports outside changes, for instance);
+    /// reservations stay, being this process's own decisions.
     pub async fn invalidate(&self) {
-        *self.cache() = Cache::default();
+        let mut cache = self.cache();
+        let reserved = std::mem::take(&mut cache.reserved);
+        *cache = Cache {
+            reserved,
+            ..Cache::default()
+        };
     }
 }
 

@@ -19,7 +19,7 @@ mod shape;
 pub mod state;
 pub mod store;
 
-pub use allocator::{AllocRequest, AlsoWrite, Assigned, Ipam};
+pub use allocator::{AllocRequest, Alongside, AlsoWrite, Assigned, Ipam};
 pub use error::IpamError;
 pub use model::{Allocation, Block, HandleRecord, Pool};
 pub use state::{keys, Keys, StateError, Versioned};

@@ -537,3 +537,96 @@ fn ipam_futures_are_send() {
     assert_send(&ipam.check(true));
     assert_send(&ipam.usage());
 }
+
+/// `allocate_alongside` runs its work with the address each transaction assigns: again
+/// with another address when a second process (same node, stale cache here) took the
+/// first meanwhile; a repeated request learns it holds an address from its failed
+/// compare, so its work ran for an address it does not get (the caller undoes it).
+#[tokio::test]
+async fn work_alongside_an_allocation_sees_every_address_tried_and_the_one_kept() {
+    use std::sync::Mutex;
+    let ipam = ipam_with_pool("10.70.0.0/24", 26).await;
+    let first = ipam.allocate(&req("ctr-1", "n1")).await.unwrap();
+    // Another process of the same node takes the next free address; `ipam` does not
+    // know, so its next plan picks that address and loses the compare.
+    let other = Ipam::new(ipam.store().clone(), PREFIX);
+    let taken = other.allocate(&req("ctr-2", "n1")).await.unwrap();
+    let seen: Mutex<Vec<Ipv4Addr>> = Mutex::new(Vec::new());
+    let work = |a: brindle_ipam::Assigned| -> futures::future::BoxFuture<'_, ()> {
+        let seen = &seen;
+        Box::pin(async move { seen.lock().unwrap().push(a.ip) })
+    };
+    let got = ipam
+        .allocate_alongside(&req("ctr-3", "n1"), &|_| Vec::new(), &work)
+        .await
+        .unwrap();
+    assert!(!got.existing);
+    assert_ne!(got.ip, taken.ip);
+    assert_ne!(got.ip, first.ip);
+    assert_eq!(*seen.lock().unwrap(), vec![taken.ip, got.ip]);
+
+    seen.lock().unwrap().clear();
+    let again = ipam
+        .allocate_alongside(&req("ctr-3", "n1"), &|_| Vec::new(), &work)
+        .await
+        .unwrap();
+    assert!(again.existing);
+    assert_eq!(again.ip, got.ip);
+    let tried = seen.lock().unwrap().clone();
+    assert_eq!(tried.len(), 1, "{tried:?}");
+    assert_ne!(tried[0], got.ip);
+    // Nothing was allocated for the address tried.
+    assert_eq!(ipam.release_ip(tried[0]).await.unwrap(), None);
+}
+
+/// A reservation takes a free address of the node's own blocks without writing: none
+/// before the node has a block (a claim is a write), then the next free one. Until it
+/// is lifted, neither another reservation nor a dynamic allocation of this process
+/// gets that address, while the fixed allocation the reserver makes later does; a
+/// cache invalidation keeps it.
+#[tokio::test]
+async fn a_reserved_address_is_passed_by_until_allocated_or_unreserved() {
+    let ipam = ipam_with_pool("10.70.0.0/24", 29).await;
+    let before = ipam.store().revision();
+    assert_eq!(
+        ipam.reserve_in_own_blocks(&req("r1", "n1")).await.unwrap(),
+        None
+    );
+    assert_eq!(ipam.store().revision(), before, "wrote nothing");
+
+    let first = ipam.allocate(&req("ctr-1", "n1")).await.unwrap();
+    let before = ipam.store().revision();
+    let reserved = ipam
+        .reserve_in_own_blocks(&req("r1", "n1"))
+        .await
+        .unwrap()
+        .expect("the node's block has room");
+    assert!(first.block.contains(reserved) && reserved != first.ip);
+    let again = ipam.reserve_in_own_blocks(&req("r2", "n1")).await.unwrap();
+    assert!(again.is_some_and(|ip| ip != reserved), "{again:?}");
+    assert_eq!(ipam.store().revision(), before, "wrote nothing");
+    ipam.invalidate().await;
+    let dynamic = ipam.allocate(&req("ctr-2", "n1")).await.unwrap();
+    assert!(
+        dynamic.ip != reserved && Some(dynamic.ip) != again,
+        "a dynamic allocation passes reservations by"
+    );
+    // The reserver allocates its address as a fixed one, then lifts the reservation.
+    let fixed_later = ipam
+        .allocate(&fixed("r1", "n1", &reserved.to_string()))
+        .await
+        .unwrap();
+    assert_eq!(fixed_later.ip, reserved);
+    ipam.unreserve(reserved);
+    // A reservation lifted without an allocation frees its address for anyone.
+    let again = again.unwrap();
+    ipam.unreserve(again);
+    let mut handed_out = Vec::new();
+    for n in 3..10 {
+        match ipam.allocate(&req(&format!("ctr-{n}"), "n1")).await {
+            Ok(a) => handed_out.push(a.ip),
+            Err(_) => break,
+        }
+    }
+    assert!(handed_out.contains(&again), "{handed_out:?}");
+}

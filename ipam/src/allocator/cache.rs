@@ -26,6 +26,9 @@ pub(super) struct Cache {
     /// Nodes whose affinities have been listed, and their blocks.
     pub(super) affine: HashMap<String, BTreeSet<Ipv4Network>>,
     pub(super) handles: HashMap<String, Versioned<HandleRecord>>,
+    /// Addresses handed out but not allocated yet ([`Ipam::reserve_in_own_blocks`]):
+    /// dynamic plans pass them by.
+    pub(super) reserved: BTreeSet<Ipv4Addr>,
 }
 
 impl Cache {

@@ -1,6 +1,7 @@
 //! Planning an allocation from the cache: a fixed address, or a dynamic one from the
 //! node's blocks, a new claim or a borrowed block; the plan becomes one transaction.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
@@ -50,6 +51,46 @@ impl<S: Store> Ipam<S> {
             Some(ip) => self.plan_fixed(req, ip, allocation).await,
             None => self.plan_dynamic(req, allocation).await,
         }
+    }
+
+    /// Reserve a free address of the node's own blocks for a dynamic request (its
+    /// pool, range and exclusions), as this process last saw them, without writing
+    /// anything: for a caller that allocates it later as a fixed address, in a
+    /// transaction that carries more (Docker's `RequestAddress`, allocated with its
+    /// endpoint's record). Until [`Ipam::unreserve`], this process's dynamic requests
+    /// pass it by. `None` when the node's blocks have none free: allocate then, which
+    /// claims a block. Another process may take the address meanwhile: the later
+    /// allocation's compare says so.
+    pub async fn reserve_in_own_blocks(
+        &self,
+        req: &AllocRequest,
+    ) -> Result<Option<Ipv4Addr>, IpamError> {
+        crate::error::validate_node_name(&req.node)?;
+        let mut pools = self.candidate_pools(req.pool.as_deref()).await?;
+        if let Some(range) = req.range {
+            pools.retain(|p| overlaps(p.value.cidr, range));
+        }
+        self.load_node(&req.node).await?;
+        let allocation = Allocation {
+            handle: req.handle.clone(),
+            attrs: BTreeMap::new(),
+        };
+        // Found and noted under one lock: two reservations never meet on one address.
+        let mut cache = self.cache();
+        let scope = Scope::of(req, &cache.reserved);
+        let found =
+            Self::take_from_own(&cache, &req.node, &pools, &allocation, &scope).map(|plan| plan.ip);
+        drop(scope);
+        if let Some(ip) = found {
+            cache.reserved.insert(ip);
+        }
+        Ok(found)
+    }
+
+    /// Let dynamic requests have a reserved address again (it was allocated, or its
+    /// reservation is over).
+    pub fn unreserve(&self, ip: Ipv4Addr) {
+        self.cache().reserved.remove(&ip);
     }
 
     /// The answer to a repeated request: the address the handle holds, if it fits.
@@ -188,7 +229,8 @@ impl<S: Store> Ipam<S> {
         allocation: Allocation,
     ) -> Result<Planned, IpamError> {
         let mut pools = self.candidate_pools(req.pool.as_deref()).await?;
-        let scope = Scope::of(req);
+        let reserved = self.cache().reserved.clone();
+        let scope = Scope::of(req, &reserved);
         if let Some(range) = req.range {
             let all = pool_cidrs(&pools);
             pools.retain(|p| overlaps(p.value.cidr, range));
@@ -199,7 +241,8 @@ impl<S: Store> Ipam<S> {
         self.load_node(&req.node).await?;
 
         // 1. The node's own blocks (those the range touches).
-        if let Some(plan) = self.take_from_own(&req.node, &pools, &allocation, &scope) {
+        let own = Self::take_from_own(&self.cache(), &req.node, &pools, &allocation, &scope);
+        if let Some(plan) = own {
             return Ok(Planned::New(Box::new(plan)));
         }
 
@@ -257,13 +300,12 @@ impl<S: Store> Ipam<S> {
     /// A plan from the first of the node's own blocks (those the scope touches) with a
     /// free address.
     fn take_from_own(
-        &self,
+        cache: &Cache,
         node: &str,
         pools: &[Versioned<Pool>],
         allocation: &Allocation,
         scope: &Scope<'_>,
     ) -> Option<Plan> {
-        let cache = self.cache();
         let own = cache.affine.get(node)?;
         own.iter()
             .filter(|cidr| scope.touches(**cidr))
@@ -294,7 +336,8 @@ impl<S: Store> Ipam<S> {
             return Replanned::Stale;
         }
         if !plan.fixed {
-            return match take_from(Some(current), &plan.pool, &plan.allocation, &Scope::of(req)) {
+            let scope = Scope::of(req, &cache.reserved);
+            return match take_from(Some(current), &plan.pool, &plan.allocation, &scope) {
                 Some(next) => Replanned::Ready(Box::new(next)),
                 None => Replanned::Stale,
             };
@@ -330,18 +373,23 @@ pub(super) enum Replanned {
     Stale,
 }
 
-/// Where a dynamic request may take its address: [`AllocRequest::range`] and
-/// [`AllocRequest::exclude`].
+/// Where a dynamic request may take its address: [`AllocRequest::range`], and not
+/// [`AllocRequest::exclude`] nor an address this process reserved.
 pub(super) struct Scope<'r> {
     range: Option<Ipv4Network>,
-    exclude: &'r BTreeSet<Ipv4Addr>,
+    exclude: Cow<'r, BTreeSet<Ipv4Addr>>,
 }
 
 impl<'r> Scope<'r> {
-    pub(super) fn of(req: &'r AllocRequest) -> Self {
+    pub(super) fn of(req: &'r AllocRequest, reserved: &BTreeSet<Ipv4Addr>) -> Self {
+        let exclude = if reserved.is_empty() {
+            Cow::Borrowed(&req.exclude)
+        } else {
+            Cow::Owned(req.exclude.union(reserved).copied().collect())
+        };
         Scope {
             range: req.range,
-            exclude: &req.exclude,
+            exclude,
         }
     }
 
@@ -358,7 +406,7 @@ pub(super) fn take_from(
     scope: &Scope<'_>,
 ) -> Option<Plan> {
     let block = block?;
-    let (ip, cursor) = next_free_in(&pool.value, &block.value, scope.range, scope.exclude)?;
+    let (ip, cursor) = next_free_in(&pool.value, &block.value, scope.range, &scope.exclude)?;
     let mut next = block.value.clone();
     next.cursor = cursor;
     next.allocations.insert(ip, allocation.clone());

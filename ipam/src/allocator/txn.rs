@@ -18,7 +18,7 @@ use crate::state::{decode, encode, Versioned};
 use crate::store::{Compare, Op, Store, Txn, TxnOutcome};
 
 use super::plan::{Plan, Planned, Replanned};
-use super::{AllocRequest, AlsoWrite, Assigned, BlockLock, Ipam};
+use super::{AllocRequest, Alongside, AlsoWrite, Assigned, BlockLock, Ipam};
 
 /// What a release's transaction carries besides the release: further compares it
 /// must hold, and further writes.
@@ -46,6 +46,33 @@ impl<S: Store> Ipam<S> {
         &self,
         req: &AllocRequest,
         also: &AlsoWrite<'_>,
+    ) -> Result<Assigned, IpamError> {
+        self.allocate_inner(req, also, None).await
+    }
+
+    /// [`Ipam::allocate_with`], running `alongside` with the address chosen while the
+    /// transaction that assigns it is in flight, so work that needs the address (a
+    /// veth, say) costs no time of its own. It runs once per transaction sent, and
+    /// runs again with another address when a compare fails (another host took the
+    /// address meanwhile). A repeated request (the handle already holds an address)
+    /// learns so from its transaction's failed compare, so its work may have run for
+    /// an address it does not get. Whatever an attempt's work made is the caller's
+    /// to keep or undo: unless the result is `existing`, its address is the last one
+    /// given to `alongside`.
+    pub async fn allocate_alongside(
+        &self,
+        req: &AllocRequest,
+        also: &AlsoWrite<'_>,
+        alongside: &Alongside<'_>,
+    ) -> Result<Assigned, IpamError> {
+        self.allocate_inner(req, also, Some(alongside)).await
+    }
+
+    async fn allocate_inner(
+        &self,
+        req: &AllocRequest,
+        also: &AlsoWrite<'_>,
+        alongside: Option<&Alongside<'_>>,
     ) -> Result<Assigned, IpamError> {
         validate_handle(&req.handle)?;
         validate_node_name(&req.node)?;
@@ -84,7 +111,7 @@ impl<S: Store> Ipam<S> {
                     continue;
                 }
             };
-            match self.commit_plan(req, *plan, also).await {
+            match self.commit_plan(req, *plan, also, alongside).await {
                 Ok(Some(done)) => return Ok(done),
                 Ok(None) => {}
                 Err(e) => {
@@ -112,6 +139,7 @@ impl<S: Store> Ipam<S> {
         req: &AllocRequest,
         plan: Plan,
         also: &AlsoWrite<'_>,
+        alongside: Option<&Alongside<'_>>,
     ) -> Result<Option<Assigned>, IpamError> {
         let assigned = Assigned {
             ip: plan.ip,
@@ -152,7 +180,11 @@ impl<S: Store> Ipam<S> {
             ops,
             read_on_conflict: vec![handle_key, block_key, pool_key],
         };
-        let current = match self.store.txn(txn).await? {
+        let outcome = match alongside {
+            Some(work) => futures::join!(self.store.txn(txn), work(assigned.clone())).0,
+            None => self.store.txn(txn).await,
+        };
+        let current = match outcome? {
             TxnOutcome::Committed { revision } => {
                 let mut cache = self.cache();
                 if plan.block_revision.is_none() {
@@ -465,6 +497,16 @@ impl<S: Store> Ipam<S> {
     async fn lock_block(&self, cidr: Ipv4Network) -> Result<KeyGuard<BlockLock>, IpamError> {
         let deadline = budget::deadline_after(LOCK_WAIT);
         Ok(self.blocks.lock(BlockLock(cidr), deadline).await?)
+    }
+
+    /// The addresses a handle holds as this process last wrote or read them, without a
+    /// round trip; `None` when it has not seen the handle. Another process may have
+    /// changed the handle since: a release compares the record's revision all the same.
+    pub fn cached_addresses_of(&self, handle: &str) -> Option<Vec<Ipv4Addr>> {
+        self.cache()
+            .handles
+            .get(handle)
+            .map(|r| r.value.addresses.keys().copied().collect())
     }
 
     /// The addresses a handle holds (read from the store, not the cache).

@@ -26,6 +26,12 @@ pub enum FakeOp {
     CreateVethOnHost,
     /// [`Dataplane::create_veth_into_netns`]
     CreateVethIntoNetns,
+    /// [`Dataplane::create_unrouted_veth_on_host`]
+    CreateUnroutedVethOnHost,
+    /// [`Dataplane::create_unrouted_veth_into_netns`]
+    CreateUnroutedVethIntoNetns,
+    /// [`Dataplane::route_endpoint`]
+    RouteEndpoint,
     /// [`Dataplane::delete_endpoint`]
     DeleteEndpoint,
     /// [`Dataplane::host_veth`]
@@ -59,6 +65,12 @@ pub enum FakeCall {
     CreateVethOnHost(EndpointSpec),
     /// `create_veth_into_netns(spec)`
     CreateVethIntoNetns(EndpointSpec),
+    /// `create_unrouted_veth_on_host(spec)`
+    CreateUnroutedVethOnHost(EndpointSpec),
+    /// `create_unrouted_veth_into_netns(spec)`
+    CreateUnroutedVethIntoNetns(EndpointSpec),
+    /// `route_endpoint(spec)`
+    RouteEndpoint(EndpointSpec),
     /// `delete_endpoint(host_ifname)`
     DeleteEndpoint(String),
     /// `host_veth(host_ifname)`
@@ -91,6 +103,9 @@ impl FakeCall {
         match self {
             Self::CreateVethOnHost(_) => FakeOp::CreateVethOnHost,
             Self::CreateVethIntoNetns(_) => FakeOp::CreateVethIntoNetns,
+            Self::CreateUnroutedVethOnHost(_) => FakeOp::CreateUnroutedVethOnHost,
+            Self::CreateUnroutedVethIntoNetns(_) => FakeOp::CreateUnroutedVethIntoNetns,
+            Self::RouteEndpoint(_) => FakeOp::RouteEndpoint,
             Self::DeleteEndpoint(_) => FakeOp::DeleteEndpoint,
             Self::HostVeth(_) => FakeOp::HostVeth,
             Self::DeleteHostLink(_) => FakeOp::DeleteHostLink,
@@ -333,6 +348,34 @@ fn create(
     spec: &EndpointSpec,
     want_netns: bool,
 ) -> Result<MacAddr, DataplaneError> {
+    let mac = create_unrouted(st, spec, want_netns)?;
+    if let Err(e) = add_route(st, spec) {
+        st.endpoints.remove(&spec.host_ifname);
+        return Err(e);
+    }
+    Ok(mac)
+}
+
+/// The `/32` of an endpoint made; like the kernel, refused when another link holds it.
+fn add_route(st: &mut State, spec: &EndpointSpec) -> Result<(), DataplaneError> {
+    match st.host_routes.get(&spec.ip) {
+        Some(dev) if *dev == spec.host_ifname => Ok(()),
+        Some(dev) => Err(DataplaneError::AlreadyExists {
+            op: format!("add route {}/32 dev {}", spec.ip, spec.host_ifname),
+            what: format!("route {}/32 dev {dev}", spec.ip),
+        }),
+        None => {
+            st.host_routes.insert(spec.ip, spec.host_ifname.clone());
+            Ok(())
+        }
+    }
+}
+
+fn create_unrouted(
+    st: &mut State,
+    spec: &EndpointSpec,
+    want_netns: bool,
+) -> Result<MacAddr, DataplaneError> {
     validate_ifname(&spec.host_ifname)?;
     validate_ifname(&spec.container_ifname)?;
     if spec.netns.is_some() != want_netns {
@@ -354,12 +397,6 @@ fn create(
             what: format!("interface {} on the host", spec.host_ifname),
         });
     }
-    if let Some(dev) = st.host_routes.get(&spec.ip) {
-        return Err(DataplaneError::AlreadyExists {
-            op: format!("add route {}/32 dev {}", spec.ip, spec.host_ifname),
-            what: format!("route {}/32 dev {dev}", spec.ip),
-        });
-    }
     st.last_ifindex += 1;
     let mac = spec
         .container_mac
@@ -368,7 +405,6 @@ fn create(
         spec.host_ifname.clone(),
         (spec.clone(), st.last_ifindex + 100, mac),
     );
-    st.host_routes.insert(spec.ip, spec.host_ifname.clone());
     Ok(mac)
 }
 
@@ -417,6 +453,34 @@ impl Dataplane for FakeDataplane {
     fn create_veth_into_netns<'a>(&'a self, spec: &'a EndpointSpec) -> DpFuture<'a, MacAddr> {
         self.call(FakeCall::CreateVethIntoNetns(spec.clone()), |st| {
             create(st, spec, true)
+        })
+    }
+
+    fn create_unrouted_veth_on_host<'a>(&'a self, spec: &'a EndpointSpec) -> DpFuture<'a, MacAddr> {
+        self.call(FakeCall::CreateUnroutedVethOnHost(spec.clone()), |st| {
+            create_unrouted(st, spec, false)
+        })
+    }
+
+    fn create_unrouted_veth_into_netns<'a>(
+        &'a self,
+        spec: &'a EndpointSpec,
+    ) -> DpFuture<'a, MacAddr> {
+        self.call(FakeCall::CreateUnroutedVethIntoNetns(spec.clone()), |st| {
+            create_unrouted(st, spec, true)
+        })
+    }
+
+    fn route_endpoint<'a>(&'a self, spec: &'a EndpointSpec) -> DpFuture<'a, ()> {
+        self.call(FakeCall::RouteEndpoint(spec.clone()), |st| {
+            if !st.endpoints.contains_key(&spec.host_ifname) {
+                return Err(DataplaneError::NotFound {
+                    what: format!("interface {} on the host", spec.host_ifname),
+                });
+            }
+            add_route(st, spec).inspect_err(|_| {
+                st.endpoints.remove(&spec.host_ifname);
+            })
         })
     }
 

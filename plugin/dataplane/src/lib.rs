@@ -98,6 +98,24 @@ pub trait Dataplane: Send + Sync {
     /// and the host side as [`Dataplane::create_veth_on_host`]. Returns the container MAC.
     fn create_veth_into_netns<'a>(&'a self, spec: &'a EndpointSpec) -> DpFuture<'a, MacAddr>;
 
+    /// [`Dataplane::create_veth_into_netns`] but for the host's `/32` route, so that
+    /// nothing outside the container reaches it yet: for a caller whose address is
+    /// still being committed. Follow it with [`Dataplane::route_endpoint`].
+    fn create_unrouted_veth_into_netns<'a>(
+        &'a self,
+        spec: &'a EndpointSpec,
+    ) -> DpFuture<'a, MacAddr>;
+
+    /// [`Dataplane::create_veth_on_host`] but for the host's `/32` route, for the same
+    /// reason. Follow it with [`Dataplane::route_endpoint`].
+    fn create_unrouted_veth_on_host<'a>(&'a self, spec: &'a EndpointSpec) -> DpFuture<'a, MacAddr>;
+
+    /// Add the host's `/32` route of an endpoint made by
+    /// [`Dataplane::create_unrouted_veth_into_netns`] or
+    /// [`Dataplane::create_unrouted_veth_on_host`] (a route that already points at its
+    /// veth is accepted). On failure the endpoint is deleted, as a failed create is.
+    fn route_endpoint<'a>(&'a self, spec: &'a EndpointSpec) -> DpFuture<'a, ()>;
+
     /// Delete the host veth (the kernel removes its peer and its routes with it).
     /// Returns `false` when it was already gone. Refuses to delete a non-veth link.
     fn delete_endpoint<'a>(&'a self, host_ifname: &'a str) -> DpFuture<'a, bool>;

@@ -41,7 +41,12 @@ impl LinuxDataplane {
         Ok(Self { nl, links, host_ns })
     }
 
-    async fn create_on_host(&self, spec: &EndpointSpec) -> Result<MacAddr, DataplaneError> {
+    /// The veth pair on the host; the `/32` route too when `routed`.
+    async fn create_on_host(
+        &self,
+        spec: &EndpointSpec,
+        routed: bool,
+    ) -> Result<MacAddr, DataplaneError> {
         validate_spec(spec)?;
         if let Some(ns) = &spec.netns {
             return Err(DataplaneError::Invalid {
@@ -70,7 +75,10 @@ impl LinuxDataplane {
         }
         let made = async {
             let host = self.host_link(&spec.host_ifname).await?;
-            self.setup_host_side(spec, &host).await?;
+            sysctl::write(&self.host_ns, sysctl::host_veth(&host.name)).await?;
+            if routed {
+                self.add_endpoint_route(spec, &host).await?;
+            }
             let peer = self.host_link(peer).await?;
             peer.mac.ok_or_else(|| DataplaneError::NotFound {
                 what: format!("mac address of interface {}", peer.name),
@@ -79,7 +87,13 @@ impl LinuxDataplane {
         self.or_rollback(spec, made).await
     }
 
-    async fn create_into_netns(&self, spec: &EndpointSpec) -> Result<MacAddr, DataplaneError> {
+    /// The veth into `spec.netns`, both sides set up; the host's `/32` route too when
+    /// `routed`.
+    async fn create_into_netns(
+        &self,
+        spec: &EndpointSpec,
+        routed: bool,
+    ) -> Result<MacAddr, DataplaneError> {
         validate_spec(spec)?;
         let path = spec.netns.as_ref().ok_or_else(|| DataplaneError::Invalid {
             what: format!(
@@ -104,21 +118,32 @@ impl LinuxDataplane {
         let made = async {
             let host = self.host_link(&spec.host_ifname).await?;
             let mac = setup_container_side(&ns, spec).await?;
+            sysctl::write(&self.host_ns, sysctl::host_veth(&host.name)).await?;
             // The host /32 goes last: it is what makes the endpoint reachable (and what
             // BIRD may export), so it should only exist once the container is ready.
-            self.setup_host_side(spec, &host).await?;
+            if routed {
+                self.add_endpoint_route(spec, &host).await?;
+            }
             Ok(mac)
         };
         self.or_rollback(spec, made).await
     }
 
-    /// proxy_arp / proxy_delay, then the `/32` route to the host veth.
-    async fn setup_host_side(
+    /// The `/32` route of an endpoint made without it; on failure the veth goes too.
+    async fn route_made_endpoint(&self, spec: &EndpointSpec) -> Result<(), DataplaneError> {
+        let routed = async {
+            let host = self.host_link(&spec.host_ifname).await?;
+            self.add_endpoint_route(spec, &host).await
+        };
+        self.or_rollback(spec, routed).await
+    }
+
+    /// The `/32` route to the host veth.
+    async fn add_endpoint_route(
         &self,
         spec: &EndpointSpec,
         host: &Link,
     ) -> Result<(), DataplaneError> {
-        sysctl::write(&self.host_ns, sysctl::host_veth(&host.name)).await?;
         let route = Route::device(host_net(spec.ip), host.index, ROUTE_PROTOCOL);
         match self.nl.add_route(&route, &host.name, false).await {
             Err(e) if e.errno() == Some(libc::EEXIST) => {
@@ -520,11 +545,26 @@ fn normalize(cidr: Ipv4Network) -> Ipv4Network {
 
 impl Dataplane for LinuxDataplane {
     fn create_veth_on_host<'a>(&'a self, spec: &'a EndpointSpec) -> DpFuture<'a, MacAddr> {
-        Box::pin(self.create_on_host(spec))
+        Box::pin(self.create_on_host(spec, true))
     }
 
     fn create_veth_into_netns<'a>(&'a self, spec: &'a EndpointSpec) -> DpFuture<'a, MacAddr> {
-        Box::pin(self.create_into_netns(spec))
+        Box::pin(self.create_into_netns(spec, true))
+    }
+
+    fn create_unrouted_veth_on_host<'a>(&'a self, spec: &'a EndpointSpec) -> DpFuture<'a, MacAddr> {
+        Box::pin(self.create_on_host(spec, false))
+    }
+
+    fn create_unrouted_veth_into_netns<'a>(
+        &'a self,
+        spec: &'a EndpointSpec,
+    ) -> DpFuture<'a, MacAddr> {
+        Box::pin(self.create_into_netns(spec, false))
+    }
+
+    fn route_endpoint<'a>(&'a self, spec: &'a EndpointSpec) -> DpFuture<'a, ()> {
+        Box::pin(self.route_made_endpoint(spec))
     }
 
     fn delete_endpoint<'a>(&'a self, host_ifname: &'a str) -> DpFuture<'a, bool> {

@@ -573,6 +573,63 @@ fn failure_after_veth_rolls_back_everything() {
     });
 }
 
+/// CNI's ADD builds the veth while its allocation commits: unrouted first (the
+/// container is set up, the host has no /32 for it), routed once the address is ours.
+/// A route another device holds fails the routing and takes the veth with it.
+#[test]
+fn unrouted_veth_is_reachable_only_once_routed() {
+    if !can_run("unrouted_veth_is_reachable_only_once_routed") {
+        return;
+    }
+    in_host_ns(|| async {
+        let ctr = TestNetns::new();
+        let dp = connect();
+        let spec = cni_spec(&ctr, "ctr-unrouted", [10, 99, 0, 21], None);
+        dp.create_unrouted_veth_into_netns(&spec)
+            .await
+            .expect("create unrouted");
+        assert!(host_link_exists(&spec.host_ifname));
+        let inside = ctr.ip_json(&["-4", "addr", "show", "dev", "eth0"]);
+        assert!(inside[0].to_string().contains("10.99.0.21"), "{inside:?}");
+        assert!(
+            host_ip_json(&["route", "show", "10.99.0.21/32"]).is_empty(),
+            "no host route before route_endpoint"
+        );
+        dp.route_endpoint(&spec).await.expect("route");
+        let routes = host_ip_json(&["route", "show", "10.99.0.21/32"]);
+        assert_eq!(str_of(&routes[0], "dev"), spec.host_ifname, "{routes:?}");
+        dp.check_endpoint(&spec).await.expect("check after routing");
+        // Routing again is accepted: the route points at the endpoint's own veth.
+        dp.route_endpoint(&spec).await.expect("route again");
+
+        // Docker style: both ends on the host, routed once the allocation is stored.
+        let d = EndpointSpec::for_docker("f00dfeedbeef0021", Ipv4Addr::new(10, 99, 0, 23), None);
+        dp.create_unrouted_veth_on_host(&d)
+            .await
+            .expect("create unrouted on host");
+        assert!(host_link_exists(&d.host_ifname) && host_link_exists(&d.container_ifname));
+        assert!(host_ip_json(&["route", "show", "10.99.0.23/32"]).is_empty());
+        dp.route_endpoint(&d).await.expect("route docker endpoint");
+        let routes = host_ip_json(&["route", "show", "10.99.0.23/32"]);
+        assert_eq!(str_of(&routes[0], "dev"), d.host_ifname, "{routes:?}");
+        assert!(dp.delete_endpoint(&d.host_ifname).await.expect("delete"));
+
+        add_veth_pair("other0", "other1");
+        run_ok("ip", &["route", "add", "10.99.0.22/32", "dev", "other0"]);
+        let ctr2 = TestNetns::new();
+        let taken = cni_spec(&ctr2, "ctr-taken", [10, 99, 0, 22], None);
+        dp.create_unrouted_veth_into_netns(&taken)
+            .await
+            .expect("create unrouted beside another route");
+        let err = dp.route_endpoint(&taken).await.unwrap_err();
+        assert_eq!(err.errno(), Some(libc::EEXIST), "{err}");
+        assert!(err.to_string().contains("dev other0"), "{err}");
+        assert!(!host_link_exists(&taken.host_ifname), "veth rolled back");
+        let routes = host_ip_json(&["route", "show", "10.99.0.22/32"]);
+        assert_eq!(str_of(&routes[0], "dev"), "other0");
+    });
+}
+
 #[test]
 fn check_detects_missing_pieces() {
     if !can_run("check_detects_missing_pieces") {
