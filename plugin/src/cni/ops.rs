@@ -12,8 +12,8 @@
 //!
 //! | step | killed after it, left behind | repaired by |
 //! |---|---|---|
-//! | ADD 1. allocate (handle `<container>+<ifname>`, `cni_mode`), main mode with the endpoint record in the same transaction | an address (and its record) | DEL; else the reconcile (a record whose veth is gone; in `ipam` mode nothing judges it: CNI GC) |
-//! | ADD 2. veth into the netns, host /32 route | — (done) | — |
+//! | ADD 1. allocate (handle `<container>+<ifname>`, `cni_mode`), main mode with the endpoint record in the same transaction and, while that is in flight, the veth into the netns without its host route | an address (and its record, maybe an unrouted veth) | DEL; else the reconcile (a record whose veth is gone; the agent routes a record whose veth exists; in `ipam` mode nothing judges it: CNI GC) |
+//! | ADD 2. host /32 route (only now is the address reachable) | — (done) | — |
 //! | DEL 1. host /32 routes deleted 2. veth handed to the reaper | a route-less veth | the retried DEL; else the reconcile (the veth has no route: its deletion was decided) |
 //! | DEL 3. record deleted and address released, in one transaction | — (done) | — |
 //!
@@ -29,16 +29,14 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use brindle_dataplane::{container_mac_for, host_ifname_for_cni, Dataplane, EndpointSpec, Reaper};
-use brindle_ipam::{AllocRequest, Assigned, Ipam, Store};
+use brindle_dataplane::{host_ifname_for_cni, Dataplane, EndpointSpec, Reaper};
+use brindle_ipam::{Ipam, Store};
 use ipnetwork::Ipv4Network;
 use serde::{Deserialize, Serialize};
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use super::error::{code, CniError};
-use crate::endpoints::{
-    delete_endpoint_op, list_endpoints, put_endpoint, put_endpoint_op, EndpointRecord,
-};
+use crate::endpoints::{delete_endpoint_op, list_endpoints};
 
 /// Allocation attribute keys brindle's CNI plugin sets. GC only ever touches
 /// allocations carrying `orchestrator=cni`, this node and the network being collected.
@@ -193,169 +191,6 @@ impl<S: Store> Ctx<'_, S> {
     }
 }
 
-/// ADD: allocate (the same address again for a repeated request), in main mode with
-/// the endpoint record in the allocation's own transaction, then wire the veth. On
-/// failure, what this call allocated is released (its record in the same write); an
-/// address the handle already held is kept (a repeated ADD must not take away a working
-/// container's address).
-pub async fn add<S: Store>(ctx: &Ctx<'_, S>, req: &AddRequest) -> Result<AddReply, CniError> {
-    let started = Instant::now();
-    let att = &req.attachment;
-    let handle = att.handle();
-    debug!(%handle, mode = req.mode.as_str(), "cni add");
-    // Everything the veth needs is checked before anything is written.
-    let netns = match req.mode {
-        Mode::Main => {
-            ctx.dataplane()?;
-            let netns = req
-                .netns
-                .as_deref()
-                .ok_or_else(|| CniError::env("required env variables [CNI_NETNS] missing"))?;
-            ensure_foreign_netns(netns)?;
-            Some(netns)
-        }
-        Mode::Ipam => None,
-    };
-    let attrs = BTreeMap::from([
-        (ATTR_ORCHESTRATOR.to_string(), ORCHESTRATOR_CNI.to_string()),
-        (ATTR_NETWORK.to_string(), req.network.clone()),
-        (ATTR_CONTAINER.to_string(), att.container_id.clone()),
-        (ATTR_IFNAME.to_string(), att.ifname.clone()),
-        (ATTR_CNI_MODE.to_string(), req.mode.as_str().to_string()),
-    ]);
-    let record_op = |a: &Assigned| match req.mode {
-        Mode::Main => vec![put_endpoint_op(
-            ctx.ipam.keys(),
-            &record_for(ctx, req, a.ip),
-        )],
-        Mode::Ipam => Vec::new(),
-    };
-    let assigned = ctx
-        .ipam
-        .allocate_with(
-            &AllocRequest {
-                handle: handle.clone(),
-                node: ctx.node.to_string(),
-                ip: req.ip,
-                pool: req.pool.clone(),
-                attrs,
-                ..AllocRequest::default()
-            },
-            &record_op,
-        )
-        .await?;
-    let allocated = started.elapsed();
-    info!(
-        %handle,
-        ip = %assigned.ip,
-        existing = assigned.existing,
-        allocate_us = micros(allocated),
-        "cni add: address"
-    );
-    let mut reply = AddReply {
-        ip: assigned.ip,
-        pool: assigned.pool.clone(),
-        pool_cidr: assigned.pool_cidr,
-        host_ifname: None,
-        mac: None,
-    };
-    let Some(netns) = netns else {
-        return Ok(reply);
-    };
-    match wire(ctx, req, netns, &assigned).await {
-        Ok((host, mac)) => {
-            // The step timings of an ADD (`make bench-cni` reads them from the log).
-            info!(
-                %handle,
-                allocate_us = micros(allocated),
-                wire_us = micros(started.elapsed() - allocated),
-                total_us = micros(started.elapsed()),
-                "cni add: done"
-            );
-            reply.host_ifname = Some(host);
-            reply.mac = Some(mac.to_string());
-            Ok(reply)
-        }
-        Err(e) => {
-            if !assigned.existing {
-                let record = delete_endpoint_op(ctx.ipam.keys(), ctx.node, &handle);
-                if let Err(cleanup) = ctx.ipam.release_handle_with(&handle, &[record]).await {
-                    warn!(%handle, %cleanup, "cni add: releasing the address after a failure");
-                }
-            }
-            Err(e)
-        }
-    }
-}
-
-/// The endpoint record of a main-plugin attachment at `ip`: everything in it is known
-/// before the veth exists (its names from the attachment, its MAC from the address).
-fn record_for<S: Store>(ctx: &Ctx<'_, S>, req: &AddRequest, ip: Ipv4Addr) -> EndpointRecord {
-    let att = &req.attachment;
-    EndpointRecord {
-        id: att.handle(),
-        node: ctx.node.to_string(),
-        orchestrator: ORCHESTRATOR_CNI.to_string(),
-        container_id: Some(att.container_id.clone()),
-        network: req.network.clone(),
-        ip,
-        mac: Some(container_mac_for(ip).to_string()),
-        host_ifname: att.host_ifname(),
-        handle: att.handle(),
-        // One network per conflist name, the same on every host.
-        segment: Some(segment_for(&req.network)),
-        allow_from: req.allow_from.clone(),
-    }
-}
-
-/// Create the veth and its routes. A repeated ADD (the address was held already, so the
-/// allocation wrote nothing) writes the record here, after the veth.
-async fn wire<S: Store>(
-    ctx: &Ctx<'_, S>,
-    req: &AddRequest,
-    netns: &str,
-    assigned: &Assigned,
-) -> Result<(String, brindle_dataplane::MacAddr), CniError> {
-    let att = &req.attachment;
-    let dp = ctx.dataplane()?;
-    let spec = EndpointSpec::for_cni(&att.container_id, &att.ifname, netns, assigned.ip, req.mtu);
-    if let Some(reaper) = ctx.reaper {
-        reaper.settle(&spec.host_ifname).await;
-    }
-    let mac = create_veth(dp, &spec, assigned.existing).await?;
-    debug!(host = %spec.host_ifname, "cni add: veth ready");
-    if assigned.existing {
-        let record = record_for(ctx, req, assigned.ip);
-        if let Err(e) = put_endpoint(ctx.ipam.store(), ctx.ipam.keys(), &record).await {
-            if let Err(cleanup) = dp.delete_endpoint(&spec.host_ifname).await {
-                warn!(host = %spec.host_ifname, %cleanup, "cni add: removing veth after a failed record write");
-            }
-            return Err(CniError::from(e));
-        }
-    }
-    Ok((spec.host_ifname, mac))
-}
-
-/// Create the veth; if the attachment held no address before this ADD, a veth already
-/// there is a leftover of an unfinished deletion (a DEL's reaper that has not run yet,
-/// in another process): remove it and create again. Should that reaper have removed it
-/// in between, the name is free all the same.
-async fn create_veth(
-    dp: &dyn Dataplane,
-    spec: &EndpointSpec,
-    existing: bool,
-) -> Result<brindle_dataplane::MacAddr, CniError> {
-    match dp.create_veth_into_netns(spec).await {
-        Err(e) if !existing && e.errno() == Some(libc::EEXIST) => {
-            if dp.delete_endpoint(&spec.host_ifname).await? {
-                warn!(host = %spec.host_ifname, "cni add: removed a leftover veth of this attachment");
-            }
-            Ok(dp.create_veth_into_netns(spec).await?)
-        }
-        other => Ok(other?),
-    }
-}
-
 /// DEL: take the endpoint off the network (main mode: its route and veth), then
 /// release the address and delete the endpoint record. Every step treats "already
 /// gone" as done, so DEL succeeds after a partial ADD, without a netns and when
@@ -378,14 +213,19 @@ pub async fn del<S: Store>(ctx: &Ctx<'_, S>, req: &DelRequest) -> Result<Done, C
     // veth exists, and the reaper deletes the veth, route included, right away.) The
     // reaper gets the link as it is now: should it run after the next ADD of this
     // attachment (podman restart), it cannot take that ADD's veth of the same name.
+    // The addresses come from what this process allocated when it can (no round trip).
+    let mut unrouted = Vec::new();
     match ctx.reaper {
         Some(reaper) => {
-            let ips = ctx.ipam.addresses_of(&handle).await?;
-            for ip in &ips {
+            unrouted = match ctx.ipam.cached_addresses_of(&handle) {
+                Some(ips) => ips,
+                None => ctx.ipam.addresses_of(&handle).await?,
+            };
+            for ip in &unrouted {
                 dp.del_host_route(*ip).await?;
             }
             if let Some(link) = dp.host_veth(&host).await? {
-                reaper.schedule(link, ips.first().copied());
+                reaper.schedule(link, unrouted.first().copied());
             }
         }
         None => {
@@ -395,6 +235,14 @@ pub async fn del<S: Store>(ctx: &Ctx<'_, S>, req: &DelRequest) -> Result<Done, C
     let unwired = started.elapsed();
     let record = delete_endpoint_op(ctx.ipam.keys(), ctx.node, &handle);
     let released = ctx.ipam.release_handle_with(&handle, &[record]).await?;
+    if ctx.reaper.is_some() {
+        // The handle changed under us (another process wrote it since this one
+        // cached it): a route to an address released just now must go as well.
+        for ip in released.iter().filter(|ip| !unrouted.contains(ip)) {
+            warn!(%handle, %ip, "cni del: the handle held an address not cached; removing its route late");
+            dp.del_host_route(*ip).await?;
+        }
+    }
     info!(
         %handle,
         ?released,
@@ -565,6 +413,9 @@ fn ensure_foreign_netns(netns: &str) -> Result<(), CniError> {
     }
     Ok(())
 }
+
+mod add;
+pub use add::add;
 
 #[cfg(test)]
 mod tests;

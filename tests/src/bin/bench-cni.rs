@@ -541,10 +541,17 @@ const PLUGIN_ROWS: [(&str, Pick); 5] = [
 ];
 
 /// Rows of the fast path: brindled's share of the plugin's operation.
-const BRINDLED_ROWS: [(&str, Pick); 6] = [
+const BRINDLED_ROWS: [(&str, Pick); 7] = [
     ("      brindled total", |c| c.daemon.us("total_us")),
-    ("        allocate", |c| c.daemon.us("allocate_us")),
-    ("        wire", |c| c.daemon.us("wire_us")),
+    ("        allocate (the veth built meanwhile)", |c| {
+        c.daemon.us("allocate_us")
+    }),
+    ("          veth (alongside the allocation)", |c| {
+        c.daemon.us("veth_us")
+    }),
+    ("        wire (after the allocation)", |c| {
+        c.daemon.us("wire_us")
+    }),
     ("        unwire", |c| c.daemon.us("unwire_us")),
     ("        release", |c| c.daemon.us("release_us")),
     (
@@ -934,14 +941,15 @@ mod tests {
     #[test]
     fn brindled_lines_by_handle_with_timings_only() {
         let log = "\
-2026-12-02T07:00:00.000001Z  INFO brindle_plugin::cni::ops: cni add: address handle=c1+eth0 ip=10.0.0.2 existing=false allocate_us=90
-2026-12-02T07:00:00.000002Z  INFO brindle_plugin::cni::ops: cni add: done handle=c1+eth0 allocate_us=90 wire_us=200 total_us=300
+2026-12-02T07:00:00.000001Z  INFO brindle_plugin::cni::ops::add: cni add: address handle=c1+eth0 ip=10.0.0.2 existing=false allocate_us=90
+2026-12-02T07:00:00.000002Z  INFO brindle_plugin::cni::ops::add: cni add: done handle=c1+eth0 allocate_us=90 veth_us=80 wire_us=200 total_us=300
 2026-12-02T07:00:00.000003Z  INFO brindle_plugin::cni::ops: cni del handle=c2+eth0 released=[]
 2026-12-02T07:00:00.000004Z  INFO brindle_plugin::cni::ops: cni del handle=c1+eth0 released=[10.0.0.2] unwire_us=50 release_us=70 total_us=120
 ";
         let adds = brindled_lines(log, BRINDLED_ADD_DONE);
         assert_eq!(adds.len(), 1);
         assert_eq!(adds["c1+eth0"].us("wire_us"), Some(200));
+        assert_eq!(adds["c1+eth0"].us("veth_us"), Some(80));
         let dels = brindled_lines(log, BRINDLED_DEL);
         assert_eq!(dels.len(), 1, "the DEL without timings is skipped");
         assert_eq!(dels["c1+eth0"].us("release_us"), Some(70));

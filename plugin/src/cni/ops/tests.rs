@@ -3,9 +3,9 @@
 use super::*;
 use std::sync::Arc;
 
-use brindle_dataplane::{FakeDataplane, FakeOp};
+use brindle_dataplane::{FakeCall, FakeDataplane, FakeOp};
 use brindle_ipam::pools::NewPool;
-use brindle_ipam::MemoryStore;
+use brindle_ipam::{AllocRequest, MemoryStore};
 
 fn target() -> Target {
     Target {
@@ -143,7 +143,7 @@ async fn failed_wiring_releases_a_new_address_only() {
     let ipam = setup("10.9.1.0/24").await;
     let dp = FakeDataplane::new();
     let ctx = ctx_on(&ipam, &dp);
-    dp.fail_once(FakeOp::CreateVethIntoNetns, libc::EPERM);
+    dp.fail_once(FakeOp::CreateUnroutedVethIntoNetns, libc::EPERM);
     let e = add(&ctx, &add_req("c1", Mode::Main, None))
         .await
         .unwrap_err();
@@ -381,7 +381,7 @@ async fn add_and_del_are_one_write_each_and_a_record_never_outlives_its_address(
     assert!(record("c1+eth0").await.is_none());
     assert!(ipam.addresses_of("c1+eth0").await.unwrap().is_empty());
 
-    dp.fail_once(FakeOp::CreateVethIntoNetns, libc::EPERM);
+    dp.fail_once(FakeOp::CreateUnroutedVethIntoNetns, libc::EPERM);
     let before = ipam.store().revision();
     add(&ctx, &add_req("c2", Mode::Main, None))
         .await
@@ -396,6 +396,64 @@ async fn add_and_del_are_one_write_each_and_a_record_never_outlives_its_address(
         "record left without its address"
     );
     assert!(ipam.addresses_of("c2+eth0").await.unwrap().is_empty());
+    let report = ipam.check(false).await.unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+}
+
+/// The veth is built while the allocation's transaction is in flight, but its route
+/// (what makes the address reachable) comes only once the allocation and its record
+/// are stored; a route that cannot be made takes the veth, the address and the
+/// record with it.
+#[tokio::test(flavor = "current_thread")]
+async fn the_route_comes_after_the_allocation_and_a_failed_route_leaves_nothing() {
+    let ipam = setup("10.9.6.0/24").await;
+    let dp = FakeDataplane::new();
+    let ctx = ctx_on(&ipam, &dp);
+    let record = |id: &'static str| {
+        let ipam = &ipam;
+        async move {
+            crate::endpoints::get_endpoint(ipam.store(), ipam.keys(), "n1", id)
+                .await
+                .unwrap()
+        }
+    };
+    let open = dp.hold_next(FakeOp::RouteEndpoint);
+    let req = add_req("c1", Mode::Main, None);
+    let host = att("c1").host_ifname();
+    let watch = async {
+        while dp.calls_of(FakeOp::RouteEndpoint).is_empty() {
+            tokio::task::yield_now().await;
+        }
+        // The ADD now waits for its route.
+        let held = ipam.addresses_of("c1+eth0").await.unwrap();
+        assert_eq!(held.len(), 1, "the allocation is stored before the route");
+        assert!(record("c1+eth0").await.is_some(), "and so is the record");
+        assert!(dp.has_endpoint(&host), "the veth was built alongside");
+        assert!(dp.host_routes().is_empty(), "nothing routes to it yet");
+        open.send(()).unwrap();
+        held[0]
+    };
+    let (added, held) = tokio::join!(add(&ctx, &req), watch);
+    let added = added.unwrap();
+    assert_eq!(added.ip, held);
+    assert_eq!(dp.host_routes(), vec![(held, host.clone())]);
+    let built: Vec<FakeCall> = dp
+        .calls()
+        .into_iter()
+        .filter(|c| !matches!(c.op(), FakeOp::HostVeth))
+        .collect();
+    assert!(
+        matches!(&built[..], [FakeCall::CreateUnroutedVethIntoNetns(s), FakeCall::RouteEndpoint(r)] if s.ip == held && r.ip == held),
+        "{built:?}"
+    );
+
+    dp.fail_once(FakeOp::RouteEndpoint, libc::EEXIST);
+    add(&ctx, &add_req("c2", Mode::Main, None))
+        .await
+        .unwrap_err();
+    assert!(!dp.has_endpoint(&att("c2").host_ifname()));
+    assert!(ipam.addresses_of("c2+eth0").await.unwrap().is_empty());
+    assert!(record("c2+eth0").await.is_none());
     let report = ipam.check(false).await.unwrap();
     assert!(report.problems.is_empty(), "{:?}", report.problems);
 }
