@@ -14,6 +14,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
+use std::time::Instant;
 
 use brindle_dataplane::GATEWAY_IP;
 use brindle_ipam::cidr::{overlaps, parse_cidr, within, DEFAULT_BLOCK_SIZE};
@@ -335,6 +336,21 @@ impl<B: Backend> Driver<B> {
         caller: &Caller,
     ) -> Result<Ipv4Addr, DockerError> {
         let _claim = self.lock_address(ip).await?;
+        let reservation = self
+            .cache()
+            .held
+            .get(&ip)
+            .filter(|h| h.reserving())
+            .cloned();
+        if let Some(r) = reservation {
+            return Err(DockerError::AddressInUse {
+                ip,
+                user: format!(
+                    "a container being started on this node (handed out to it dynamically, handle {})",
+                    r.handle
+                ),
+            });
+        }
         for attempt in 0..2 {
             let req = self.alloc_request(id, Some(ip), gateway, caller);
             match self.ipam().allocate(&req).await {
@@ -360,6 +376,11 @@ impl<B: Backend> Driver<B> {
     /// A dynamic address: from this node's blocks of the pool, or, for a network with
     /// a narrower `--subnet` or an `--ip-range`, from that range (whose subnet's own
     /// network and broadcast addresses are never handed out).
+    ///
+    /// A free address of this node's blocks is only reserved here, in memory, and
+    /// allocated by `CreateEndpoint` in the transaction of the endpoint's record: one
+    /// write for both. Without one free, the address is allocated now (claiming a
+    /// block is a write anyway).
     async fn claim_dynamic(&self, id: &PoolId, caller: &Caller) -> Result<Ipv4Addr, DockerError> {
         let pool_cidr = self.pool_cidr(&id.pool).await?;
         let mut req = self.alloc_request(id, None, false, caller);
@@ -367,10 +388,40 @@ impl<B: Backend> Driver<B> {
         if let Some(s) = id.subnet.filter(|s| *s != pool_cidr && s.prefix() <= 30) {
             req.exclude = BTreeSet::from([s.network(), s.broadcast()]);
         }
+        self.end_stale_reservations();
+        if let Some(ip) = self.ipam().reserve_in_own_blocks(&req).await? {
+            let mut held = held_by(&req);
+            held.reserved = Some(Instant::now());
+            self.cache().held.insert(ip, held);
+            info!(%ip, pool = %id.pool, handle = %req.handle, "dynamic address reserved (allocated with its endpoint)");
+            return Ok(ip);
+        }
         let a = self.ipam().allocate(&req).await?;
         self.cache().held.insert(a.ip, held_by(&req));
         info!(ip = %a.ip, pool = %id.pool, "dynamic address allocated");
         Ok(a.ip)
+    }
+
+    /// Forget reservations whose `CreateEndpoint` never came in time (a later one
+    /// still allocates its address if that is free), and the reservations `keep`
+    /// rejects: their addresses go back to dynamic requests.
+    pub(super) fn end_reservations(&self, keep: impl Fn(&Held) -> bool) -> usize {
+        let mut ended = Vec::new();
+        self.cache().held.retain(|ip, h| {
+            let stays = h.reserved.is_none() || (h.reserving() && keep(h));
+            if !stays {
+                ended.push(*ip);
+            }
+            stays
+        });
+        for ip in &ended {
+            self.ipam().unreserve(*ip);
+        }
+        ended.len()
+    }
+
+    fn end_stale_reservations(&self) {
+        self.end_reservations(|_| true);
     }
 
     /// A pool's CIDR, cached (pool CIDRs never change under a name).
@@ -412,6 +463,14 @@ impl<B: Backend> Driver<B> {
         }
         let _claim = self.lock_address(ip).await?;
         let cached = self.cache().held.get(&ip).cloned();
+        if cached.as_ref().is_some_and(|h| h.reserved.is_some()) {
+            // Only reserved (its `CreateEndpoint` failed or never came): nothing was
+            // written, so nothing is, and etcd need not even answer.
+            self.cache().held.remove(&ip);
+            self.ipam().unreserve(ip);
+            info!(%ip, "reservation released");
+            return Ok(());
+        }
         let held = match cached {
             Some(h) => h,
             None => {
@@ -429,6 +488,7 @@ impl<B: Backend> Driver<B> {
                 Held {
                     handle,
                     dockerd: report.attributes.get(ATTR_DOCKERD).cloned(),
+                    reserved: None,
                 }
             }
         };
@@ -465,6 +525,7 @@ fn held_by(req: &AllocRequest) -> Held {
     Held {
         handle: req.handle.clone(),
         dockerd: req.attrs.get(ATTR_DOCKERD).cloned(),
+        reserved: None,
     }
 }
 

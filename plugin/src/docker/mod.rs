@@ -27,15 +27,20 @@
 //!
 //! | path, in order | killed after this step, left behind | repaired by |
 //! |---|---|---|
-//! | `RequestAddress`: 1. allocate (handle `docker-<random>`, `orchestrator=docker`, `node`, `dockerd`) | an address no endpoint holds | the retry takes another; the reconcile releases it (no record, dockerd does not list it, no route) |
-//! | `CreateEndpoint`: veth + /32 route, and at the same time the record (both before the answer) | a record-less veth, or a record without its veth, or both | the retry writes the record again and replaces the veth (the name derives from the endpoint id); else the reconcile deletes a record-less veth, removes a record once dockerd does not list the endpoint, then releases the address |
+//! | `RequestAddress`, dynamic, a free address in this node's blocks: reserved in memory only (handle `docker-<random>`), no write | — | `CreateEndpoint` on the restarted brindled allocates the address (free in this node's block: a reservation it forgot) |
+//! | `RequestAddress`, fixed (`--ip`, `--gateway`, `--aux-address`, which look alike), or dynamic with no free address in this node's blocks: 1. allocate (`orchestrator=docker`, `node`, `dockerd`) | an address no endpoint holds | the retry takes another; the reconcile releases it (no record, dockerd does not list it, no route) |
+//! | `CreateEndpoint` of a reserved address: the veth without its route, and at the same time the allocation with the record (one transaction); then the /32 route | a record-less veth, or the allocation and record without a route, or both | the retry (the allocation is found, the veth replaced); else the reconcile deletes a record-less veth, removes a record once dockerd does not list the endpoint, then releases the address |
+//! | `CreateEndpoint` of an allocated address: veth + /32 route, and at the same time the record (both before the answer) | a record-less veth, or a record without its veth, or both | the retry writes the record again and replaces the veth (the name derives from the endpoint id); else the reconcile, as above |
 //! | `Join`: in memory only (the next hop is routed in the sandbox, where a restarted brindled reads it) | — | the retry |
 //! | `Leave`: in memory only | — | — |
 //! | `DeleteEndpoint`: 1. /32 route deleted 2. veth handed to the reaper (the record stays for `ReleaseAddress`) | a route-less veth and its record | the retry; `ReleaseAddress`, which sees the record's route gone; else the reconcile: record (dockerd no longer lists it), veth, address |
-//! | `ReleaseAddress`: 1. release the handle and delete the record, one transaction | — | — |
+//! | `ReleaseAddress`: 1. release the handle and delete the record, one transaction (nothing to write for an address only reserved) | — | — |
 //!
-//! So a container costs three etcd writes: the allocation, the record, and the
-//! release with the record's delete.
+//! So a container with a dynamic address costs two etcd writes (the allocation with
+//! the record, and the release with the record's delete), one with a fixed `--ip`
+//! three. A reservation whose `CreateEndpoint` never comes (its dockerd died) keeps
+//! its address from others for [`RESERVATION_TTL`], or until the sweep of that
+//! dockerd's leftovers.
 //!
 //! The reconcile acts on Docker state only while dockerd answers. A graceful stop
 //! (SIGTERM) finishes the calls in flight and the reaper's deletions first.
@@ -185,6 +190,23 @@ struct Unreleased {
 struct Held {
     handle: String,
     dockerd: Option<String>,
+    /// Handed out by `RequestAddress` but not allocated yet, since when: a dynamic
+    /// address, allocated by `CreateEndpoint` in the transaction of its record.
+    reserved: Option<std::time::Instant>,
+}
+
+/// How long a dynamic address handed out by `RequestAddress` is kept from others
+/// while its `CreateEndpoint` has not come (Docker sends it at once; a dockerd that
+/// died in between never will). A `CreateEndpoint` later than that still allocates
+/// the address, unless another container was given it meanwhile.
+const RESERVATION_TTL: std::time::Duration = std::time::Duration::from_secs(120);
+
+impl Held {
+    /// A reservation still keeping its address from others.
+    fn reserving(&self) -> bool {
+        self.reserved
+            .is_some_and(|at| at.elapsed() < RESERVATION_TTL)
+    }
 }
 
 impl<B: Backend> Driver<B> {

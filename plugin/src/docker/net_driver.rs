@@ -255,7 +255,8 @@ impl<B: Backend> Driver<B> {
         // address (a late one of an earlier holder) waits: it would take a record
         // without its route for a deleted endpoint's (`stale_release`).
         let _claim = self.lock_address(ip).await?;
-        let handle = self.handle_of(ip).await?;
+        let holder = self.holder_for_endpoint(ip, caller).await?;
+        let handle = holder.handle().to_string();
         // A veth of a deleted endpoint that served this address may still be going.
         self.backend.reaper().settle_ip(ip).await;
         let mut spec = EndpointSpec::for_docker(&eid, ip, net.mtu);
@@ -284,10 +285,17 @@ impl<B: Backend> Driver<B> {
             gateway: None,
             dockerd: caller.0.clone(),
         };
+        if let Holder::Reserved(held) = &holder {
+            self.create_reserved(&spec, &ep, held).await?;
+            info!(endpoint = %short(&eid), network = %short(&net.id), %ip, host = %spec.host_ifname, "endpoint created");
+            self.cache().endpoints.insert(eid, ep);
+            return Ok(reply(&mac));
+        }
         // The etcd write and the kernel's work overlap: either alone is what a kill
         // between two sequential steps would leave, which the retry and the reconcile
         // repair (see the table in `mod.rs`).
-        let (wired, persisted) = tokio::join!(self.build_veth(&spec), self.persist_endpoint(&ep));
+        let (wired, persisted) =
+            tokio::join!(self.build_veth(&spec, true), self.persist_endpoint(&ep));
         // Not acknowledged, so Docker will not delete it: undo what was made.
         match (wired, persisted) {
             (Ok(()), Ok(())) => {}
@@ -312,12 +320,20 @@ impl<B: Backend> Driver<B> {
         Ok(reply(&mac))
     }
 
-    /// The endpoint's veth pair and /32 route. The name derives from the endpoint id:
-    /// a veth by that name is what an earlier attempt of this very call left when a
-    /// kill interrupted it (Docker retries the call), so it is replaced.
-    async fn build_veth(&self, spec: &EndpointSpec) -> Result<(), DockerError> {
+    /// The endpoint's veth pair, and its /32 route when `routed`. The name derives
+    /// from the endpoint id: a veth by that name is what an earlier attempt of this
+    /// very call left when a kill interrupted it (Docker retries the call), so it is
+    /// replaced.
+    async fn build_veth(&self, spec: &EndpointSpec, routed: bool) -> Result<(), DockerError> {
         let dp = self.dataplane();
-        match dp.create_veth_on_host(spec).await {
+        let create = || async {
+            if routed {
+                dp.create_veth_on_host(spec).await
+            } else {
+                dp.create_unrouted_veth_on_host(spec).await
+            }
+        };
+        match create().await {
             Ok(_) => Ok(()),
             Err(e)
                 if e.errno() == Some(libc::EEXIST)
@@ -325,7 +341,7 @@ impl<B: Backend> Driver<B> {
             {
                 warn!(host = %spec.host_ifname, "replacing the veth an interrupted CreateEndpoint of this endpoint left");
                 dp.delete_endpoint(&spec.host_ifname).await?;
-                dp.create_veth_on_host(spec).await?;
+                create().await?;
                 Ok(())
             }
             Err(e) => Err(e.into()),
@@ -369,6 +385,7 @@ impl<B: Backend> Driver<B> {
             Held {
                 handle: handle.clone(),
                 dockerd,
+                reserved: None,
             },
         );
         Ok(handle)
@@ -625,6 +642,9 @@ fn cidr_ip(s: &str) -> Result<Ipv4Addr, DockerError> {
 pub(super) fn short(id: &str) -> &str {
     id.get(..12).unwrap_or(id)
 }
+
+mod reserved;
+use reserved::Holder;
 
 #[cfg(test)]
 mod tests;

@@ -192,7 +192,8 @@ impl<B: Backend> Driver<B> {
         };
         let networks = self.local_networks().await?;
         let live = self.live_routes().await?;
-        let mut addresses = 0;
+        // Reservations of dead instances: their `CreateEndpoint` will never come.
+        let mut addresses = self.end_reservations(|h| !dead(h.dockerd.as_ref()));
         for block in self.ipam().all_blocks().await? {
             for (ip, a) in &block.allocations {
                 let orphan = a.attrs.get(ATTR_ORCHESTRATOR).map(String::as_str)

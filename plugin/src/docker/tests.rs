@@ -842,9 +842,10 @@ async fn failures_leave_nothing_behind() {
     assert!(e.starts_with("address 10.75.0.6 is not allocated"), "{e}");
 }
 
-/// Issue 12: the allocation, the record, and the release carrying the record's delete;
-/// `Join`, `Leave` and `DeleteEndpoint` write nothing, and at no point does a record
-/// name an address that is not allocated.
+/// Issue 12, a fixed `--ip` (allocated by `RequestAddress`, which cannot tell it from
+/// an `--aux-address`): the allocation, the record, and the release carrying the
+/// record's delete; `Join`, `Leave` and `DeleteEndpoint` write nothing, and at no
+/// point does a record name an address that is not allocated.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_container_costs_three_writes_and_no_record_outlives_its_address() {
     let env = env().await;
@@ -1190,9 +1191,15 @@ async fn sweep_frees_what_dead_daemons_left_but_keeps_reservations() {
         .unwrap();
 
     let (addresses, endpoints) = env.driver.sweep_orphans(&me().0.unwrap()).await.unwrap();
+    // The dynamic address was only reserved (its CreateEndpoint never came): the
+    // reservation goes, with no write; 10.78.0.20 is released.
     assert_eq!((addresses, endpoints), (2, 0));
     let dynamic_ip = dynamic.address.trim_end_matches("/32");
     assert!(env.holder(dynamic_ip).await.is_none());
+    env.driver
+        .request_address(ask(dynamic_ip, false), &me())
+        .await
+        .expect("the dead daemon's reservation is gone");
     assert!(env.holder("10.78.0.20").await.is_none());
     for kept in ["10.78.0.10", "10.78.0.254", "10.78.0.30", "10.78.0.40"] {
         assert!(env.holder(kept).await.is_some(), "{kept} must stay");
@@ -1651,4 +1658,215 @@ async fn the_new_daemon_releases_what_an_adopted_container_held() {
     )
     .await;
     assert_eq!(env.holder(&ip).await, None);
+}
+
+/// Issue 12: a dynamic address is only reserved by `RequestAddress` (no write) and
+/// allocated by `CreateEndpoint` in the transaction of the endpoint's record, with the
+/// veth built meanwhile and routed after; with the release, a dynamic container costs
+/// two writes. A reserved address is not handed out twice, and one never used is
+/// released without a write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dynamic_container_costs_two_writes_and_is_routed_after_its_allocation() {
+    let env = env().await;
+    let id = env.pool("10.74.0.0/24", "", json!({})).await;
+    env.network(NET, "10.74.0.0/24", json!({})).await;
+    // The node's block claimed already, as on a node running containers.
+    env.address(&id, "10.74.0.2").await;
+    let writes = |before: i64| env.store.revision() - before;
+
+    let before = env.store.revision();
+    let cidr = env.address(&id, "").await;
+    let ip = cidr.trim_end_matches("/32").to_string();
+    assert_eq!(writes(before), 0, "RequestAddress of a dynamic address");
+    assert!(env.holder(&ip).await.is_none(), "reserved, not allocated");
+    let unused = env.address(&id, "").await;
+    assert_ne!(unused, cidr, "a reserved address is not handed out twice");
+    let e = env
+        .err(
+            "/IpamDriver.RequestAddress",
+            json!({"PoolID":id,"Address":ip,"Options":null}),
+        )
+        .await;
+    assert!(
+        e.contains(&format!("address {ip} is already in use")),
+        "{e}"
+    );
+
+    let open = env.dp.hold_next(FakeOp::RouteEndpoint);
+    let before = env.store.revision();
+    let create = tokio::spawn({
+        let driver = env.driver.clone();
+        let cidr = cidr.clone();
+        async move {
+            driver
+                .create_endpoint(create_request(NET, EP1, cidr), &me())
+                .await
+        }
+    });
+    while env.dp.calls_of(FakeOp::RouteEndpoint).is_empty() {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert_eq!(
+        writes(before),
+        1,
+        "the allocation and the record, one write"
+    );
+    assert!(env.holder(&ip).await.is_some());
+    assert_eq!(
+        env.endpoint_record(EP1)
+            .await
+            .map(|r| r.base.ip.to_string()),
+        Some(ip.clone())
+    );
+    let routed = |ip: &str| {
+        env.dp
+            .host_routes()
+            .iter()
+            .any(|(r, _)| r.to_string() == ip)
+    };
+    assert!(!routed(&ip), "no route before the allocation is stored");
+    open.send(()).unwrap();
+    create.await.unwrap().unwrap();
+    assert!(routed(&ip));
+    assert_eq!(writes(before), 1, "CreateEndpoint");
+
+    let ids = json!({"NetworkID":NET,"EndpointID":EP1});
+    let before = env.store.revision();
+    env.join(NET, EP1, SANDBOX).await;
+    env.ok("/NetworkDriver.Leave", ids.clone()).await;
+    env.ok("/NetworkDriver.DeleteEndpoint", ids).await;
+    env.ok(
+        "/IpamDriver.ReleaseAddress",
+        json!({"PoolID":id,"Address":ip}),
+    )
+    .await;
+    assert_eq!(writes(before), 1, "ReleaseAddress only");
+    assert!(env.endpoint_record(EP1).await.is_none());
+    assert!(env.holder(&ip).await.is_none());
+
+    // The reservation never used: released without a write, and free again.
+    let unused = unused.trim_end_matches("/32");
+    let before = env.store.revision();
+    env.ok(
+        "/IpamDriver.ReleaseAddress",
+        json!({"PoolID":id,"Address":unused}),
+    )
+    .await;
+    assert_eq!(writes(before), 0);
+    env.address(&id, unused).await;
+    assert!(env.holder(unused).await.is_some());
+}
+
+/// Another host may take a reserved address as its fixed one (it is free in etcd):
+/// then the `CreateEndpoint` fails naming it and leaves nothing, and Docker's
+/// `ReleaseAddress` that follows leaves the other host's allocation alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reserved_address_another_host_took_fails_its_endpoint_cleanly() {
+    let env = env().await;
+    let id = env.pool("10.73.0.0/24", "", json!({})).await;
+    env.network(NET, "10.73.0.0/24", json!({})).await;
+    env.address(&id, "10.73.0.2").await;
+    let cidr = env.address(&id, "").await;
+    let ip = cidr.trim_end_matches("/32").to_string();
+    let other_host = driver_on("n2", &env.store, &Arc::new(FakeDataplane::new()), None);
+    other_host
+        .request_address(
+            RequestAddressRequest {
+                pool_id: id.clone(),
+                address: ip.clone(),
+                options: None,
+            },
+            &me(),
+        )
+        .await
+        .unwrap();
+    let theirs = env.holder(&ip).await.expect("allocated by the other host");
+
+    let e = env
+        .err(
+            "/NetworkDriver.CreateEndpoint",
+            json!({"NetworkID":NET,"EndpointID":EP1,"Interface":{"Address":cidr}}),
+        )
+        .await;
+    assert!(e.contains(&ip), "{e}");
+    assert!(env.dp.endpoints().is_empty(), "veth removed");
+    assert!(env.endpoint_record(EP1).await.is_none());
+    let before = env.store.revision();
+    env.ok(
+        "/IpamDriver.ReleaseAddress",
+        json!({"PoolID":id,"Address":ip}),
+    )
+    .await;
+    assert_eq!(env.store.revision(), before, "nothing to release");
+    assert_eq!(env.holder(&ip).await, Some(theirs));
+}
+
+/// A restart of brindled between `RequestAddress` and `CreateEndpoint` forgets the
+/// reservation: the address, free in this node's block, is allocated then. An
+/// address outside this node's blocks that brindle never handed out stays refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reservation_a_restart_forgot_is_allocated_by_its_endpoint() {
+    let env = env().await;
+    let id = env.pool("10.72.0.0/24", "", json!({})).await;
+    env.network(NET, "10.72.0.0/24", json!({})).await;
+    env.address(&id, "10.72.0.2").await;
+    let cidr = env.address(&id, "").await;
+    let ip = cidr.trim_end_matches("/32");
+    let restarted = driver(&env.store, &env.dp, None);
+    restarted
+        .create_endpoint(create_request(NET, EP1, cidr.clone()), &me())
+        .await
+        .unwrap();
+    assert!(env.holder(ip).await.is_some());
+    assert!(env.endpoint_record(EP1).await.is_some());
+    assert!(env
+        .dp
+        .host_routes()
+        .iter()
+        .any(|(r, _)| r.to_string() == ip));
+    let e = restarted
+        .create_endpoint(create_request(NET, EP2, "10.72.0.200/32"), &me())
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .starts_with("address 10.72.0.200 is not allocated"),
+        "{e}"
+    );
+}
+
+/// A reserved address whose route cannot be made: the allocation and the record
+/// written with it are released again and the veth is gone; the address is reserved
+/// again, and Docker's `ReleaseAddress` frees it without a write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reserved_endpoint_that_cannot_be_routed_leaves_nothing() {
+    let env = env().await;
+    let id = env.pool("10.71.0.0/24", "", json!({})).await;
+    env.network(NET, "10.71.0.0/24", json!({})).await;
+    env.address(&id, "10.71.0.2").await;
+    let cidr = env.address(&id, "").await;
+    let ip = cidr.trim_end_matches("/32").to_string();
+    env.dp.fail_once(FakeOp::RouteEndpoint, libc::EEXIST);
+    env.err(
+        "/NetworkDriver.CreateEndpoint",
+        json!({"NetworkID":NET,"EndpointID":EP1,"Interface":{"Address":cidr}}),
+    )
+    .await;
+    assert!(env.holder(&ip).await.is_none(), "allocation released");
+    assert!(env.endpoint_record(EP1).await.is_none(), "record deleted");
+    assert!(env.dp.endpoints().is_empty(), "veth removed");
+    let again = env.address(&id, "").await;
+    assert_ne!(again, cidr, "still reserved until Docker releases it");
+    let before = env.store.revision();
+    env.ok(
+        "/IpamDriver.ReleaseAddress",
+        json!({"PoolID":id,"Address":ip}),
+    )
+    .await;
+    assert_eq!(env.store.revision(), before);
+    env.address(&id, &ip).await;
+    assert!(
+        env.holder(&ip).await.is_some(),
+        "free again, taken as a fixed one"
+    );
 }
