@@ -52,13 +52,14 @@ impl<S: Store> Ipam<S> {
 
     /// [`Ipam::allocate_with`], running `alongside` with the address chosen while the
     /// transaction that assigns it is in flight, so work that needs the address (a
-    /// veth, say) costs no time of its own. It runs once per transaction sent, and
-    /// runs again with another address when a compare fails (another host took the
-    /// address meanwhile). A repeated request (the handle already holds an address)
-    /// learns so from its transaction's failed compare, so its work may have run for
-    /// an address it does not get. Whatever an attempt's work made is the caller's
-    /// to keep or undo: unless the result is `existing`, its address is the last one
-    /// given to `alongside`.
+    /// veth, say) costs no time of its own. It runs with the first transaction sent
+    /// only: after a failed compare (another process took the address or changed the
+    /// block) the allocation goes on without it, so a contended request does not pay
+    /// for the work once per attempt and make its next attempts later still. A
+    /// repeated request (the handle already holds an address) learns so from its
+    /// transaction's failed compare. So the work may have run for an address the
+    /// request does not get, or not at all: whatever it made is the caller's to keep
+    /// (when its address is the one assigned and not `existing`) or undo.
     pub async fn allocate_alongside(
         &self,
         req: &AllocRequest,
@@ -111,6 +112,7 @@ impl<S: Store> Ipam<S> {
                     continue;
                 }
             };
+            let alongside = alongside.filter(|_| conflicts == 0);
             match self.commit_plan(req, *plan, also, alongside).await {
                 Ok(Some(done)) => return Ok(done),
                 Ok(None) => {}

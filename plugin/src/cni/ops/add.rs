@@ -200,10 +200,11 @@ async fn discard(dp: &dyn Dataplane, spec: &EndpointSpec) {
     }
 }
 
-/// The work alongside one allocation attempt: the veth for `assigned.ip`, unrouted.
-/// An earlier attempt's veth (its address went to another host meanwhile) goes
-/// first. A veth of this name already there is left alone here: it may be a working
-/// container's, if this ADD turns out to be a repeated one.
+/// The work alongside the allocation's first transaction: the veth for `assigned.ip`,
+/// unrouted. Should that transaction lose its compare, [`add`] finds the address
+/// changed and builds the veth again after the allocation. A veth of this name already
+/// there is left alone here: it may be a working container's, if this ADD turns out to
+/// be a repeated one.
 async fn build_unrouted<S: Store>(
     ctx: &Ctx<'_, S>,
     req: &AddRequest,
@@ -213,7 +214,6 @@ async fn build_unrouted<S: Store>(
 ) {
     let Ok(dp) = ctx.dataplane() else { return };
     let started = Instant::now();
-    built.discard(dp).await;
     let att = &req.attachment;
     let spec = EndpointSpec::for_cni(&att.container_id, &att.ifname, netns, assigned.ip, req.mtu);
     if let Some(reaper) = ctx.reaper {

@@ -50,6 +50,13 @@ fn add_req(cid: &str, mode: Mode, ip: Option<Ipv4Addr>) -> AddRequest {
     }
 }
 
+/// The endpoint record of node `n1` named `id`, if stored.
+async fn record_of(ipam: &Ipam<MemoryStore>, id: &str) -> Option<crate::endpoints::EndpointRecord> {
+    crate::endpoints::get_endpoint(ipam.store(), ipam.keys(), "n1", id)
+        .await
+        .unwrap()
+}
+
 /// Node `n1` on `dp`, deleting veths before DEL returns.
 fn ctx_on<'a>(ipam: &'a Ipam<MemoryStore>, dp: &'a FakeDataplane) -> Ctx<'a, MemoryStore> {
     Ctx {
@@ -342,14 +349,7 @@ async fn add_and_del_are_one_write_each_and_a_record_never_outlives_its_address(
     let ipam = setup("10.9.5.0/24").await;
     let dp = FakeDataplane::new();
     let ctx = ctx_on(&ipam, &dp);
-    let record = |id: &'static str| {
-        let ipam = &ipam;
-        async move {
-            crate::endpoints::get_endpoint(ipam.store(), ipam.keys(), "n1", id)
-                .await
-                .unwrap()
-        }
-    };
+    let record = |id: &'static str| record_of(&ipam, id);
     // The node's block claimed already, as on a node running containers.
     add(&ctx, &add_req("warm", Mode::Main, None)).await.unwrap();
 
@@ -409,14 +409,7 @@ async fn the_route_comes_after_the_allocation_and_a_failed_route_leaves_nothing(
     let ipam = setup("10.9.6.0/24").await;
     let dp = FakeDataplane::new();
     let ctx = ctx_on(&ipam, &dp);
-    let record = |id: &'static str| {
-        let ipam = &ipam;
-        async move {
-            crate::endpoints::get_endpoint(ipam.store(), ipam.keys(), "n1", id)
-                .await
-                .unwrap()
-        }
-    };
+    let record = |id: &'static str| record_of(&ipam, id);
     let open = dp.hold_next(FakeOp::RouteEndpoint);
     let req = add_req("c1", Mode::Main, None);
     let host = att("c1").host_ifname();
@@ -454,6 +447,52 @@ async fn the_route_comes_after_the_allocation_and_a_failed_route_leaves_nothing(
     assert!(!dp.has_endpoint(&att("c2").host_ifname()));
     assert!(ipam.addresses_of("c2+eth0").await.unwrap().is_empty());
     assert!(record("c2+eth0").await.is_none());
+    let report = ipam.check(false).await.unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+}
+
+/// When the allocation's first transaction loses its compare (another process of this
+/// node took the address it planned), the veth built alongside is for an address this
+/// ADD does not get: it goes, and the veth is built again for the address kept, after
+/// the allocation; the retries themselves build nothing.
+#[tokio::test(flavor = "current_thread")]
+async fn a_lost_compare_rebuilds_the_veth_for_the_address_kept() {
+    let ipam = setup("10.9.7.0/24").await;
+    let dp = FakeDataplane::new();
+    let ctx = ctx_on(&ipam, &dp);
+    add(&ctx, &add_req("warm", Mode::Main, None)).await.unwrap();
+    // Another process of the node (its own cache) takes the next free address; `ipam`
+    // does not know, so it plans that address and loses the compare.
+    let other = Ipam::new(ipam.store().clone(), "/brindle");
+    let taken = other
+        .allocate(&AllocRequest {
+            handle: "elsewhere".into(),
+            node: "n1".into(),
+            ..AllocRequest::default()
+        })
+        .await
+        .unwrap();
+    let added = add(&ctx, &add_req("c1", Mode::Main, None)).await.unwrap();
+    assert_ne!(added.ip, taken.ip);
+    let host = att("c1").host_ifname();
+    let calls: Vec<FakeCall> = dp
+        .calls()
+        .into_iter()
+        .skip_while(
+            |c| !matches!(c, FakeCall::CreateUnroutedVethIntoNetns(s) if s.host_ifname == host),
+        )
+        .filter(|c| !matches!(c.op(), FakeOp::HostVeth))
+        .collect();
+    assert!(
+        matches!(&calls[..], [
+            FakeCall::CreateUnroutedVethIntoNetns(first),
+            FakeCall::DeleteEndpoint(gone),
+            FakeCall::CreateVethIntoNetns(kept),
+        ] if first.ip == taken.ip && *gone == host && kept.ip == added.ip),
+        "{calls:?}"
+    );
+    assert!(dp.host_routes().contains(&(added.ip, host.clone())));
+    assert!(!dp.host_routes().iter().any(|(ip, _)| *ip == taken.ip));
     let report = ipam.check(false).await.unwrap();
     assert!(report.problems.is_empty(), "{:?}", report.problems);
 }
