@@ -18,6 +18,12 @@
 //! The sequential table also shows each network's p99, with the goal brindle p99 <= 3 x
 //! its p50.
 //!
+//! During the sequential phase one long-running container stays on each network, as on
+//! a host that runs containers: brindle then allocates from the block this node already
+//! holds, as it does on such a host. `--idle` leaves the networks empty in between, so
+//! each brindle run is the first container of an idle node and also claims the node's
+//! block (and releases it at the end: one more write each way).
+//!
 //! Then brindled's own share, from its log (`docker call call=... micros=N`, debug
 //! level): per Docker call of the sequential phase's brindle runs, how many each
 //! container makes and their median time, and brindled's total per container (the
@@ -36,8 +42,8 @@
 //! see `brindle_tests::docker`) with the plugin published as `brindlebench`, so it never
 //! touches a running e2e suite's `brindle` socket. Needs root.
 //!
-//! Usage: `bench-docker [--runs N] [--warmup N] [--burst N] [--burst-rounds R] [--json]
-//! [--keep-logs DIR]` (also `BENCH_RUNS`; `--burst 0` or `--burst-rounds 0` skips the
+//! Usage: `bench-docker [--runs N] [--warmup N] [--burst N] [--burst-rounds R] [--idle]
+//! [--json] [--keep-logs DIR]` (also `BENCH_RUNS`; `--burst 0` or `--burst-rounds 0` skips the
 //! burst phase), or `bench-docker --demo`: instead of timing, walk through a brindle
 //! network with a fixed-IP and a dynamic container pinging each other, then
 //! `brindle endpoints` (for `make demo`).
@@ -60,6 +66,8 @@ struct Args {
     /// Bursts per network (0: no burst phase).
     burst_rounds: usize,
     json: bool,
+    /// No long-running container on the networks during the sequential phase.
+    idle: bool,
     /// Copy brindled's and dockerd's logs here at the end.
     keep_logs: Option<std::path::PathBuf>,
     /// Show the demo instead of timing.
@@ -76,6 +84,7 @@ fn parse_args() -> Result<Args, String> {
         burst: 50,
         burst_rounds: 3,
         json: false,
+        idle: false,
         keep_logs: None,
         demo: false,
     };
@@ -92,6 +101,7 @@ fn parse_args() -> Result<Args, String> {
             "--burst" => args.burst = number("--burst")?,
             "--burst-rounds" => args.burst_rounds = number("--burst-rounds")?,
             "--json" => args.json = true,
+            "--idle" => args.idle = true,
             "--demo" => args.demo = true,
             "--keep-logs" => {
                 args.keep_logs = Some(it.next().ok_or("--keep-logs needs a directory")?.into())
@@ -99,7 +109,7 @@ fn parse_args() -> Result<Args, String> {
             "-h" | "--help" => {
                 return Err(
                     "usage: bench-docker [--runs N] [--warmup N] [--burst N] [--burst-rounds R] \
-                 [--json] [--keep-logs DIR] | --demo"
+                 [--idle] [--json] [--keep-logs DIR] | --demo"
                         .into(),
                 )
             }
@@ -204,7 +214,17 @@ fn bench(args: &Args) -> Result<(), String> {
         ..Default::default()
     });
     create_networks(&host);
-    let seq = sequential_phase(&host, args)?;
+    let resident = if args.idle {
+        Vec::new()
+    } else {
+        start_resident_containers(&host)?
+    };
+    let seq = sequential_phase(&host, args);
+    // Gone before the bursts, whose leftover check expects empty networks.
+    for name in &resident {
+        host.docker_ok(&["rm", "-f", name]);
+    }
+    let seq = seq?;
     let s: Vec<Stats> = seq.samples.iter().map(|v| stats(v)).collect();
     let calls = CallBreakdown::from_log(&brindled_log(&host), &seq.brindle_marks);
     let bursts = if args.burst > 0 && args.burst_rounds > 0 {
@@ -261,6 +281,26 @@ fn create_networks(host: &Host) {
         BRIDGE_SUBNET,
         "benchbridge",
     ]);
+}
+
+/// One long-running container on each network but `none`, named after it: the host
+/// runs containers while the sequential phase measures (see the module doc).
+fn start_resident_containers(host: &Host) -> Result<Vec<String>, String> {
+    let mut names = Vec::new();
+    for net in NETS.iter().filter(|n| **n != "none") {
+        let name = format!("resident-{net}");
+        let out = host.docker(&[
+            "run", "-d", "--init", "--name", &name, "--net", net, IMAGE, "sleep", "100000",
+        ]);
+        if !out.status.success() {
+            return Err(format!(
+                "docker run -d --net {net} failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        names.push(name);
+    }
+    Ok(names)
 }
 
 /// The sequential phase's samples per network, and where each measured brindle run's
@@ -473,8 +513,13 @@ fn tail_ratio(s: &Stats) -> f64 {
 
 fn print_sequential(args: &Args, dockerd: &str, s: &[Stats]) {
     println!(
-        "docker run --rm IMAGE true, {} runs per network (dockerd {dockerd}), milliseconds:",
-        args.runs
+        "docker run --rm IMAGE true, {} runs per network (dockerd {dockerd}), {}, milliseconds:",
+        args.runs,
+        if args.idle {
+            "networks otherwise empty (--idle)"
+        } else {
+            "one container left running on each network"
+        }
     );
     println!(
         "{:<12} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>10}",
@@ -531,7 +576,7 @@ fn print_json(
     };
     let tail = tail_ratio(&s[3]);
     let out = serde_json::json!({
-        "runs": args.runs, "dockerd": dockerd,
+        "runs": args.runs, "dockerd": dockerd, "idle": args.idle,
         "none": row(0), "bridge": row(1), "user_bridge": row(2), "brindle": row(3),
         "ratio_brindle_over_bridge": overhead(s, 3) / overhead(s, 1),
         "ratio_brindle_over_user_bridge": overhead(s, 3) / overhead(s, 2),
