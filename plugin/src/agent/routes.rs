@@ -6,8 +6,11 @@
 //!   here instead of bouncing back to the fabric;
 //! - the /32 of each local endpoint (record at `PREFIX/v1/endpoints/NODE/ID`) to its
 //!   host veth, re-added if it disappears. A /32 of ours that no record explains is
-//!   removed only after a grace period, since the Docker driver and the CNI plugin
-//!   create the route a moment before they write the record.
+//!   removed only after a grace period, since the Docker driver may create the route
+//!   a moment before it writes the record (a fixed address: both at once). A new
+//!   CNI or dynamic Docker endpoint is the other way round: its record is stored
+//!   before its veth is routed, so this may route it first (the endpoint's own route
+//!   step accepts a route already at its veth).
 //!
 //! Cleanup is scoped: a route of ours is only removed when it lies inside one of the
 //! IP pools in etcd (or this process added it). Another brindled on the same kernel

@@ -308,10 +308,7 @@ impl<B: Backend> Driver<B> {
         gateway: bool,
         caller: &Caller,
     ) -> AllocRequest {
-        let mut attrs = BTreeMap::from([(ATTR_ORCHESTRATOR.to_string(), ORCHESTRATOR.to_string())]);
-        if let Some(d) = &caller.0 {
-            attrs.insert(ATTR_DOCKERD.to_string(), d.clone());
-        }
+        let mut attrs = allocation_attrs(caller.0.as_deref());
         if gateway {
             attrs.insert(ATTR_ROLE.to_string(), "gateway".to_string());
         }
@@ -521,6 +518,16 @@ impl<B: Backend> Driver<B> {
 }
 
 /// What the cache remembers of an allocation the driver just made.
+/// The attributes of a Docker allocation: whose it is, and which dockerd asked for it
+/// (what the sweep and the reconcile go by).
+pub(super) fn allocation_attrs(dockerd: Option<&str>) -> BTreeMap<String, String> {
+    let mut attrs = BTreeMap::from([(ATTR_ORCHESTRATOR.to_string(), ORCHESTRATOR.to_string())]);
+    if let Some(d) = dockerd {
+        attrs.insert(ATTR_DOCKERD.to_string(), d.to_string());
+    }
+    attrs
+}
+
 fn held_by(req: &AllocRequest) -> Held {
     Held {
         handle: req.handle.clone(),

@@ -57,6 +57,13 @@ async fn record_of(ipam: &Ipam<MemoryStore>, id: &str) -> Option<crate::endpoint
         .unwrap()
 }
 
+/// `ipam check` finds nothing: no record without its address, no address without its
+/// handle, no empty block.
+async fn assert_consistent(ipam: &Ipam<MemoryStore>) {
+    let report = ipam.check(false).await.unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+}
+
 /// Node `n1` on `dp`, deleting veths before DEL returns.
 fn ctx_on<'a>(ipam: &'a Ipam<MemoryStore>, dp: &'a FakeDataplane) -> Ctx<'a, MemoryStore> {
     Ctx {
@@ -396,8 +403,7 @@ async fn add_and_del_are_one_write_each_and_a_record_never_outlives_its_address(
         "record left without its address"
     );
     assert!(ipam.addresses_of("c2+eth0").await.unwrap().is_empty());
-    let report = ipam.check(false).await.unwrap();
-    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    assert_consistent(&ipam).await;
 }
 
 /// The veth is built while the allocation's transaction is in flight, but its route
@@ -447,8 +453,7 @@ async fn the_route_comes_after_the_allocation_and_a_failed_route_leaves_nothing(
     assert!(!dp.has_endpoint(&att("c2").host_ifname()));
     assert!(ipam.addresses_of("c2+eth0").await.unwrap().is_empty());
     assert!(record("c2+eth0").await.is_none());
-    let report = ipam.check(false).await.unwrap();
-    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    assert_consistent(&ipam).await;
 }
 
 /// When the allocation's first transaction loses its compare (another process of this
@@ -493,6 +498,5 @@ async fn a_lost_compare_rebuilds_the_veth_for_the_address_kept() {
     );
     assert!(dp.host_routes().contains(&(added.ip, host.clone())));
     assert!(!dp.host_routes().iter().any(|(ip, _)| *ip == taken.ip));
-    let report = ipam.check(false).await.unwrap();
-    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    assert_consistent(&ipam).await;
 }

@@ -3,7 +3,6 @@
 //! builds the veth without its route; the route comes once both are stored, so
 //! nothing reaches the address before it is allocated.
 
-use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::time::Instant;
 
@@ -15,8 +14,8 @@ use tracing::{info, warn};
 
 use super::super::error::DockerError;
 use super::super::http::Caller;
-use super::super::ipam_driver::{new_handle, ATTR_DOCKERD, ATTR_ORCHESTRATOR};
-use super::super::records::{DockerEndpoint, ORCHESTRATOR};
+use super::super::ipam_driver::{allocation_attrs, new_handle};
+use super::super::records::DockerEndpoint;
 use super::super::{Backend, Driver, Held};
 use super::short;
 
@@ -89,14 +88,7 @@ impl<B: Backend> Driver<B> {
             handle: held.handle.clone(),
             node: self.node().to_string(),
             ip: Some(ip),
-            attrs: BTreeMap::from_iter(
-                [
-                    (ATTR_ORCHESTRATOR, Some(ORCHESTRATOR.to_string())),
-                    (ATTR_DOCKERD, held.dockerd.clone()),
-                ]
-                .into_iter()
-                .filter_map(|(k, v)| Some((k.to_string(), v?))),
-            ),
+            attrs: allocation_attrs(held.dockerd.as_deref()),
             ..AllocRequest::default()
         };
         let record = Op::Put {
