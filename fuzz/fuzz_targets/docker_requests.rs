@@ -69,6 +69,7 @@ fuzz_target!(|data: &[u8]| {
             ipam: ipam_with(&POOLS).await,
             dataplane: dataplane.clone(),
             reaper: Reaper::tasks(dataplane),
+            write_behind: Default::default(),
             docker_api_socket: None,
         });
         let app = router(backend.clone());

@@ -13,3 +13,4 @@ pub mod docker;
 pub mod endpoints;
 pub mod logging;
 pub mod socket;
+pub mod write_behind;

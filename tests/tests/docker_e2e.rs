@@ -27,6 +27,20 @@ fn allocated(host: &Host, pool: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// [`allocated`] once it reads `want`, or what it reads after 5 s: brindled commits a
+/// release just after `ReleaseAddress` answered, so a read right after `docker rm`
+/// may come a moment early.
+fn allocated_settling(host: &Host, pool: &str, want: u64) -> u64 {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let n = allocated(host, pool);
+        if n == want || std::time::Instant::now() > deadline {
+            return n;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 /// `brindle ipam show --ip IP -o json`.
 fn address(host: &Host, ip: &str) -> Value {
     host.brindle_json(&["ipam", "show", "--ip", ip])
@@ -446,7 +460,11 @@ fn rm_f_releases_addresses_endpoints_veths_and_routes() {
     let mut args = vec!["rm", "-f"];
     args.extend(names.iter().map(String::as_str));
     host.docker_ok(&args);
-    assert_eq!(allocated(host, &pool), 0, "every address released");
+    assert_eq!(
+        allocated_settling(host, &pool, 0),
+        0,
+        "every address released"
+    );
     assert!(endpoints(host)
         .iter()
         .all(|e| !e["ip"].as_str().unwrap().starts_with("10.201.13.")));

@@ -30,6 +30,14 @@ pub struct MemoryStore {
     /// The current revision, for watches waiting for the next write.
     revision: Arc<tokio::sync::watch::Sender<i64>>,
     page_size: usize,
+    /// Every transaction waits for a read lock of it: [`MemoryStore::hold_writes`]
+    /// takes the write lock, to look at a request while its write is in flight.
+    writes_open: Arc<tokio::sync::RwLock<()>>,
+}
+
+/// Transactions wait while this lives (see [`MemoryStore::hold_writes`]).
+pub struct WritesHeld {
+    _guard: tokio::sync::OwnedRwLockWriteGuard<()>,
 }
 
 #[derive(Debug)]
@@ -74,6 +82,7 @@ impl Default for MemoryStore {
             })),
             revision: Arc::new(revision),
             page_size: DEFAULT_PAGE_SIZE,
+            writes_open: Arc::default(),
         }
     }
 }
@@ -234,6 +243,16 @@ impl MemoryStore {
         self
     }
 
+    /// Hold every transaction back (as a slow etcd would) until the guard is dropped;
+    /// reads go on. `None` when writes are held already.
+    pub fn hold_writes(&self) -> Option<WritesHeld> {
+        self.writes_open
+            .clone()
+            .try_write_owned()
+            .ok()
+            .map(|g| WritesHeld { _guard: g })
+    }
+
     /// The current revision.
     pub fn revision(&self) -> i64 {
         self.lock().revision
@@ -347,6 +366,7 @@ impl Store for MemoryStore {
 
     async fn txn(&self, txn: Txn) -> Result<TxnOutcome, StoreError> {
         refuse_oversized(&txn)?;
+        let _open = self.writes_open.read().await;
         let mut inner = self.lock();
         let holds = txn.compares.iter().all(|c| match c {
             Compare::ModRevision { key, revision } => {

@@ -18,7 +18,7 @@ use std::future::Future;
 use std::time::Duration;
 
 pub use etcd::{EtcdConfig, EtcdStore, MemberClient};
-pub use memory::MemoryStore;
+pub use memory::{MemoryStore, WritesHeld};
 pub use watch::{Watch, WatchBatch, WatchEvent};
 
 /// Largest value written or decoded: etcd's default request limit

@@ -22,6 +22,7 @@
 //! netns path outside the directories brindled opens ([`netns_path`]), answers 403
 //! with a CNI error of code 106, which the plugin prints: no second attempt directly.
 
+mod attachments;
 pub mod netns_path;
 
 use std::sync::Arc;
@@ -43,6 +44,8 @@ use crate::cni::ops::{
     self, AddRequest, CheckRequest, Ctx, DelRequest, GcRequest, StatusRequest, Target,
 };
 use crate::cni::MAX_CONFIG_BYTES;
+use crate::write_behind::WriteBehind;
+use attachments::Attachments;
 use netns_path::NetnsDirs;
 
 /// What the API needs from brindled (which implements it on its node state).
@@ -58,6 +61,8 @@ pub trait Backend: Send + Sync + 'static {
     fn dataplane(&self) -> Arc<dyn Dataplane>;
     /// Who finishes veth deletions after DEL has answered.
     fn reaper(&self) -> &Reaper;
+    /// Who commits DEL's release after DEL has answered.
+    fn write_behind(&self) -> &WriteBehind;
 }
 
 /// What the handlers share: the backend, the dataplane CNI requests use and the
@@ -66,6 +71,9 @@ pub struct Api<B: Backend> {
     pub backend: Arc<B>,
     pub dataplane: Arc<dyn Dataplane>,
     pub netns_dirs: NetnsDirs,
+    /// Orders each attachment's requests, and the releases DELs queued, per attachment
+    /// and address.
+    pub attachments: Attachments,
 }
 
 /// Largest request body brindled reads. A request carries fields brindle-cni took from
@@ -90,6 +98,7 @@ pub fn router<B: Backend>(backend: Arc<B>, netns_dirs: NetnsDirs) -> Router {
         backend,
         dataplane,
         netns_dirs,
+        attachments: Attachments::default(),
     });
     Router::new()
         .route(paths::ADD, post(add::<B>))
@@ -188,7 +197,7 @@ fn answer<T: Serialize>(r: Result<T, CniError>) -> Response {
 async fn add<B: Backend>(State(st): State<Arc<Api<B>>>, CniBody(body): CniBody) -> Response {
     match accept(&st, &body, |r: &AddRequest| &r.target) {
         Ok(req) => match netns_usable(&st, req.mode, req.netns.as_deref()) {
-            Ok(()) => answer(ops::add(&ctx(&st), &req).await),
+            Ok(()) => answer(attachments::add(&st, &req).await),
             Err(r) => *r,
         },
         Err(r) => *r,
@@ -227,7 +236,7 @@ fn netns_usable<B: Backend>(
 
 async fn del<B: Backend>(State(st): State<Arc<Api<B>>>, CniBody(body): CniBody) -> Response {
     match accept(&st, &body, |r: &DelRequest| &r.target) {
-        Ok(req) => answer(ops::del(&ctx(&st), &req).await),
+        Ok(req) => answer(attachments::del(&st, &req).await),
         Err(r) => *r,
     }
 }
@@ -235,7 +244,7 @@ async fn del<B: Backend>(State(st): State<Arc<Api<B>>>, CniBody(body): CniBody) 
 async fn check<B: Backend>(State(st): State<Arc<Api<B>>>, CniBody(body): CniBody) -> Response {
     match accept(&st, &body, |r: &CheckRequest| &r.target) {
         Ok(req) => match netns_usable(&st, req.mode, req.netns.as_deref()) {
-            Ok(()) => answer(ops::check(&ctx(&st), &req).await),
+            Ok(()) => answer(attachments::check(&st, &req).await),
             Err(r) => *r,
         },
         Err(r) => *r,

@@ -15,7 +15,7 @@
 //! | ADD 1. allocate (handle `<container>+<ifname>`, `cni_mode`), main mode with the endpoint record in the same transaction and, while that is in flight, the veth into the netns without its host route | an address (and its record, maybe an unrouted veth) | DEL; else the reconcile (a record whose veth is gone; the agent routes a record whose veth exists; in `ipam` mode nothing judges it: CNI GC) |
 //! | ADD 2. host /32 route (only now is the address reachable) | — (done) | — |
 //! | DEL 1. host /32 routes deleted 2. veth handed to the reaper | a route-less veth | the retried DEL; else the reconcile (the veth has no route: its deletion was decided) |
-//! | DEL 3. record deleted and address released, in one transaction | — (done) | — |
+//! | DEL 3. record deleted and address released, in one transaction (through brindled, main mode: committed after DEL answered, `api/attachments.rs`) | through brindled: the record and its address, without route or veth | the reconcile (a record whose veth is gone) |
 //!
 //! A repeated ADD of an attachment that holds its address already writes its record
 //! after the veth, as a separate write.
@@ -196,62 +196,97 @@ impl<S: Store> Ctx<'_, S> {
 /// gone" as done, so DEL succeeds after a partial ADD, without a netns and when
 /// repeated.
 pub async fn del<S: Store>(ctx: &Ctx<'_, S>, req: &DelRequest) -> Result<Done, CniError> {
+    let unwired = unwire(ctx, req).await?;
+    let released = release(ctx, &unwired).await?;
+    info!(
+        handle = %unwired.handle,
+        ?released,
+        unwire_us = micros(unwired.took),
+        release_us = micros(unwired.started.elapsed() - unwired.took),
+        total_us = micros(unwired.started.elapsed()),
+        "cni del"
+    );
+    Ok(Done {})
+}
+
+/// What DEL's first step took off the network, for its release.
+#[derive(Debug)]
+pub struct Unwired {
+    pub handle: String,
+    pub mode: Mode,
+    /// The addresses whose host routes DEL deleted (main mode with a reaper).
+    pub unrouted: Vec<Ipv4Addr>,
+    started: Instant,
+    /// How long the unwiring took.
+    pub took: Duration,
+}
+
+/// DEL's first step: main mode, the endpoint leaves the network (its routes go, and
+/// its veth, to the reaper or at once); IPAM mode, nothing.
+///
+/// The endpoint leaves the network before its address is released: releasing while
+/// the route still exists could hand the address to a new container that the stale
+/// route would shadow. (brindled's agent restores the route of a record it still sees
+/// only while the veth exists, and the reaper deletes the veth, route included, right
+/// away.) The reaper gets the link as it is now: should it run after the next ADD of
+/// this attachment (podman restart), it cannot take that ADD's veth of the same name.
+/// The addresses come from what this process allocated when it can (no round trip).
+pub async fn unwire<S: Store>(ctx: &Ctx<'_, S>, req: &DelRequest) -> Result<Unwired, CniError> {
     let started = Instant::now();
-    let att = &req.attachment;
-    let handle = att.handle();
-    if req.mode == Mode::Ipam {
-        let released = ctx.ipam.release_handle(&handle).await?;
-        info!(%handle, ?released, "cni del");
-        return Ok(Done {});
-    }
-    let dp = ctx.dataplane()?;
-    let host = att.host_ifname();
-    // The endpoint leaves the network before its address is released: releasing while
-    // the route still exists could hand the address to a new container that the stale
-    // route would shadow. The record and the address then go in two concurrent writes.
-    // (brindled's agent restores the route of a record it still sees only while the
-    // veth exists, and the reaper deletes the veth, route included, right away.) The
-    // reaper gets the link as it is now: should it run after the next ADD of this
-    // attachment (podman restart), it cannot take that ADD's veth of the same name.
-    // The addresses come from what this process allocated when it can (no round trip).
+    let handle = req.attachment.handle();
     let mut unrouted = Vec::new();
-    match ctx.reaper {
-        Some(reaper) => {
-            unrouted = match ctx.ipam.cached_addresses_of(&handle) {
-                Some(ips) => ips,
-                None => ctx.ipam.addresses_of(&handle).await?,
-            };
-            for ip in &unrouted {
-                dp.del_host_route(*ip).await?;
+    if req.mode == Mode::Main {
+        let dp = ctx.dataplane()?;
+        let host = req.attachment.host_ifname();
+        match ctx.reaper {
+            Some(reaper) => {
+                unrouted = match ctx.ipam.cached_addresses_of(&handle) {
+                    Some(ips) => ips,
+                    None => ctx.ipam.addresses_of(&handle).await?,
+                };
+                for ip in &unrouted {
+                    dp.del_host_route(*ip).await?;
+                }
+                if let Some(link) = dp.host_veth(&host).await? {
+                    reaper.schedule(link, unrouted.first().copied());
+                }
             }
-            if let Some(link) = dp.host_veth(&host).await? {
-                reaper.schedule(link, unrouted.first().copied());
+            None => {
+                dp.delete_endpoint(&host).await?;
             }
-        }
-        None => {
-            dp.delete_endpoint(&host).await?;
         }
     }
-    let unwired = started.elapsed();
-    let record = delete_endpoint_op(ctx.ipam.keys(), ctx.node, &handle);
-    let released = ctx.ipam.release_handle_with(&handle, &[record]).await?;
+    Ok(Unwired {
+        handle,
+        mode: req.mode,
+        unrouted,
+        started,
+        took: started.elapsed(),
+    })
+}
+
+/// DEL's second step: release the handle's addresses, main mode with the endpoint
+/// record's delete in the same transaction. Returns the addresses released.
+pub async fn release<S: Store>(
+    ctx: &Ctx<'_, S>,
+    unwired: &Unwired,
+) -> Result<Vec<Ipv4Addr>, CniError> {
+    let handle = &unwired.handle;
+    if unwired.mode == Mode::Ipam {
+        return Ok(ctx.ipam.release_handle(handle).await?);
+    }
+    let record = delete_endpoint_op(ctx.ipam.keys(), ctx.node, handle);
+    let released = ctx.ipam.release_handle_with(handle, &[record]).await?;
     if ctx.reaper.is_some() {
         // The handle changed under us (another process wrote it since this one
         // cached it): a route to an address released just now must go as well.
-        for ip in released.iter().filter(|ip| !unrouted.contains(ip)) {
+        let dp = ctx.dataplane()?;
+        for ip in released.iter().filter(|ip| !unwired.unrouted.contains(ip)) {
             warn!(%handle, %ip, "cni del: the handle held an address not cached; removing its route late");
             dp.del_host_route(*ip).await?;
         }
     }
-    info!(
-        %handle,
-        ?released,
-        unwire_us = micros(unwired),
-        release_us = micros(started.elapsed() - unwired),
-        total_us = micros(started.elapsed()),
-        "cni del"
-    );
-    Ok(Done {})
+    Ok(released)
 }
 
 /// CHECK: the handle still holds the address the ADD returned; in main mode the veth,

@@ -138,8 +138,8 @@ impl DaemonArgs {
     }
 }
 
-/// How long a stop waits for the requests in flight, and then for the veth deletions
-/// they deferred.
+/// How long a stop waits for the requests in flight, then for the releases and the
+/// veth deletions they deferred.
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Run brindled until SIGTERM or SIGINT.
@@ -147,7 +147,8 @@ pub const STOP_TIMEOUT: Duration = Duration::from_secs(20);
 /// A stop is graceful: both sockets keep answering until the callers pause (`Drain`),
 /// then stop accepting (Docker retries its calls until the next brindled answers;
 /// brindle-cni works directly against etcd meanwhile), every request in flight
-/// finishes, then the veth deletions those requests deferred to the reaper. Whatever a
+/// finishes, then the releases they committed after answering, then the veth deletions
+/// those requests deferred to the reaper. Whatever a
 /// kill -9 interrupts instead is found by the next start's reconcile
 /// (`agent/reconcile.rs`).
 pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
@@ -258,23 +259,42 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     if drained.is_err() {
         warn!(timeout = ?STOP_TIMEOUT, "requests still in flight; stopping anyway (the next start's reconcile repairs what they leave)");
     }
-    let pending = state.reaper.pending();
-    if pending > 0 {
-        info!(pending, "finishing deferred veth deletions");
-        if tokio::time::timeout(STOP_TIMEOUT, state.reaper.settle_all())
-            .await
-            .is_err()
-        {
-            warn!(
-                pending = state.reaper.pending(),
-                "veth deletions unfinished; the next start's reconcile removes the veths"
-            );
-        }
-    }
+    finish_deferred(
+        "releases answered already",
+        || state.write_behind.pending(),
+        state.write_behind.settle_all(),
+        "the next start's reconcile frees their addresses",
+    )
+    .await;
+    finish_deferred(
+        "deferred veth deletions",
+        || state.reaper.pending(),
+        state.reaper.settle_all(),
+        "the next start's reconcile removes the veths",
+    )
+    .await;
     let _ = std::fs::remove_file(args.docker_plugin_dir.join("brindle.sock"));
     let _ = std::fs::remove_file(&args.api_socket);
     info!("brindled stopped");
     Ok(())
+}
+
+/// Wait, at most [`STOP_TIMEOUT`], for work the requests left to finish after their
+/// answer (`what`, `pending` of it); say what happens to what is still left.
+async fn finish_deferred(
+    what: &str,
+    pending: impl Fn() -> usize,
+    settled: impl std::future::Future<Output = ()>,
+    otherwise: &str,
+) {
+    let n = pending();
+    if n == 0 {
+        return;
+    }
+    info!(pending = n, "finishing the {what}");
+    if tokio::time::timeout(STOP_TIMEOUT, settled).await.is_err() {
+        warn!(pending = pending(), "{what} unfinished; {otherwise}");
+    }
 }
 
 /// The first phase of a graceful stop. Closing a keep-alive connection races with a

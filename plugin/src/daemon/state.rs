@@ -9,6 +9,7 @@ use brindle_ipam::{EtcdStore, Ipam};
 
 use crate::agent::bird::BirdPaths;
 use crate::agent::{reconcile, AgentConfig};
+use crate::write_behind::WriteBehind;
 
 use super::DaemonArgs;
 
@@ -21,6 +22,8 @@ pub struct NodeState {
     pub dataplane: Arc<dyn Dataplane>,
     pub firewall: Arc<dyn Firewall>,
     pub reaper: Reaper,
+    /// Releases committed after their request was answered (Docker's and CNI's).
+    pub write_behind: WriteBehind,
 }
 
 impl NodeState {
@@ -43,6 +46,7 @@ impl NodeState {
             dataplane,
             firewall,
             reaper,
+            write_behind: WriteBehind::default(),
         }
     }
 }
@@ -61,6 +65,9 @@ impl crate::docker::Backend for NodeState {
     }
     fn reaper(&self) -> &Reaper {
         &self.reaper
+    }
+    fn write_behind(&self) -> &WriteBehind {
+        &self.write_behind
     }
     fn docker_api_socket(&self) -> Option<&Path> {
         Some(&self.args.docker_api_socket)
@@ -84,6 +91,9 @@ impl crate::api::Backend for NodeState {
     }
     fn reaper(&self) -> &Reaper {
         &self.reaper
+    }
+    fn write_behind(&self) -> &WriteBehind {
+        &self.write_behind
     }
 }
 

@@ -14,10 +14,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 use std::time::Instant;
 
 use brindle_dataplane::GATEWAY_IP;
 use brindle_ipam::cidr::{overlaps, parse_cidr, within, DEFAULT_BLOCK_SIZE};
+use brindle_ipam::locks::KeyGuard;
 use brindle_ipam::pools::NewPool;
 use brindle_ipam::store::Op;
 use brindle_ipam::{AllocRequest, IpamError, Pool};
@@ -36,6 +38,7 @@ use super::wire::{
 };
 use super::{Backend, Driver, Held, DEFAULT_POOL, POOL_OPTION};
 use crate::endpoints::delete_endpoint_op;
+use crate::write_behind::until_committed;
 
 /// Allocation attribute keys.
 pub const ATTR_ORCHESTRATOR: &str = "orchestrator";
@@ -222,6 +225,9 @@ impl<B: Backend> Driver<B> {
     /// Remove a pool the driver created once no network uses it and it is empty.
     /// Best effort: a pool left behind is harmless and reused by the next network.
     pub(super) async fn remove_created_pool(&self, pool: String) {
+        // Its last containers' releases may have answered without committing yet
+        // (`docker rm -f c && docker network rm n`): the pool is empty once they have.
+        self.backend.write_behind().settle_all().await;
         let pool = pool.as_str();
         let result: Result<(), IpamError> = async {
             let key = self.keys().docker_pool_marker(pool);
@@ -443,7 +449,7 @@ impl<B: Backend> Driver<B> {
     /// it (see `stale_release` in `reclaim.rs`): Docker names only the address, and
     /// after a takeover that address belongs to another container.
     pub async fn release_address(
-        &self,
+        self: &Arc<Self>,
         req: ReleaseAddressRequest,
         caller: &Caller,
     ) -> Result<(), DockerError> {
@@ -458,7 +464,7 @@ impl<B: Backend> Driver<B> {
             // The 169.254.1.1 next hop handed out as gateway: nothing was allocated.
             return Ok(());
         }
-        let _claim = self.lock_address(ip).await?;
+        let claim = self.lock_address(ip).await?;
         let cached = self.cache().held.get(&ip).cloned();
         if cached.as_ref().is_some_and(|h| h.reserved.is_some()) {
             // Only reserved (its `CreateEndpoint` failed or never came): nothing was
@@ -501,19 +507,48 @@ impl<B: Backend> Driver<B> {
             .get(&ip)
             .filter(|u| u.handle == held.handle)
             .map(|u| u.endpoint.clone());
-        let also: Vec<Op> = record
-            .iter()
-            .map(|id| delete_endpoint_op(self.keys(), self.node(), id))
-            .collect();
-        // Exactly the allocation judged above: a handle is never reused.
-        self.ipam().release_handle_with(&held.handle, &also).await?;
-        let mut cache = self.cache();
-        cache.held.remove(&ip);
-        if record.is_some() {
-            cache.unreleased.remove(&ip);
-        }
-        info!(%ip, handle = %held.handle, endpoint = ?record.as_deref().map(short), "address released");
+        self.release_after_answer(claim, ip, held.handle, record);
         Ok(())
+    }
+
+    /// Commit the release of `handle` (and the delete of `record`) after
+    /// `ReleaseAddress` has answered (`write_behind.rs`). The address's claim lock goes
+    /// with it: until the commit, a fixed claim of the address, a reclaim or a repeated
+    /// release waits, and the allocator still sees the address taken. A store that
+    /// keeps failing is retried for `write_behind::RETRY_FOR`; after that, or a kill, the
+    /// allocation and its record stay together and the reconcile frees them.
+    fn release_after_answer(
+        self: &Arc<Self>,
+        claim: KeyGuard<Ipv4Addr>,
+        ip: Ipv4Addr,
+        handle: String,
+        record: Option<String>,
+    ) {
+        let driver = self.clone();
+        let answered = Instant::now();
+        self.backend.write_behind().spawn(async move {
+            let _claim = claim;
+            let also: Vec<Op> = record
+                .iter()
+                .map(|id| delete_endpoint_op(driver.keys(), driver.node(), id))
+                .collect();
+            // Exactly the allocation judged before the answer: a handle is never reused.
+            let what = format!("release of {ip}");
+            let committed = until_committed(answered, &what, || {
+                driver.ipam().release_handle_with(&handle, &also)
+            })
+            .await;
+            if let Err(e) = committed {
+                warn!(%ip, %handle, error = %e, "release not committed; the reconcile frees the address and its record after its grace period");
+                return;
+            }
+            let mut cache = driver.cache();
+            cache.held.remove(&ip);
+            if record.is_some() {
+                cache.unreleased.remove(&ip);
+            }
+            info!(%ip, %handle, endpoint = ?record.as_deref().map(short), commit_us = answered.elapsed().as_micros() as u64, "address released");
+        });
     }
 }
 

@@ -34,16 +34,20 @@
 //! | `Join`: in memory only (the next hop is routed in the sandbox, where a restarted brindled reads it) | — | the retry |
 //! | `Leave`: in memory only | — | — |
 //! | `DeleteEndpoint`: 1. /32 route deleted 2. veth handed to the reaper (the record stays for `ReleaseAddress`) | a route-less veth and its record | the retry; `ReleaseAddress`, which sees the record's route gone; else the reconcile: record (dockerd no longer lists it), veth, address |
-//! | `ReleaseAddress`: 1. release the handle and delete the record, one transaction (nothing to write for an address only reserved) | — | — |
+//! | `ReleaseAddress`: answered at once; then 1. release the handle and delete the record, one transaction, committed after the answer (nothing to write for an address only reserved) | the allocation and its record, without route or veth | the reconcile: record (dockerd no longer lists it), address |
 //!
 //! So a container with a dynamic address costs two etcd writes (the allocation with
 //! the record, and the release with the record's delete), one with a fixed `--ip`
-//! three. A reservation whose `CreateEndpoint` never comes (its dockerd died) keeps
+//! three; Docker waits for one of them. The release commits after its answer
+//! (`write_behind.rs`): until then the address stays allocated and its claim lock held,
+//! so no request of this process or another host gets it early, and a fixed claim of
+//! it waits for the commit. A reservation whose `CreateEndpoint` never comes (its dockerd died) keeps
 //! its address from others for [`RESERVATION_TTL`], or until the sweep of that
 //! dockerd's leftovers.
 //!
 //! The reconcile acts on Docker state only while dockerd answers. A graceful stop
-//! (SIGTERM) finishes the calls in flight and the reaper's deletions first.
+//! (SIGTERM) finishes the calls in flight, the releases they queued and the reaper's
+//! deletions first.
 
 mod containers;
 mod dockerd;
@@ -73,6 +77,7 @@ use brindle_ipam::locks::{KeyGuard, KeyedLocks};
 use brindle_ipam::pools::NewPool;
 use brindle_ipam::{budget, Ipam, IpamError, MemoryStore, Pool, Store};
 
+use crate::write_behind::WriteBehind;
 pub use containers::{network_view, NetworkView};
 pub use error::DockerError;
 pub use pool_id::PoolId;
@@ -103,6 +108,8 @@ pub trait Backend: Send + Sync + 'static {
     fn dataplane(&self) -> &dyn Dataplane;
     /// Who deletes an endpoint's veth after `DeleteEndpoint` has answered.
     fn reaper(&self) -> &Reaper;
+    /// Who commits a release after `ReleaseAddress` has answered.
+    fn write_behind(&self) -> &WriteBehind;
     /// dockerd's API socket, to learn each endpoint's container; `None`: never ask.
     fn docker_api_socket(&self) -> Option<&Path>;
 }
@@ -114,6 +121,7 @@ pub struct LocalBackend {
     pub dataplane: Arc<dyn Dataplane>,
     /// Usually `Reaper::tasks(dataplane)`.
     pub reaper: Reaper,
+    pub write_behind: WriteBehind,
     pub docker_api_socket: Option<PathBuf>,
 }
 
@@ -130,6 +138,9 @@ impl Backend for LocalBackend {
     }
     fn reaper(&self) -> &Reaper {
         &self.reaper
+    }
+    fn write_behind(&self) -> &WriteBehind {
+        &self.write_behind
     }
     fn docker_api_socket(&self) -> Option<&Path> {
         self.docker_api_socket.as_deref()

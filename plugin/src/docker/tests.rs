@@ -73,6 +73,7 @@ fn driver_on(
         ipam: Ipam::new(store.clone(), "/brindle"),
         dataplane: dp.clone(),
         reaper: brindle_dataplane::Reaper::tasks(dp.clone()),
+        write_behind: Default::default(),
         docker_api_socket: docker_api,
     })))
 }
@@ -94,6 +95,11 @@ fn fake_docker_api(containers: Containers) -> axum::Router {
             }
         }),
     )
+}
+
+/// Wait for the releases `driver` queued after answering them.
+async fn settled(driver: &Driver<LocalBackend>) {
+    driver.backend.write_behind.settle_all().await;
 }
 
 async fn wait_for(path: &Path) {
@@ -135,9 +141,19 @@ async fn env() -> Env {
 }
 
 impl Env {
-    /// One request as Docker sends it; returns (status, JSON body).
+    /// One request as Docker sends it; returns (status, JSON body) once what it
+    /// committed after answering (a release) has committed too, as a reader of etcd a
+    /// moment later sees it (`a_release_answers_before_its_write_and_holds_the_address_until_it_commits`
+    /// looks in between).
     async fn raw(&self, path: &str, body: &str) -> (u16, Value) {
-        post(&self.sock, path, body).await
+        let reply = post(&self.sock, path, body).await;
+        self.settled().await;
+        reply
+    }
+
+    /// Wait for the releases queued after their answer.
+    async fn settled(&self) {
+        settled(&self.driver).await;
     }
 
     /// A request that must succeed.
@@ -914,6 +930,7 @@ async fn a_late_release_during_create_endpoint_waits_and_is_ignored() {
     slow_kernel.send(()).unwrap();
     create.await.unwrap().unwrap();
     release.await.unwrap().unwrap();
+    env.settled().await;
     assert!(
         env.holder("10.79.0.5").await.is_some(),
         "a live endpoint's address was released"
@@ -994,6 +1011,7 @@ async fn a_release_after_a_restart_takes_the_deleted_endpoints_record_along() {
         .release_address(release("10.78.0.6"), &me())
         .await
         .unwrap();
+    settled(&fresh).await;
     assert!(env.holder("10.78.0.6").await.is_some());
     assert!(env.endpoint_record(EP2).await.is_some());
     // EP1 was deleted: its release frees the address and its record together.
@@ -1001,6 +1019,7 @@ async fn a_release_after_a_restart_takes_the_deleted_endpoints_record_along() {
         .release_address(release("10.78.0.5"), &me())
         .await
         .unwrap();
+    settled(&fresh).await;
     assert!(env.holder("10.78.0.5").await.is_none());
     assert!(env.endpoint_record(EP1).await.is_none());
 }
@@ -1061,6 +1080,7 @@ async fn state_survives_a_restart_of_brindled() {
         )
         .await
         .unwrap();
+    settled(&fresh).await;
     assert!(env.holder("10.76.0.5").await.is_none());
     settle(&env.dp).await;
     assert!(!env.dp.has_endpoint("brld7f55ee7720"));
@@ -1594,6 +1614,7 @@ async fn a_reclaimed_address_survives_late_releases_of_its_previous_owner() {
         )
         .await
         .unwrap();
+    env.settled().await;
     assert_eq!(env.holder("10.91.0.5").await.as_deref(), Some(new.as_str()));
 
     // Before the new endpoint exists, the new daemon cleans up the old one.
@@ -1755,6 +1776,82 @@ async fn a_dynamic_container_costs_two_writes_and_is_routed_after_its_allocation
     assert_eq!(writes(before), 0);
     env.address(&id, unused).await;
     assert!(env.holder(unused).await.is_some());
+}
+
+/// `ReleaseAddress` answers before its write commits: Docker waits for one durable
+/// write per container, not two. Until the commit the address stays allocated with its
+/// record, a dynamic request passes it by, and a fixed request for it (`docker run
+/// --ip` of the next container) waits for the commit instead of failing "in use".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_answers_before_its_write_and_holds_the_address_until_it_commits() {
+    let env = env().await;
+    let id = env.pool("10.72.0.0/24", "", json!({})).await;
+    env.network(NET, "10.72.0.0/24", json!({})).await;
+    env.address(&id, "10.72.0.2").await;
+    let ip = env
+        .address(&id, "")
+        .await
+        .trim_end_matches("/32")
+        .to_string();
+    env.endpoint(NET, EP1, &format!("{ip}/32")).await;
+    let ids = json!({"NetworkID":NET,"EndpointID":EP1});
+    env.ok("/NetworkDriver.DeleteEndpoint", ids).await;
+    let holder = env.holder(&ip).await.expect("allocated");
+
+    let etcd_slow = env.store.hold_writes().expect("writes not held yet");
+    let before = env.store.revision();
+    let release = json!({"PoolID":id,"Address":ip}).to_string();
+    let answer = tokio::time::timeout(
+        Duration::from_secs(5),
+        post(&env.sock, "/IpamDriver.ReleaseAddress", &release),
+    )
+    .await
+    .expect("ReleaseAddress answers while its write is held back");
+    assert_eq!(answer.0, 200, "{answer:?}");
+    assert_eq!(env.driver.backend.write_behind.pending(), 1);
+    assert_eq!(env.store.revision(), before, "nothing committed yet");
+    assert_eq!(env.holder(&ip).await.as_deref(), Some(holder.as_str()));
+    assert!(env.endpoint_record(EP1).await.is_some());
+    let other = post(
+        &env.sock,
+        "/IpamDriver.RequestAddress",
+        &json!({"PoolID":id,"Address":"","Options":null}).to_string(),
+    )
+    .await;
+    assert_eq!(other.0, 200, "{other:?}");
+    assert_ne!(
+        other.1["Address"],
+        format!("{ip}/32"),
+        "handed out before its release committed"
+    );
+
+    let fixed = tokio::spawn({
+        let sock = env.sock.clone();
+        let body = json!({"PoolID":id,"Address":ip,"Options":null}).to_string();
+        async move { post(&sock, "/IpamDriver.RequestAddress", &body).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        !fixed.is_finished(),
+        "the fixed request waits for the release"
+    );
+    drop(etcd_slow);
+    let (status, reply) = fixed.await.unwrap();
+    assert_eq!(
+        (status, reply["Address"].clone()),
+        (200, json!(format!("{ip}/32"))),
+        "{reply}"
+    );
+    assert_eq!(env.driver.backend.write_behind.pending(), 0);
+    assert!(
+        env.endpoint_record(EP1).await.is_none(),
+        "the record went with the release"
+    );
+    let now = env
+        .holder(&ip)
+        .await
+        .expect("the fixed request's allocation");
+    assert_ne!(now, holder);
 }
 
 /// Another host may take a reserved address as its fixed one (it is free in etcd):

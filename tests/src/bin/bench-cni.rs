@@ -7,7 +7,8 @@
 //! Then, for brindle's calls of that phase, the medians of each step: the plugin's own
 //! account (`BRINDLE_TIMINGS=1`: parse, operation, total; the rest of the wall time is
 //! process start-up and exit) and, through brindled, brindled's log line of the call
-//! (allocate + wire for ADD, unwire + release for DEL), matched by handle.
+//! (allocate + wire for ADD, unwire + release for DEL, and for a DEL through brindled
+//! the release it commits after answering), matched by handle.
 //!
 //! Then a burst phase per variant: `--burst N` ADDs at once (default 200; one plugin
 //! process per container, each with its own namespace made beforehand), then the N DELs
@@ -423,6 +424,8 @@ const TIMINGS_PREFIX: &str = "brindle-cni timings:";
 /// brindled's messages carrying an ADD's and a DEL's step timings.
 const BRINDLED_ADD_DONE: &str = "cni add: done";
 const BRINDLED_DEL: &str = "cni del";
+/// brindled's message when a DEL's release, answered already, has committed.
+const BRINDLED_DEL_COMMITTED: &str = "cni del: released";
 
 /// The `key=value` words of a timings or log line, values as text.
 #[derive(Debug, Default)]
@@ -505,6 +508,12 @@ impl Steps {
                 }
             }
         }
+        let mut committed = committed_releases(log);
+        for c in self.del.iter_mut() {
+            if let Some(us) = committed.remove(&handle_for(&c.cid, "eth0")) {
+                c.daemon.0.push(("commit_us".into(), us.to_string()));
+            }
+        }
     }
 }
 
@@ -517,6 +526,16 @@ fn brindled_lines(log: &str, message: &str) -> HashMap<String, Fields> {
         .map(Fields::parse)
         .filter(|f| f.us("total_us").is_some())
         .filter_map(|f| Some((f.get("handle")?.to_string(), f)))
+        .collect()
+}
+
+/// When each DEL's release committed after DEL answered (`commit_us`), by handle.
+fn committed_releases(log: &str) -> HashMap<String, u64> {
+    let needle = format!(" {BRINDLED_DEL_COMMITTED} ");
+    log.lines()
+        .filter(|l| l.contains(&needle))
+        .map(Fields::parse)
+        .filter_map(|f| Some((f.get("handle")?.to_string(), f.us("commit_us")?)))
         .collect()
 }
 
@@ -541,7 +560,7 @@ const PLUGIN_ROWS: [(&str, Pick); 5] = [
 ];
 
 /// Rows of the fast path: brindled's share of the plugin's operation.
-const BRINDLED_ROWS: [(&str, Pick); 7] = [
+const BRINDLED_ROWS: [(&str, Pick); 8] = [
     ("      brindled total", |c| c.daemon.us("total_us")),
     ("        allocate (the veth built meanwhile)", |c| {
         c.daemon.us("allocate_us")
@@ -554,6 +573,10 @@ const BRINDLED_ROWS: [(&str, Pick); 7] = [
     }),
     ("        unwire", |c| c.daemon.us("unwire_us")),
     ("        release", |c| c.daemon.us("release_us")),
+    (
+        "        release committed after DEL answered (not in DEL)",
+        |c| c.daemon.us("commit_us"),
+    ),
     (
         "      socket, API server, client (operation - brindled)",
         |c| {
@@ -690,25 +713,34 @@ fn all_at_once(
                 let barrier = &barrier;
                 s.spawn(move || {
                     barrier.wait();
+                    let began = Instant::now();
                     let out = call.run(plugin, conf);
-                    (out, Instant::now())
+                    (out, began, Instant::now())
                 })
             })
             .collect();
         barrier.wait();
-        let start = Instant::now();
-        let mut last = start;
+        // From the first call's release, as each thread saw it: this thread may run
+        // again only after others have finished (its own clock once made 200 DELs
+        // look like 23 ms).
+        let mut first: Option<Instant> = None;
+        let mut last: Option<Instant> = None;
         let outs = threads
             .into_iter()
             .map(|t| match t.join() {
-                Ok((out, done)) => {
-                    last = last.max(done);
+                Ok((out, began, done)) => {
+                    first = Some(first.map_or(began, |f| f.min(began)));
+                    last = Some(last.map_or(done, |l| l.max(done)));
                     Ok(out)
                 }
                 Err(_) => Err("the thread running the plugin panicked".to_string()),
             })
             .collect();
-        (last - start, outs)
+        let wall = match (first, last) {
+            (Some(first), Some(last)) => last - first,
+            _ => Duration::ZERO,
+        };
+        (wall, outs)
     })
 }
 
@@ -953,6 +985,18 @@ mod tests {
         let dels = brindled_lines(log, BRINDLED_DEL);
         assert_eq!(dels.len(), 1, "the DEL without timings is skipped");
         assert_eq!(dels["c1+eth0"].us("release_us"), Some(70));
+    }
+
+    #[test]
+    fn releases_committed_after_the_answer_by_handle() {
+        let log = "\
+2026-12-03T07:00:00.000001Z  INFO brindle_plugin::api::attachments: cni del handle=c1+eth0 unwire_us=50 total_us=50
+2026-12-03T07:00:00.000002Z  INFO brindle_plugin::api::attachments: cni del: released handle=c1+eth0 released=[10.0.0.2] commit_us=2100
+";
+        let dels = brindled_lines(log, BRINDLED_DEL);
+        assert_eq!(dels.len(), 1, "the commit line is not the DEL's");
+        assert_eq!(dels["c1+eth0"].us("total_us"), Some(50));
+        assert_eq!(committed_releases(log)["c1+eth0"], 2100);
     }
 
     #[test]

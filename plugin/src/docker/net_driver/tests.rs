@@ -29,6 +29,7 @@ async fn a_retried_create_endpoint_finishes_what_a_killed_one_began() {
             ipam: Ipam::new(store.clone(), "/brindle"),
             dataplane: dp.clone(),
             reaper: Reaper::tasks(dp.clone()),
+            write_behind: Default::default(),
             docker_api_socket: None,
         }))
     };
