@@ -70,6 +70,7 @@ fuzz_target!(|data: &[u8]| {
             dataplane: dataplane.clone(),
             reaper: Reaper::tasks(dataplane),
             write_behind: Default::default(),
+            address_locks: Default::default(),
             docker_api_socket: None,
         });
         let app = router(backend.clone());
@@ -98,6 +99,7 @@ fuzz_target!(|data: &[u8]| {
             };
             assert!(understood, "{path}: {status} {doc}");
         }
+        backend.write_behind.settle_all().await;
         backend.reaper.settle_all().await;
     });
 });

@@ -38,6 +38,15 @@ pub struct KeyedLocks<K> {
     map: Arc<Map<K>>,
 }
 
+/// A clone shares the locks: whoever holds the same map waits for the same keys.
+impl<K> Clone for KeyedLocks<K> {
+    fn clone(&self) -> Self {
+        Self {
+            map: self.map.clone(),
+        }
+    }
+}
+
 impl<K> Default for KeyedLocks<K> {
     fn default() -> Self {
         Self {

@@ -33,13 +33,21 @@ use crate::write_behind::until_committed;
 
 /// The locks of the attachments and addresses whose requests are in flight or whose
 /// release has not committed yet.
-#[derive(Default)]
 pub struct Attachments {
     handles: KeyedLocks<String>,
+    /// The node's, shared with the Docker driver: an ADD of an address also waits for
+    /// a Docker release of it that has answered and not committed.
     addresses: KeyedLocks<Ipv4Addr>,
 }
 
 impl Attachments {
+    pub fn new(addresses: KeyedLocks<Ipv4Addr>) -> Self {
+        Self {
+            handles: KeyedLocks::default(),
+            addresses,
+        }
+    }
+
     async fn attachment(&self, handle: String) -> Result<KeyGuard<String>, CniError> {
         self.handles.lock(handle, deadline()).await.map_err(busy)
     }
@@ -139,6 +147,7 @@ mod tests {
         dp: Arc<FakeDataplane>,
         reaper: Reaper,
         write_behind: WriteBehind,
+        address_locks: KeyedLocks<Ipv4Addr>,
     }
 
     impl Backend for TestNode {
@@ -161,6 +170,9 @@ mod tests {
         fn write_behind(&self) -> &WriteBehind {
             &self.write_behind
         }
+        fn address_locks(&self) -> &KeyedLocks<Ipv4Addr> {
+            &self.address_locks
+        }
     }
 
     async fn api() -> (Arc<Api<TestNode>>, MemoryStore, Arc<FakeDataplane>) {
@@ -182,12 +194,13 @@ mod tests {
             dp: dp.clone(),
             reaper: Reaper::tasks(dp.clone()),
             write_behind: WriteBehind::default(),
+            address_locks: KeyedLocks::default(),
         };
         let api = Api {
+            attachments: Attachments::new(node.address_locks.clone()),
             backend: Arc::new(node),
             dataplane: dp.clone(),
             netns_dirs: NetnsDirs::new(&[]),
-            attachments: Attachments::default(),
         };
         (Arc::new(api), store, dp)
     }

@@ -25,6 +25,7 @@
 mod attachments;
 pub mod netns_path;
 
+use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -34,6 +35,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use brindle_dataplane::{Dataplane, LinuxDataplane, Reaper};
+use brindle_ipam::locks::KeyedLocks;
 use brindle_ipam::{Ipam, Keys, Store};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -63,6 +65,8 @@ pub trait Backend: Send + Sync + 'static {
     fn reaper(&self) -> &Reaper;
     /// Who commits DEL's release after DEL has answered.
     fn write_behind(&self) -> &WriteBehind;
+    /// The node's per-address locks, shared with the Docker driver.
+    fn address_locks(&self) -> &KeyedLocks<Ipv4Addr>;
 }
 
 /// What the handlers share: the backend, the dataplane CNI requests use and the
@@ -94,11 +98,12 @@ pub fn router<B: Backend>(backend: Arc<B>, netns_dirs: NetnsDirs) -> Router {
             backend.dataplane()
         }
     };
+    let backend_locks = backend.address_locks().clone();
     let state = Arc::new(Api {
         backend,
         dataplane,
         netns_dirs,
-        attachments: Attachments::default(),
+        attachments: Attachments::new(backend_locks),
     });
     Router::new()
         .route(paths::ADD, post(add::<B>))

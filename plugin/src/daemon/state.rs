@@ -1,10 +1,12 @@
 //! What every brindled service shares, and what each is handed from it: the Docker
 //! driver's and the local API's backends, the agent's configuration and stores.
 
+use std::net::Ipv4Addr;
 use std::path::Path;
 use std::sync::Arc;
 
 use brindle_dataplane::{Dataplane, Firewall, Reaper};
+use brindle_ipam::locks::KeyedLocks;
 use brindle_ipam::{EtcdStore, Ipam};
 
 use crate::agent::bird::BirdPaths;
@@ -24,6 +26,8 @@ pub struct NodeState {
     pub reaper: Reaper,
     /// Releases committed after their request was answered (Docker's and CNI's).
     pub write_behind: WriteBehind,
+    /// One lock per address, for Docker's claims and releases and CNI's.
+    pub address_locks: KeyedLocks<Ipv4Addr>,
 }
 
 impl NodeState {
@@ -47,6 +51,7 @@ impl NodeState {
             firewall,
             reaper,
             write_behind: WriteBehind::default(),
+            address_locks: KeyedLocks::default(),
         }
     }
 }
@@ -68,6 +73,9 @@ impl crate::docker::Backend for NodeState {
     }
     fn write_behind(&self) -> &WriteBehind {
         &self.write_behind
+    }
+    fn address_locks(&self) -> &KeyedLocks<Ipv4Addr> {
+        &self.address_locks
     }
     fn docker_api_socket(&self) -> Option<&Path> {
         Some(&self.args.docker_api_socket)
@@ -94,6 +102,9 @@ impl crate::api::Backend for NodeState {
     }
     fn write_behind(&self) -> &WriteBehind {
         &self.write_behind
+    }
+    fn address_locks(&self) -> &KeyedLocks<Ipv4Addr> {
+        &self.address_locks
     }
 }
 

@@ -110,6 +110,9 @@ pub trait Backend: Send + Sync + 'static {
     fn reaper(&self) -> &Reaper;
     /// Who commits a release after `ReleaseAddress` has answered.
     fn write_behind(&self) -> &WriteBehind;
+    /// The node's per-address locks, shared with the CNI API: a claim of an address
+    /// waits for a release of it that has answered and not committed, whoever's.
+    fn address_locks(&self) -> &KeyedLocks<Ipv4Addr>;
     /// dockerd's API socket, to learn each endpoint's container; `None`: never ask.
     fn docker_api_socket(&self) -> Option<&Path>;
 }
@@ -122,6 +125,7 @@ pub struct LocalBackend {
     /// Usually `Reaper::tasks(dataplane)`.
     pub reaper: Reaper,
     pub write_behind: WriteBehind,
+    pub address_locks: KeyedLocks<Ipv4Addr>,
     pub docker_api_socket: Option<PathBuf>,
 }
 
@@ -142,6 +146,9 @@ impl Backend for LocalBackend {
     fn write_behind(&self) -> &WriteBehind {
         &self.write_behind
     }
+    fn address_locks(&self) -> &KeyedLocks<Ipv4Addr> {
+        &self.address_locks
+    }
     fn docker_api_socket(&self) -> Option<&Path> {
         self.docker_api_socket.as_deref()
     }
@@ -153,7 +160,8 @@ pub struct Driver<B: Backend> {
     cache: Mutex<Cache>,
     /// One lock per address for fixed claims, releases and reclaims, so a reclaim's
     /// checks and its release see no concurrent claim of the same address. Dynamic
-    /// claims need none: they only take addresses nobody holds.
+    /// claims need none: they only take addresses nobody holds. The backend's
+    /// [`Backend::address_locks`]: CNI requests of this node take the same ones.
     claims: KeyedLocks<Ipv4Addr>,
     /// One lock per sandbox for `Join`'s choice of a next hop unique in it.
     joins: KeyedLocks<String>,
@@ -223,9 +231,9 @@ impl Held {
 impl<B: Backend> Driver<B> {
     pub fn new(backend: Arc<B>) -> Self {
         Self {
+            claims: backend.address_locks().clone(),
             backend,
             cache: Mutex::new(Cache::default()),
-            claims: KeyedLocks::default(),
             joins: KeyedLocks::default(),
         }
     }

@@ -74,6 +74,7 @@ fn driver_on(
         dataplane: dp.clone(),
         reaper: brindle_dataplane::Reaper::tasks(dp.clone()),
         write_behind: Default::default(),
+        address_locks: Default::default(),
         docker_api_socket: docker_api,
     })))
 }
@@ -1852,6 +1853,84 @@ async fn a_release_answers_before_its_write_and_holds_the_address_until_it_commi
         .await
         .expect("the fixed request's allocation");
     assert_ne!(now, holder);
+}
+
+/// The CNI API of the same brindled, for tests of requests from both runtimes.
+impl crate::api::Backend for LocalBackend {
+    type Store = MemoryStore;
+    fn node(&self) -> &str {
+        &self.node
+    }
+    fn prefix(&self) -> &str {
+        "/brindle"
+    }
+    fn ipam(&self) -> &Ipam<MemoryStore> {
+        &self.ipam
+    }
+    fn dataplane(&self) -> Arc<dyn Dataplane> {
+        self.dataplane.clone()
+    }
+    fn reaper(&self) -> &brindle_dataplane::Reaper {
+        &self.reaper
+    }
+    fn write_behind(&self) -> &crate::write_behind::WriteBehind {
+        &self.write_behind
+    }
+    fn address_locks(&self) -> &brindle_ipam::locks::KeyedLocks<Ipv4Addr> {
+        &self.address_locks
+    }
+}
+
+/// Docker and CNI on one node share the per-address locks: a CNI ADD of an address
+/// whose Docker `ReleaseAddress` has answered but not committed waits for the commit
+/// and gets the address, instead of failing "in use".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cni_add_of_an_address_docker_is_releasing_waits_for_the_commit() {
+    let env = env().await;
+    let id = env.pool("10.71.0.0/24", "", json!({})).await;
+    env.network(NET, "10.71.0.0/24", json!({})).await;
+    env.address(&id, "10.71.0.2").await;
+    env.address(&id, "10.71.0.5").await;
+    env.endpoint(NET, EP1, "10.71.0.5/32").await;
+    let ids = json!({"NetworkID":NET,"EndpointID":EP1});
+    env.ok("/NetworkDriver.DeleteEndpoint", ids).await;
+    let api_sock = env._dir.path().join("api.sock");
+    let api = crate::api::router(
+        env.driver.backend.clone(),
+        crate::api::netns_path::NetnsDirs::new(&[]),
+    );
+    let server = tokio::spawn(serve_unix(api_sock.clone(), api));
+    wait_for(&api_sock).await;
+
+    let etcd_slow = env.store.hold_writes().expect("writes not held yet");
+    let release = json!({"PoolID":id,"Address":"10.71.0.5"}).to_string();
+    let (status, _) = post(&env.sock, "/IpamDriver.ReleaseAddress", &release).await;
+    assert_eq!(status, 200);
+    let add = tokio::spawn(async move {
+        let body = json!({
+            "target": {"node": NODE, "prefix": "/brindle"},
+            "mode": "ipam",
+            "network": "cni-net",
+            "attachment": {"container_id": "cni1", "ifname": "eth0"},
+            "netns": null,
+            "ip": "10.71.0.5",
+            "pool": null,
+            "mtu": null,
+        });
+        post(&api_sock, "/v1/cni/add", &body.to_string()).await
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!add.is_finished(), "the CNI ADD waits for Docker's release");
+    drop(etcd_slow);
+    let (status, reply) = add.await.unwrap();
+    assert_eq!(
+        (status, reply["ip"].clone()),
+        (200, json!("10.71.0.5")),
+        "{reply}"
+    );
+    assert_eq!(env.holder("10.71.0.5").await.as_deref(), Some("cni1+eth0"));
+    assert!(env.endpoint_record(EP1).await.is_none());
+    server.abort();
 }
 
 /// Another host may take a reserved address as its fixed one (it is free in etcd):

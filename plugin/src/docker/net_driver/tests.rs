@@ -30,6 +30,7 @@ async fn a_retried_create_endpoint_finishes_what_a_killed_one_began() {
             dataplane: dp.clone(),
             reaper: Reaper::tasks(dp.clone()),
             write_behind: Default::default(),
+            address_locks: Default::default(),
             docker_api_socket: None,
         }))
     };
