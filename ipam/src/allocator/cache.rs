@@ -181,32 +181,35 @@ impl<S: Store> Ipam<S> {
             .store
             .list_keys(&self.keys.node_affinities(node))
             .await?;
-        let mut set = BTreeSet::new();
-        for key in keys {
-            let Some((_, cidr)) = self.keys.parse_affinity(&key) else {
-                continue;
-            };
-            let cached = self
-                .cache()
-                .blocks
-                .get(&cidr)
-                .map(|b| b.value.affinity.clone());
-            let affinity = match cached {
-                Some(affinity) => affinity,
-                None => match self.read_block(cidr).await? {
-                    Some(b) => {
-                        let affinity = b.value.affinity.clone();
-                        self.cache().learn_block(b);
-                        affinity
-                    }
-                    None => continue,
-                },
-            };
-            if affinity.as_deref() == Some(node) {
-                set.insert(cidr);
-            }
+        let cidrs: Vec<_> = keys
+            .iter()
+            .filter_map(|key| self.keys.parse_affinity(key).map(|(_, cidr)| cidr))
+            .collect();
+        // The blocks not cached yet, their reads in flight together.
+        let missing: Vec<_> = {
+            let cache = self.cache();
+            cidrs
+                .iter()
+                .copied()
+                .filter(|cidr| !cache.blocks.contains_key(cidr))
+                .collect()
+        };
+        let read =
+            futures::future::try_join_all(missing.iter().map(|c| self.read_block(*c))).await?;
+        let mut cache = self.cache();
+        for b in read.into_iter().flatten() {
+            cache.learn_block(b);
         }
-        self.cache().affine.insert(node.to_string(), set);
+        let set: BTreeSet<_> = cidrs
+            .into_iter()
+            .filter(|cidr| {
+                cache
+                    .blocks
+                    .get(cidr)
+                    .is_some_and(|b| b.value.affinity.as_deref() == Some(node))
+            })
+            .collect();
+        cache.affine.insert(node.to_string(), set);
         Ok(())
     }
 

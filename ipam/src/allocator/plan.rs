@@ -228,7 +228,12 @@ impl<S: Store> Ipam<S> {
         req: &AllocRequest,
         allocation: Allocation,
     ) -> Result<Planned, IpamError> {
-        let mut pools = self.candidate_pools(req.pool.as_deref()).await?;
+        // Independent reads, in flight together: a process with a cold cache (the
+        // short-lived CNI plugin) pays one round trip for both.
+        let (mut pools, ()) = futures::try_join!(
+            self.candidate_pools(req.pool.as_deref()),
+            self.load_node(&req.node)
+        )?;
         let reserved = self.cache().reserved.clone();
         let scope = Scope::of(req, &reserved);
         if let Some(range) = req.range {
@@ -238,7 +243,6 @@ impl<S: Store> Ipam<S> {
                 return Err(IpamError::RangeOutsidePools { range, pools: all });
             }
         }
-        self.load_node(&req.node).await?;
 
         // 1. The node's own blocks (those the range touches).
         let own = Self::take_from_own(&self.cache(), &req.node, &pools, &allocation, &scope);
