@@ -633,3 +633,62 @@ async fn a_reserved_address_is_passed_by_until_allocated_or_unreserved() {
     }
     assert!(handed_out.contains(&again), "{handed_out:?}");
 }
+
+/// `reserve` on a node without a block: an address of the block the node would claim
+/// next, without a write. The fixed allocation made with it later claims the block for
+/// the node; should another node claim that block first, the allocation borrows the
+/// address from it instead of failing.
+#[tokio::test]
+async fn a_reservation_on_an_idle_node_lies_in_the_block_it_would_claim() {
+    let ipam = ipam_with_pool("10.71.0.0/24", 29).await;
+    let before = ipam.store().revision();
+    let reserved = ipam
+        .reserve(&req("r1", "n1"))
+        .await
+        .unwrap()
+        .expect("a block is left to claim");
+    assert_eq!(ipam.store().revision(), before, "wrote nothing");
+    assert!(ipam.all_blocks().await.unwrap().is_empty());
+    let dynamic = ipam.allocate(&req("ctr-1", "n1")).await.unwrap();
+    assert_ne!(dynamic.ip, reserved, "a dynamic allocation passes it by");
+    let fixed_later = ipam
+        .allocate(&fixed("r1", "n1", &reserved.to_string()))
+        .await
+        .unwrap();
+    assert_eq!(fixed_later.ip, reserved);
+    let blocks = ipam.all_blocks().await.unwrap();
+    let home = blocks
+        .iter()
+        .find(|b| b.cidr.contains(reserved))
+        .expect("the reserved address's block");
+    assert_eq!(home.affinity.as_deref(), Some("n1"));
+    assert!(ipam.check(false).await.unwrap().problems.is_empty());
+
+    // Node n3 reserves in the block it would claim; n2 claims that block first.
+    let n3 = Ipam::new(ipam.store().clone(), PREFIX);
+    let n2 = Ipam::new(ipam.store().clone(), PREFIX);
+    let planned = n3.reserve(&req("r3", "n3")).await.unwrap().unwrap();
+    let base = u32::from(planned) & !7;
+    let neighbour = Ipv4Addr::from(if base + 1 == u32::from(planned) {
+        base + 2
+    } else {
+        base + 1
+    });
+    let taken = n2
+        .allocate(&fixed("taker", "n2", &neighbour.to_string()))
+        .await
+        .unwrap();
+    assert!(
+        taken.block.contains(planned),
+        "n2 claimed the block n3 planned"
+    );
+    let late = n3
+        .allocate(&fixed("r3", "n3", &planned.to_string()))
+        .await
+        .expect("the address is free: borrowed from n2's block");
+    assert_eq!(late.ip, planned);
+    let blocks = ipam.all_blocks().await.unwrap();
+    let theirs = blocks.iter().find(|b| b.cidr.contains(planned)).unwrap();
+    assert_eq!(theirs.affinity.as_deref(), Some("n2"));
+    assert!(ipam.check(false).await.unwrap().problems.is_empty());
+}

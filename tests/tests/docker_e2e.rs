@@ -613,9 +613,12 @@ fn dockerd_restart_brings_a_fixed_ip_container_back() {
         &other,
     );
 
-    // 3. etcd down while dockerd shuts down: brindled answers but cannot release, and
-    //    Docker forgets the endpoints for good. The restarted container's request for
-    //    its address finds it held by a dockerd that no longer runs and takes it over.
+    // 3. etcd down while dockerd shuts down: brindled answers the releases (Docker
+    //    forgets the endpoints for good) and commits them once etcd is back, so the
+    //    restarted container finds its address free. (When this dockerd also deletes
+    //    the endpoint phase 2 took the address from, the release that follows is
+    //    judged stale and ignored, and the address comes back by the takeover or the
+    //    sweep of a dead dockerd's leftovers.)
     let log_before = host.log("brindled.log").len();
     host.stop_etcd();
     host.stop_dockerd(Duration::from_secs(60));
@@ -629,8 +632,35 @@ fn dockerd_restart_brings_a_fixed_ip_container_back() {
         &fixed,
         &other,
     );
+    let log = host.log("brindled.log");
+    let phase = &log[log_before..];
+    assert!(
+        phase.contains("address released ip=10.201.15.10 ")
+            || phase.contains("took over an address its dockerd never released")
+            || phase.contains("released an address of a dockerd that no longer runs"),
+        "the release answered during the outage committed after it:\n{phase}"
+    );
+
+    // 4. The same, but brindled is killed before etcd is back: the releases it
+    //    answered never commit. The restarted container's request for its address
+    //    finds it held by a dockerd that no longer runs and takes it over.
+    let log_before = host.log("brindled.log").len();
+    host.stop_etcd();
+    host.stop_dockerd(Duration::from_secs(60));
+    host.kill_brindled();
+    host.start_etcd();
+    host.start_brindled();
+    host.start_dockerd();
+    check_after_restart(
+        host,
+        "etcd down during the shutdown, brindled killed",
+        &pool,
+        &net,
+        &fixed,
+        &other,
+    );
     // This phase is the one only the takeover rule can fix: Docker forgot the old
-    // endpoint, so nobody else would ever release 10.201.15.10.
+    // endpoint, and the release brindled answered died with it.
     let log = host.log("brindled.log");
     let phase = &log[log_before..];
     assert!(

@@ -87,6 +87,38 @@ impl<S: Store> Ipam<S> {
         Ok(found)
     }
 
+    /// [`Ipam::reserve_in_own_blocks`], or, when the node's blocks have none free, a
+    /// free address of the block the node would claim next (as this process last saw
+    /// which blocks exist), still without writing: the fixed allocation made later
+    /// claims that block with the address, in its one transaction (or, should another
+    /// node have claimed the block meanwhile, borrows the address from it). `None`
+    /// when no block is left to claim: allocate then (it borrows).
+    pub async fn reserve(&self, req: &AllocRequest) -> Result<Option<Ipv4Addr>, IpamError> {
+        if let Some(ip) = self.reserve_in_own_blocks(req).await? {
+            return Ok(Some(ip));
+        }
+        let mut pools = self.candidate_pools(req.pool.as_deref()).await?;
+        if let Some(range) = req.range {
+            pools.retain(|p| overlaps(p.value.cidr, range));
+        }
+        self.load_claimed().await?;
+        let allocation = Allocation {
+            handle: req.handle.clone(),
+            attrs: BTreeMap::new(),
+        };
+        let mut cache = self.cache();
+        let scope = Scope::of(req, &cache.reserved);
+        let found = pools
+            .iter()
+            .find_map(|pool| claim_new(&cache, pool, &req.node, &allocation, &scope))
+            .map(|plan| plan.ip);
+        drop(scope);
+        if let Some(ip) = found {
+            cache.reserved.insert(ip);
+        }
+        Ok(found)
+    }
+
     /// Let dynamic requests have a reserved address again (it was allocated, or its
     /// reservation is over).
     pub fn unreserve(&self, ip: Ipv4Addr) {

@@ -380,10 +380,11 @@ impl<B: Backend> Driver<B> {
     /// a narrower `--subnet` or an `--ip-range`, from that range (whose subnet's own
     /// network and broadcast addresses are never handed out).
     ///
-    /// A free address of this node's blocks is only reserved here, in memory, and
-    /// allocated by `CreateEndpoint` in the transaction of the endpoint's record: one
-    /// write for both. Without one free, the address is allocated now (claiming a
-    /// block is a write anyway).
+    /// A free address of this node's blocks, or of the block the node would claim
+    /// next, is only reserved here, in memory, and allocated by `CreateEndpoint` in the
+    /// transaction of the endpoint's record (claiming that block with it): one write
+    /// for all. With no block left to claim, the address is allocated now (borrowed
+    /// from another node's block).
     async fn claim_dynamic(&self, id: &PoolId, caller: &Caller) -> Result<Ipv4Addr, DockerError> {
         let pool_cidr = self.pool_cidr(&id.pool).await?;
         let mut req = self.alloc_request(id, None, false, caller);
@@ -392,7 +393,7 @@ impl<B: Backend> Driver<B> {
             req.exclude = BTreeSet::from([s.network(), s.broadcast()]);
         }
         self.end_stale_reservations();
-        if let Some(ip) = self.ipam().reserve_in_own_blocks(&req).await? {
+        if let Some(ip) = self.ipam().reserve(&req).await? {
             let mut held = held_by(&req);
             held.reserved = Some(Instant::now());
             self.cache().held.insert(ip, held);

@@ -27,8 +27,8 @@
 //!
 //! | path, in order | killed after this step, left behind | repaired by |
 //! |---|---|---|
-//! | `RequestAddress`, dynamic, a free address in this node's blocks: reserved in memory only (handle `docker-<random>`), no write | — | `CreateEndpoint` on the restarted brindled allocates the address (free in this node's block: a reservation it forgot) |
-//! | `RequestAddress`, fixed (`--ip`, `--gateway`, `--aux-address`, which look alike), or dynamic with no free address in this node's blocks: 1. allocate (`orchestrator=docker`, `node`, `dockerd`) | an address no endpoint holds | the retry takes another; the reconcile releases it (no record, dockerd does not list it, no route) |
+//! | `RequestAddress`, dynamic, a free address in this node's blocks or in the block it would claim next: reserved in memory only (handle `docker-<random>`), no write | — | `CreateEndpoint` on the restarted brindled allocates the address (free: a reservation it forgot), claiming its block if need be |
+//! | `RequestAddress`, fixed (`--ip`, `--gateway`, `--aux-address`, which look alike), or dynamic with no block left to claim: 1. allocate (`orchestrator=docker`, `node`, `dockerd`) | an address no endpoint holds | the retry takes another; the reconcile releases it (no record, dockerd does not list it, no route) |
 //! | `CreateEndpoint` of a reserved address: the veth without its route, and at the same time the allocation with the record (one transaction); then the /32 route | a record-less veth, or the allocation and record without a route, or both | the retry (the allocation is found, the veth replaced); else the reconcile deletes a record-less veth, removes a record once dockerd does not list the endpoint, then releases the address |
 //! | `CreateEndpoint` of an allocated address: veth + /32 route, and at the same time the record (both before the answer) | a record-less veth, or a record without its veth, or both | the retry writes the record again and replaces the veth (the name derives from the endpoint id); else the reconcile, as above |
 //! | `Join`: in memory only (the next hop is routed in the sandbox, where a restarted brindled reads it) | — | the retry |
@@ -38,12 +38,13 @@
 //!
 //! So a container with a dynamic address costs two etcd writes (the allocation with
 //! the record, and the release with the record's delete), one with a fixed `--ip`
-//! three; Docker waits for one of them. The release commits after its answer
-//! (`write_behind.rs`): until then the address stays allocated and its claim lock held,
-//! so no request of this process or another host gets it early, and a fixed claim of
-//! it waits for the commit. A reservation whose `CreateEndpoint` never comes (its dockerd died) keeps
-//! its address from others for [`RESERVATION_TTL`], or until the sweep of that
-//! dockerd's leftovers.
+//! three. Docker waits for one of them (two with `--ip`): the release commits after
+//! its answer (`write_behind.rs`), while the address stays allocated and its claim
+//! lock held, so no request of this process or another host gets it early, and a
+//! fixed claim of it waits for the commit. A node's first container is no different:
+//! its `CreateEndpoint` claims the block with the allocation. A reservation whose
+//! `CreateEndpoint` never comes (its dockerd died) keeps its address from others for
+//! [`RESERVATION_TTL`], or until the sweep of that dockerd's leftovers.
 //!
 //! The reconcile acts on Docker state only while dockerd answers. A graceful stop
 //! (SIGTERM) finishes the calls in flight, the releases they queued and the reaper's

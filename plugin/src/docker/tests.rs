@@ -1779,6 +1779,50 @@ async fn a_dynamic_container_costs_two_writes_and_is_routed_after_its_allocation
     assert!(env.holder(unused).await.is_some());
 }
 
+/// A node's first container (no block of the pool yet) is no different: its
+/// `RequestAddress` reserves an address of the block the node would claim, without a
+/// write, and its `CreateEndpoint` claims that block with the allocation and the
+/// record, in one write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_nodes_first_container_claims_its_block_with_its_endpoint() {
+    let env = env().await;
+    let id = env.pool("10.69.0.0/24", "", json!({})).await;
+    env.network(NET, "10.69.0.0/24", json!({})).await;
+    let writes = |before: i64| env.store.revision() - before;
+    let blocks = || async { env.driver.ipam().all_blocks().await.unwrap() };
+    assert!(blocks().await.is_empty());
+
+    let before = env.store.revision();
+    let cidr = env.address(&id, "").await;
+    let ip = cidr.trim_end_matches("/32").to_string();
+    assert_eq!(writes(before), 0, "RequestAddress on an idle node");
+    assert!(blocks().await.is_empty(), "no block claimed yet");
+    let other = env.address(&id, "").await;
+    assert_ne!(other, cidr, "a reserved address is not handed out twice");
+
+    let before = env.store.revision();
+    env.endpoint(NET, EP1, &cidr).await;
+    assert_eq!(
+        writes(before),
+        1,
+        "the block, the allocation and the record"
+    );
+    let claimed = blocks().await;
+    assert_eq!(claimed.len(), 1, "{claimed:?}");
+    assert!(claimed[0].cidr.contains(ip.parse().unwrap()));
+    assert_eq!(claimed[0].affinity.as_deref(), Some(NODE));
+    assert!(env.holder(&ip).await.is_some());
+    assert!(env.endpoint_record(EP1).await.is_some());
+    let report = env.driver.ipam().check(false).await.unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+
+    // The second reservation lies in the block now claimed: its endpoint just allocates.
+    let before = env.store.revision();
+    env.endpoint(NET, EP2, &other).await;
+    assert_eq!(writes(before), 1);
+    assert_eq!(blocks().await.len(), 1);
+}
+
 /// `ReleaseAddress` answers before its write commits: Docker waits for one durable
 /// write per container, not two. Until the commit the address stays allocated with its
 /// record, a dynamic request passes it by, and a fixed request for it (`docker run
