@@ -202,10 +202,17 @@ impl<S: Store> Ipam<S> {
         }
         let cidr = block_of(&pool.value, ip);
         // A cached block that says the address is free is checked by the compare; one
-        // that says it is taken could be stale, so that answer is read fresh.
-        let cached = self.cache().blocks.get(&cidr).cloned();
+        // that says it is taken could be stale, so that answer is read fresh. So is a
+        // block this process last saw unclaimed: the compare (the block still absent)
+        // checks that too, so it is not read first.
+        let (cached, unclaimed) = {
+            let cache = self.cache();
+            let unclaimed = cache.claimed.as_ref().is_some_and(|c| !c.contains(&cidr));
+            (cache.blocks.get(&cidr).cloned(), unclaimed)
+        };
         let current = match cached {
             Some(b) if !b.value.allocations.contains_key(&ip) => Some(b),
+            None if unclaimed => None,
             _ => {
                 let fresh = self.read_block(cidr).await?;
                 let mut cache = self.cache();
