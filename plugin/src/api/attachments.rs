@@ -134,48 +134,16 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    use brindle_dataplane::{Dataplane, FakeDataplane, FakeOp, Reaper};
+    use brindle_dataplane::{FakeDataplane, FakeOp, Reaper};
     use brindle_ipam::pools::NewPool;
     use brindle_ipam::{Ipam, MemoryStore};
 
     use crate::api::netns_path::NetnsDirs;
     use crate::cni::ops::{Attachment, Target};
-    use crate::write_behind::WriteBehind;
+    use crate::docker::LocalBackend;
 
-    struct TestNode {
-        ipam: Ipam<MemoryStore>,
-        dp: Arc<FakeDataplane>,
-        reaper: Reaper,
-        write_behind: WriteBehind,
-        address_locks: KeyedLocks<Ipv4Addr>,
-    }
-
-    impl Backend for TestNode {
-        type Store = MemoryStore;
-        fn node(&self) -> &str {
-            "n1"
-        }
-        fn prefix(&self) -> &str {
-            "/brindle"
-        }
-        fn ipam(&self) -> &Ipam<MemoryStore> {
-            &self.ipam
-        }
-        fn dataplane(&self) -> Arc<dyn Dataplane> {
-            self.dp.clone()
-        }
-        fn reaper(&self) -> &Reaper {
-            &self.reaper
-        }
-        fn write_behind(&self) -> &WriteBehind {
-            &self.write_behind
-        }
-        fn address_locks(&self) -> &KeyedLocks<Ipv4Addr> {
-            &self.address_locks
-        }
-    }
-
-    async fn api() -> (Arc<Api<TestNode>>, MemoryStore, Arc<FakeDataplane>) {
+    /// Node `n1` (the Docker driver's in-process backend, which serves the API too).
+    async fn api() -> (Arc<Api<LocalBackend>>, MemoryStore, Arc<FakeDataplane>) {
         let store = MemoryStore::new();
         let ipam = Ipam::new(store.clone(), "/brindle");
         ipam.add_pool(NewPool {
@@ -189,12 +157,14 @@ mod tests {
         .await
         .unwrap();
         let dp = Arc::new(FakeDataplane::new());
-        let node = TestNode {
+        let node = LocalBackend {
+            node: "n1".into(),
             ipam,
-            dp: dp.clone(),
+            dataplane: dp.clone(),
             reaper: Reaper::tasks(dp.clone()),
-            write_behind: WriteBehind::default(),
+            write_behind: Default::default(),
             address_locks: KeyedLocks::default(),
+            docker_api_socket: None,
         };
         let api = Api {
             attachments: Attachments::new(node.address_locks.clone()),
@@ -241,11 +211,11 @@ mod tests {
         }
     }
 
-    async fn holder(api: &Api<TestNode>, ip: Ipv4Addr) -> Option<String> {
+    async fn holder(api: &Api<LocalBackend>, ip: Ipv4Addr) -> Option<String> {
         api.backend.ipam.address(ip).await.unwrap().handle
     }
 
-    async fn record(api: &Api<TestNode>, cid: &str) -> bool {
+    async fn record(api: &Api<LocalBackend>, cid: &str) -> bool {
         let handle = att(cid).handle();
         crate::endpoints::get_endpoint(
             api.backend.ipam.store(),

@@ -1899,7 +1899,8 @@ async fn a_release_answers_before_its_write_and_holds_the_address_until_it_commi
     assert_ne!(now, holder);
 }
 
-/// The CNI API of the same brindled, for tests of requests from both runtimes.
+/// The CNI API on the in-process backend: for tests of requests from both runtimes to
+/// one brindled, and for the API's own tests (`api/attachments.rs`).
 impl crate::api::Backend for LocalBackend {
     type Store = MemoryStore;
     fn node(&self) -> &str {
