@@ -65,6 +65,29 @@ impl<S: Store> Ipam<S> {
         &self,
         req: &AllocRequest,
     ) -> Result<Option<Ipv4Addr>, IpamError> {
+        self.reserve_where(req, Where::OwnBlocks).await
+    }
+
+    /// [`Ipam::reserve_in_own_blocks`], or, when the node's blocks have none free, a
+    /// free address of the block the node would claim next (as this process last saw
+    /// which blocks exist), still without writing: the fixed allocation made later
+    /// claims that block with the address, in its one transaction (or, should another
+    /// node have claimed the block meanwhile, borrows the address from it). `None`
+    /// when no block is left to claim: allocate then (it borrows).
+    pub async fn reserve(&self, req: &AllocRequest) -> Result<Option<Ipv4Addr>, IpamError> {
+        if let Some(ip) = self.reserve_where(req, Where::OwnBlocks).await? {
+            return Ok(Some(ip));
+        }
+        self.load_claimed().await?;
+        self.reserve_where(req, Where::NextClaim).await
+    }
+
+    /// A free address for `req` in the blocks `place` names, noted as reserved.
+    async fn reserve_where(
+        &self,
+        req: &AllocRequest,
+        place: Where,
+    ) -> Result<Option<Ipv4Addr>, IpamError> {
         crate::error::validate_node_name(&req.node)?;
         let mut pools = self.candidate_pools(req.pool.as_deref()).await?;
         if let Some(range) = req.range {
@@ -78,40 +101,13 @@ impl<S: Store> Ipam<S> {
         // Found and noted under one lock: two reservations never meet on one address.
         let mut cache = self.cache();
         let scope = Scope::of(req, &cache.reserved);
-        let found =
-            Self::take_from_own(&cache, &req.node, &pools, &allocation, &scope).map(|plan| plan.ip);
-        drop(scope);
-        if let Some(ip) = found {
-            cache.reserved.insert(ip);
-        }
-        Ok(found)
-    }
-
-    /// [`Ipam::reserve_in_own_blocks`], or, when the node's blocks have none free, a
-    /// free address of the block the node would claim next (as this process last saw
-    /// which blocks exist), still without writing: the fixed allocation made later
-    /// claims that block with the address, in its one transaction (or, should another
-    /// node have claimed the block meanwhile, borrows the address from it). `None`
-    /// when no block is left to claim: allocate then (it borrows).
-    pub async fn reserve(&self, req: &AllocRequest) -> Result<Option<Ipv4Addr>, IpamError> {
-        if let Some(ip) = self.reserve_in_own_blocks(req).await? {
-            return Ok(Some(ip));
-        }
-        let mut pools = self.candidate_pools(req.pool.as_deref()).await?;
-        if let Some(range) = req.range {
-            pools.retain(|p| overlaps(p.value.cidr, range));
-        }
-        self.load_claimed().await?;
-        let allocation = Allocation {
-            handle: req.handle.clone(),
-            attrs: BTreeMap::new(),
+        let plan = match place {
+            Where::OwnBlocks => Self::take_from_own(&cache, &req.node, &pools, &allocation, &scope),
+            Where::NextClaim => pools
+                .iter()
+                .find_map(|pool| claim_new(&cache, pool, &req.node, &allocation, &scope)),
         };
-        let mut cache = self.cache();
-        let scope = Scope::of(req, &cache.reserved);
-        let found = pools
-            .iter()
-            .find_map(|pool| claim_new(&cache, pool, &req.node, &allocation, &scope))
-            .map(|plan| plan.ip);
+        let found = plan.map(|plan| plan.ip);
         drop(scope);
         if let Some(ip) = found {
             cache.reserved.insert(ip);
@@ -461,6 +457,13 @@ pub(super) fn take_from(
         allocation: allocation.clone(),
         fixed: false,
     })
+}
+
+/// Where a reservation looks: the node's own blocks, or the block it would claim next.
+#[derive(Clone, Copy)]
+enum Where {
+    OwnBlocks,
+    NextClaim,
 }
 
 /// Plan the claim of the first unclaimed block of a pool (among those the scope

@@ -28,7 +28,7 @@ use tracing::{info, warn};
 
 use super::{ctx, Api, Backend};
 use crate::cni::error::CniError;
-use crate::cni::ops::{self, AddReply, AddRequest, CheckRequest, DelRequest, Done, Mode};
+use crate::cni::ops::{self, micros, AddReply, AddRequest, CheckRequest, DelRequest, Done, Mode};
 use crate::write_behind::until_committed;
 
 /// The locks of the attachments and addresses whose requests are in flight or whose
@@ -123,10 +123,6 @@ fn deadline() -> std::time::Instant {
 
 fn busy(e: LockError) -> CniError {
     IpamError::from(e).into()
-}
-
-fn micros(d: std::time::Duration) -> u64 {
-    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]
