@@ -7,7 +7,7 @@
 //! directly: the socket's mode refused the connection (`EACCES`), or brindled answered
 //! 403 after checking the caller's credentials or the netns path.
 
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
@@ -138,7 +138,7 @@ enum ExchangeError {
     Malformed(&'static str),
 }
 
-/// One request, `Connection: close`, and the whole answer up to EOF: its status and
+/// One request, `Connection: close`, and the whole answer up to its end: its status and
 /// body.
 fn exchange(
     stream: &mut UnixStream,
@@ -152,17 +152,52 @@ fn exchange(
         json.len()
     );
     let timed_out = |e: std::io::Error| match e.kind() {
-        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => ExchangeError::Timeout,
+        ErrorKind::WouldBlock | ErrorKind::TimedOut => ExchangeError::Timeout,
         _ => ExchangeError::Io(e),
     };
-    stream.write_all(head.as_bytes()).map_err(timed_out)?;
-    stream.write_all(json).map_err(timed_out)?;
+    // One write: the whole request in a single send when it fits the socket buffer.
+    let mut request = head.into_bytes();
+    request.extend_from_slice(json);
+    // brindled may answer (a refusal) and close before it has read the request; the
+    // write then fails with EPIPE while the answer waits unread: read it before failing.
+    let unsent = match stream.write_all(&request) {
+        Ok(()) => None,
+        Err(e) if matches!(e.kind(), ErrorKind::BrokenPipe | ErrorKind::ConnectionReset) => Some(e),
+        Err(e) => return Err(timed_out(e)),
+    };
+    match (read_answer(stream), unsent) {
+        (Ok(answer), None) => parse_response(&answer),
+        (Ok(answer), Some(_)) if !answer.is_empty() => parse_response(&answer),
+        (_, Some(write_error)) => Err(ExchangeError::Io(write_error)),
+        (Err(e), None) => Err(timed_out(e)),
+    }
+}
+
+/// Everything brindled sent, up to [`MAX_REPLY`]. A close with part of our request still
+/// unread ends the stream with `ECONNRESET` after the answer instead of EOF: the answer
+/// is whole either way.
+fn read_answer(stream: &mut UnixStream) -> std::io::Result<Vec<u8>> {
     let mut answer = Vec::new();
-    stream
-        .take(MAX_REPLY)
-        .read_to_end(&mut answer)
-        .map_err(timed_out)?;
-    parse_response(&answer)
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return Ok(answer),
+            Ok(n) => {
+                answer.extend_from_slice(&buf[..n]);
+                if answer.len() as u64 > MAX_REPLY {
+                    return Err(std::io::Error::new(
+                        ErrorKind::InvalidData,
+                        format!("an answer longer than {MAX_REPLY} bytes"),
+                    ));
+                }
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == ErrorKind::ConnectionReset && !answer.is_empty() => {
+                return Ok(answer)
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// The status and body of an HTTP/1.1 answer read to its end (`Content-Length`,
@@ -254,6 +289,25 @@ mod tests {
         );
         let closed = b"HTTP/1.0 403 Forbidden\r\n\r\nno";
         assert_eq!(parse_response(closed).unwrap(), (403, b"no".to_vec()));
+    }
+
+    #[test]
+    fn an_answer_sent_before_the_request_was_read_is_not_lost() {
+        // brindled's refusal answers without reading the request and closes: a request
+        // larger than the socket buffer then meets EPIPE, with the answer waiting unread.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            conn.write_all(b"HTTP/1.1 403 Forbidden\r\ncontent-length: 2\r\n\r\nno")
+                .unwrap();
+        });
+        let mut stream = UnixStream::connect(&path).unwrap();
+        let big = vec![b' '; 4 << 20];
+        let answer = exchange(&mut stream, paths::STATUS, &big);
+        server.join().unwrap();
+        assert_eq!(answer.unwrap(), (403, b"no".to_vec()));
     }
 
     #[test]
