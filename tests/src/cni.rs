@@ -357,6 +357,24 @@ impl Brindled {
         self.child.id()
     }
 
+    /// Stop it the way an init system does (SIGTERM, by PID) and wait up to `timeout`:
+    /// its exit status, or `None` if it had to be killed (SIGKILL) after that.
+    pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.stop();
+        None
+    }
+
     /// Stop it now (SIGKILL, by PID) and wait.
     pub fn stop(&mut self) {
         let _ = self.child.kill();

@@ -2,7 +2,9 @@
 //! stopped, killed (the leader, with kill -9) or frozen (SIGSTOP, as a partition looks
 //! from outside); every CLI call works with one member down; a long-lived store keeps
 //! working across auth-token expiry and an etcd restart; the agent's watch moves off a
-//! frozen member and resumes from its revision.
+//! frozen member and resumes from its revision; a CNI release brindled commits after
+//! answering the DEL gets through a frozen member and a killed leader, and a graceful
+//! stop commits it first.
 //!
 //! The tests share the machine's two cores with etcd's fsyncs, so they run one at a time.
 
@@ -21,7 +23,10 @@ use brindle_plugin::agent::metrics::METRICS;
 use brindle_plugin::agent::snapshot::{Prefixes, Snapshot};
 use brindle_plugin::agent::watch;
 use brindle_tests::bins::{bin, brindle};
+use brindle_tests::cni::{eventually, Brindle, Brindled, Call, PluginDir};
 use brindle_tests::etcd::EtcdCluster;
+use brindle_tests::netns::{is_root, Netns, UnreachableRoute};
+use serde_json::{json, Value};
 
 /// The availability budget: no failure later than this after a fault.
 const BUDGET: Duration = Duration::from_secs(5);
@@ -592,4 +597,141 @@ fn queued_allocations_each_fail_within_the_budget_while_the_cluster_is_frozen() 
     rt.block_on(ipam.release_handle("warm")).expect("release");
     rt.block_on(ipam.release_handle("after")).expect("release");
     check_clean(&cluster);
+}
+
+// ------------------------------------------------------------------ releases after the answer
+
+/// One CNI plugin call through brindled; panics with the plugin's output on failure.
+fn cni_ok(command: &str, cid: &str, ns: &Netns, plugins: &PluginDir, conf: &Value) -> Value {
+    let out = Call::new(command, cid, &ns.path(), "eth0")
+        .path(plugins.path())
+        .run(&plugins.plugin("brindle"), conf);
+    assert!(
+        out.success,
+        "{command} {cid}: {} {}",
+        out.stdout, out.stderr
+    );
+    // A DEL prints nothing.
+    if out.stdout.trim().is_empty() {
+        Value::Null
+    } else {
+        out.json()
+    }
+}
+
+/// The IPAM handles etcd holds, asked of the members that run.
+fn handles(cluster: &EtcdCluster) -> Vec<String> {
+    let prefix = Keys::default_prefix().handles();
+    cluster
+        .etcdctl(&["get", "--prefix", "--keys-only", &prefix])
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(|k| k.trim_start_matches(&prefix).to_string())
+        .collect()
+}
+
+fn address_of(result: &Value) -> String {
+    let cidr = result["ips"][0]["address"].as_str().expect("an address");
+    cidr.split('/').next().unwrap_or(cidr).to_string()
+}
+
+/// brindled answers a CNI DEL once the endpoint is off the network and commits the
+/// release after (write-behind). That commit has to get through the same faults as any
+/// other write: with the member brindled talks to frozen, and with the leader killed,
+/// it commits through the others, and an ADD asking for the released address waits for
+/// it instead of failing "in use". A graceful stop with a member frozen commits the
+/// pending release before brindled exits.
+#[test]
+fn releases_answered_before_their_write_commit_with_a_member_frozen_or_the_leader_killed() {
+    if !is_root() {
+        eprintln!("skipping: needs root (network namespaces, veths, routes)");
+        return;
+    }
+    let _serial = serial();
+    let started = Instant::now();
+    let mut cluster = EtcdCluster::start(3);
+    let cidr = "10.181.0.0/26";
+    let _guard = UnreachableRoute::add(cidr);
+    ok(&mut cli(&cluster, &["pool", "add", "wb", "--cidr", cidr]));
+    let plugins = PluginDir::new();
+    let namespaces: Vec<Netns> = (0..6).map(|_| Netns::new("wbe")).collect();
+    let mut daemon = Brindled::start(&cluster.endpoints_csv(), "wb");
+    let endpoints = cluster.endpoints_csv();
+    let conf_for = |daemon: &Brindled| {
+        Brindle {
+            etcd: endpoints.clone(),
+            node: "wb".into(),
+            api_socket: daemon.api_socket.display().to_string(),
+            pool: Some("wb".into()),
+        }
+        .main_conf("1.0.0", "wbnet")
+    };
+    let conf = conf_for(&daemon);
+    let with_ip = |ip: &str| {
+        let mut c = conf.clone();
+        c["runtimeConfig"] = json!({"ips": [ip]});
+        c
+    };
+    let released = |cluster: &EtcdCluster, handle: &str| {
+        eventually(Duration::from_secs(20), || {
+            !handles(cluster).iter().any(|h| h == handle)
+        })
+    };
+
+    // (a) The first listed member, the one brindled talks to, frozen.
+    let first = cni_ok("ADD", "wb-a1", &namespaces[0], &plugins, &conf);
+    let ip = address_of(&first);
+    cluster.pause(0);
+    eprintln!("fault: SIGSTOP member 0");
+    cni_ok("DEL", "wb-a1", &namespaces[0], &plugins, &conf);
+    // The same address for another container: it waits for the release's commit.
+    let again = cni_ok("ADD", "wb-a2", &namespaces[1], &plugins, &with_ip(&ip));
+    assert_eq!(address_of(&again), ip);
+    assert_eq!(handles(&cluster), vec!["wb-a2+eth0".to_string()]);
+
+    // (b) Still frozen: a DEL, then at once a graceful stop. The pending release
+    // commits before brindled exits.
+    cni_ok("DEL", "wb-a2", &namespaces[1], &plugins, &conf);
+    let status = daemon.terminate(Duration::from_secs(40));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "brindled did not stop cleanly ({status:?}):\n{}",
+        daemon.log()
+    );
+    assert!(
+        handles(&cluster).is_empty(),
+        "brindled exited with its release pending: {:?}\n{}",
+        handles(&cluster),
+        daemon.log()
+    );
+    cluster.resume(0);
+    cluster.wait_healthy(0);
+
+    // (c) The leader killed with kill -9 right before a DEL.
+    let daemon = Brindled::start(&endpoints, "wb");
+    let conf = conf_for(&daemon);
+    let third = cni_ok("ADD", "wb-c1", &namespaces[2], &plugins, &conf);
+    let ip = address_of(&third);
+    let leader = cluster.wait_leader();
+    eprintln!("fault: kill -9 leader {leader}");
+    cluster.kill(leader);
+    cni_ok("DEL", "wb-c1", &namespaces[2], &plugins, &conf);
+    assert!(
+        released(&cluster, "wb-c1+eth0"),
+        "the release did not commit after the leader was killed:\n{}",
+        daemon.log()
+    );
+    let mut fixed = conf.clone();
+    fixed["runtimeConfig"] = json!({"ips": [ip]});
+    let again = cni_ok("ADD", "wb-c2", &namespaces[3], &plugins, &fixed);
+    assert_eq!(address_of(&again), ip);
+    cni_ok("DEL", "wb-c2", &namespaces[3], &plugins, &conf);
+    assert!(
+        released(&cluster, "wb-c2+eth0"),
+        "the release did not commit:\n{}",
+        daemon.log()
+    );
+    cluster.restart(leader);
+    check_clean(&cluster);
+    eprintln!("took {:.1}s", started.elapsed().as_secs_f32());
 }

@@ -10,6 +10,12 @@
 //! (allocate + wire for ADD, unwire + release for DEL, and for a DEL through brindled
 //! the release it commits after answering), matched by handle.
 //!
+//! In the same rounds, the floor of any plugin that keeps its addresses in etcd, on
+//! this machine: two processes that read the configuration and exit (`cat`, spawned as
+//! the plugins are), one per ADD and DEL, and one durable etcd put of an endpoint's
+//! size, the least an ADD must wait for before it answers. Their p50s add up to the
+//! floor, printed with its ratio to ptp + host-local.
+//!
 //! Then a burst phase per variant: `--burst N` ADDs at once (default 200; one plugin
 //! process per container, each with its own namespace made beforehand), then the N DELs
 //! at once. Prints the wall time of each burst, the failed calls (with the CNI error's
@@ -312,6 +318,16 @@ fn bench(args: &Args) -> Result<(), String> {
     eprintln!("bench-cni: making {count} network namespaces");
     let namespaces: Vec<Netns> = (0..count).map(|_| Netns::new("bcni")).collect();
     eprintln!("bench-cni: {WARMUP} warm-up rounds, then {n} containers per variant");
+    let mut floor = Floor::default();
+    let mut kv = rt.block_on(async {
+        let store = EtcdStore::connect(&EtcdConfig {
+            endpoints: vec![etcd.endpoint.clone()],
+            ..EtcdConfig::default()
+        })
+        .await
+        .expect("connect etcd");
+        store.client().await.expect("etcd client").kv_client()
+    });
     let start = Instant::now();
     for i in 0..WARMUP + n {
         let ns = &namespaces[i % namespaces.len()];
@@ -320,6 +336,8 @@ fn bench(args: &Args) -> Result<(), String> {
             let cid = format!("bench{k}c{i}");
             run(v, plugins.path(), ns, &cid, record);
         }
+        let brindle = variants[1].plugin.clone();
+        floor.sample(&rt, &mut kv, &brindle, &variants[1].conf, ns, i, record);
     }
     let wall = start.elapsed();
     // The measured calls' lines, matched by handle: the burst's come later and do not
@@ -364,6 +382,7 @@ fn bench(args: &Args) -> Result<(), String> {
     }
 
     print_sequential(&variants, n, wall);
+    floor.print(pct(&variants[0].total, 0.5));
     print_steps(&variants);
     if args.burst > 0 {
         print_bursts(&variants, args.burst);
@@ -408,6 +427,70 @@ fn print_sequential(variants: &[Variant], n: usize, wall: Duration) {
         variants[0].name,
         tail_ratio(&variants[0].total)
     );
+}
+
+/// What no plugin storing its addresses in etcd can go under on this machine: two
+/// process starts and one durable write per ADD+DEL.
+#[derive(Default)]
+struct Floor {
+    /// A process that reads a netconf from stdin and exits, spawned as a plugin is.
+    process: Vec<Duration>,
+    /// One etcd put of an endpoint-sized value, acknowledged (so fsync'd).
+    put: Vec<Duration>,
+    /// brindle's own plugin answering VERSION: its start-up and exit, next to `cat`'s.
+    version: Vec<Duration>,
+}
+
+impl Floor {
+    #[allow(clippy::too_many_arguments)]
+    fn sample(
+        &mut self,
+        rt: &tokio::runtime::Runtime,
+        kv: &mut etcd_client::KvClient,
+        plugin: &Path,
+        conf: &Value,
+        ns: &Netns,
+        i: usize,
+        record: bool,
+    ) {
+        let cat = Path::new("/bin/cat");
+        let mut process = Vec::new();
+        for command in ["ADD", "DEL"] {
+            let out = Call::new(command, &format!("floor{i}"), &ns.path(), "eth0").run(cat, conf);
+            assert!(out.success, "cat as a plugin: {}", out.stderr);
+            process.push(out.elapsed);
+        }
+        // An allocation, its handle and the endpoint record come to about this much.
+        let value = "x".repeat(1024);
+        let t = Instant::now();
+        rt.block_on(kv.put(format!("/bench-floor/{i}"), value, None))
+            .expect("etcd put");
+        let put = t.elapsed();
+        let version =
+            Call::new("VERSION", &format!("floor{i}"), &ns.path(), "eth0").run(plugin, conf);
+        assert!(version.success, "brindle VERSION: {}", version.stderr);
+        if record {
+            self.process.extend(process);
+            self.put.push(put);
+            self.version.push(version.elapsed);
+        }
+    }
+
+    fn print(&self, baseline: Duration) {
+        let (process, put) = (pct(&self.process, 0.5), pct(&self.put, 0.5));
+        let floor = process * 2 + put;
+        println!(
+            "floor on this machine: 2 x a process reading its netconf ({}) + 1 durable etcd put ({}) = {} = {:.3} of ptp + host-local",
+            ms(process),
+            ms(put),
+            ms(floor),
+            floor.as_secs_f64() / baseline.as_secs_f64()
+        );
+        println!(
+            "  (brindle's plugin answering VERSION, started the same way: {})",
+            ms(pct(&self.version, 0.5))
+        );
+    }
 }
 
 fn tail_ratio(v: &[Duration]) -> f64 {
