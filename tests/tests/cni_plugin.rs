@@ -1184,3 +1184,86 @@ fn brindle_log_debug_shows_debug_lines() {
         debug.stderr
     );
 }
+
+/// Direct-path plugins of one node take turns on the node's lock file (as Calico's do),
+/// so a burst does not spend itself on lost compares; and the lock is best effort: a
+/// holder that never lets go (stuck on etcd, say) delays an ADD by the lock's bound,
+/// not forever, and the ADD then succeeds without its turn.
+#[test]
+fn direct_adds_take_turns_on_the_nodes_lock_and_go_on_without_it_after_its_bound() {
+    if !root_or_skip(
+        "direct_adds_take_turns_on_the_nodes_lock_and_go_on_without_it_after_its_bound",
+    ) {
+        return;
+    }
+    let w = World::new("10.241.7.0/24", "28");
+    let ns = Netns::new("lck");
+    let locks = tempfile::tempdir().expect("temp dir");
+    let lock = locks.path().join("ipam-n1.lock");
+    let mut conf = w.direct().main_conf("1.0.0", "locknet");
+    conf["ipam_lock_file"] = json!(lock.display().to_string());
+
+    // Another process holds the node's lock and never lets go.
+    std::fs::write(&lock, "").expect("lock file");
+    // `--no-fork`: the PID killed at the end is the process that holds the lock.
+    let holder = KilledOnDrop(
+        std::process::Command::new("flock")
+            .args(["--no-fork", "--exclusive"])
+            .arg(&lock)
+            .args(["sleep", "600"])
+            .spawn()
+            .expect("run flock"),
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            // `flock -n` fails while the holder has it.
+            !std::process::Command::new("flock")
+                .args(["--nonblock", "--exclusive"])
+                .arg(&lock)
+                .arg("true")
+                .status()
+                .expect("run flock")
+                .success()
+        }),
+        "the holder never took the lock"
+    );
+
+    let (plugin, path, cfg) = (w.brindle(), ns.path(), conf.clone());
+    let add =
+        std::thread::spawn(move || Call::new("ADD", "lck1", &path, "eth0").run(&plugin, &cfg));
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        !add.is_finished(),
+        "a direct ADD ran while another process held the node's lock"
+    );
+    // The holder keeps the lock: the ADD goes on without its turn once the bound is
+    // out, and succeeds.
+    let out = add.join().expect("ADD thread");
+    let result = out.ok();
+    let ip = result_ip(&result);
+    assert!(w.in_pool(ip), "{ip} outside {}", w.cidr);
+    assert!(
+        out.elapsed >= Duration::from_secs(4),
+        "the ADD did not wait for its turn: {:?}",
+        out.elapsed
+    );
+    drop(holder);
+
+    // Free again: the DEL takes its turn at once.
+    let mut del = conf.clone();
+    del["prevResult"] = result;
+    Call::new("DEL", "lck1", &ns.path(), "eth0")
+        .run(&w.brindle(), &del)
+        .ok();
+    assert!(w.handles().is_empty());
+}
+
+/// A child process killed (by PID) and reaped when the test ends, pass or fail.
+struct KilledOnDrop(std::process::Child);
+
+impl Drop for KilledOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

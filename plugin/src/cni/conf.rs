@@ -27,6 +27,8 @@ pub const MAIN_TYPE: &str = "brindle";
 pub const IPAM_TYPE: &str = "brindle-ipam";
 /// Default local API socket of brindled.
 pub const DEFAULT_API_SOCKET: &str = "/run/brindle/brindled.sock";
+/// `ipam_lock_file` value that turns the direct path's per-node lock off.
+pub const NO_IPAM_LOCK: &str = "none";
 
 /// The CNI operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -283,6 +285,8 @@ struct RawSettings {
     etcd_password_file: Option<PathBuf>,
     /// brindled's local API socket (the fast path).
     api_socket: Option<String>,
+    /// The direct path's per-node lock file, or `none`.
+    ipam_lock_file: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -342,6 +346,9 @@ pub struct Settings {
     pub prefix: String,
     pub node: String,
     pub api_socket: PathBuf,
+    /// The lock the direct path's IPAM writers of this node take turns on (`None`:
+    /// `ipam_lock_file` is `none`).
+    pub ipam_lock: Option<PathBuf>,
 }
 
 /// A checked request configuration.
@@ -630,10 +637,15 @@ fn resolve_settings(layers: &[&RawSettings], env: &CniEnv) -> Result<Settings, C
         },
         prefix: pick(&|l| l.etcd_prefix.clone(), "BRINDLE_ETCD_PREFIX")
             .unwrap_or_else(|| brindle_ipam::keys::DEFAULT_PREFIX.to_string()),
-        node,
         api_socket: pick(&|l| l.api_socket.clone(), "BRINDLE_API_SOCKET")
             .unwrap_or_else(|| DEFAULT_API_SOCKET.to_string())
             .into(),
+        ipam_lock: match pick(&|l| l.ipam_lock_file.clone(), "BRINDLE_IPAM_LOCK_FILE") {
+            Some(off) if off == NO_IPAM_LOCK => None,
+            Some(path) => Some(path.into()),
+            None => Some(super::node_lock::default_path(&node)),
+        },
+        node,
     })
 }
 

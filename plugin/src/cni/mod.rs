@@ -12,6 +12,7 @@
 pub mod client;
 pub mod conf;
 pub mod error;
+pub mod node_lock;
 pub mod ops;
 pub mod result;
 pub mod version;
@@ -355,6 +356,13 @@ pub fn perform(settings: &Settings, request: Request) -> Result<(Reply, &'static
             Err(CallError::Declined(e)) => debug!(%e, "brindled declined, going direct"),
         }
     }
+    // Processes of this node that write its IPAM take turns (see `node_lock`).
+    let _turn = match (&request, &settings.ipam_lock) {
+        (Request::Add(_) | Request::Del(_) | Request::Gc(_), Some(path)) => {
+            Some(node_lock::take(path, node_lock::WAIT))
+        }
+        _ => None,
+    };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

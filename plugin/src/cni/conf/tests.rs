@@ -5,6 +5,28 @@ fn env(vars: &[(&str, &str)]) -> CniEnv {
 }
 
 #[test]
+fn the_direct_paths_node_lock_defaults_per_node_and_can_be_moved_or_turned_off() {
+    let e = env(&[("BRINDLE_NODE", "n7")]);
+    let conf =
+        |extra: &str| format!(r#"{{"cniVersion":"1.0.0","name":"n","type":"brindle"{extra}}}"#);
+    let lock = |extra: &str| {
+        NetConf::parse(conf(extra).as_bytes(), &e)
+            .unwrap()
+            .settings
+            .ipam_lock
+    };
+    assert_eq!(lock(""), Some("/run/brindle/ipam-n7.lock".into()));
+    assert_eq!(
+        lock(r#","ipam_lock_file":"/var/lock/b.lock""#),
+        Some("/var/lock/b.lock".into())
+    );
+    assert_eq!(lock(r#","ipam_lock_file":"none""#), None);
+    let from_env = env(&[("BRINDLE_NODE", "n7"), ("BRINDLE_IPAM_LOCK_FILE", "none")]);
+    let c = NetConf::parse(conf("").as_bytes(), &from_env).unwrap();
+    assert_eq!(c.settings.ipam_lock, None);
+}
+
+#[test]
 fn cni_args_rules() {
     assert_eq!(CniArgs::parse(None).unwrap(), CniArgs::default());
     let a = CniArgs::parse(Some("IgnoreUnknown=1;IP=10.0.0.5;FOO=bar")).unwrap();
