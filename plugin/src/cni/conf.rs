@@ -642,7 +642,12 @@ fn resolve_settings(layers: &[&RawSettings], env: &CniEnv) -> Result<Settings, C
             .into(),
         ipam_lock: match pick(&|l| l.ipam_lock_file.clone(), "BRINDLE_IPAM_LOCK_FILE") {
             Some(off) if off == NO_IPAM_LOCK => None,
-            Some(path) => Some(path.into()),
+            Some(path) if path.starts_with('/') => Some(path.into()),
+            Some(path) => {
+                return Err(CniError::config(format!(
+                    "invalid ipam_lock_file {path:?}: expected an absolute path, or \"none\""
+                )))
+            }
             None => Some(super::node_lock::default_path(&node)),
         },
         node,

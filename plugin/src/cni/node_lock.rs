@@ -41,22 +41,22 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 /// A turn on the node's lock, or the lack of one; the lock is released when dropped.
 #[derive(Debug)]
 pub struct Turn {
-    _file: Option<File>,
+    file: Option<File>,
 }
 
 impl Turn {
     pub fn held(&self) -> bool {
-        self._file.is_some()
+        self.file.is_some()
     }
 }
 
 /// Wait up to `wait` for the lock at `path`.
 pub fn take(path: &Path, wait: Duration) -> Turn {
     match try_take(path, wait) {
-        Ok(file) => Turn { _file: file },
+        Ok(file) => Turn { file },
         Err(e) => {
             debug!(path = %path.display(), error = %e, "going on without the node's lock");
-            Turn { _file: None }
+            Turn { file: None }
         }
     }
 }

@@ -21,6 +21,13 @@ fn the_direct_paths_node_lock_defaults_per_node_and_can_be_moved_or_turned_off()
         Some("/var/lock/b.lock".into())
     );
     assert_eq!(lock(r#","ipam_lock_file":"none""#), None);
+    let relative = conf(r#","ipam_lock_file":"run/b.lock""#);
+    let err = NetConf::parse(relative.as_bytes(), &e).unwrap_err();
+    assert_eq!(err.code, 7);
+    assert!(
+        err.msg.contains("\"run/b.lock\"") && err.msg.contains("absolute"),
+        "{err}"
+    );
     let from_env = env(&[("BRINDLE_NODE", "n7"), ("BRINDLE_IPAM_LOCK_FILE", "none")]);
     let c = NetConf::parse(conf("").as_bytes(), &from_env).unwrap();
     assert_eq!(c.settings.ipam_lock, None);
