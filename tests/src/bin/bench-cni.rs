@@ -318,16 +318,12 @@ fn bench(args: &Args) -> Result<(), String> {
     eprintln!("bench-cni: making {count} network namespaces");
     let namespaces: Vec<Netns> = (0..count).map(|_| Netns::new("bcni")).collect();
     eprintln!("bench-cni: {WARMUP} warm-up rounds, then {n} containers per variant");
-    let mut floor = Floor::default();
-    let mut kv = rt.block_on(async {
-        let store = EtcdStore::connect(&EtcdConfig {
-            endpoints: vec![etcd.endpoint.clone()],
-            ..EtcdConfig::default()
-        })
-        .await
-        .expect("connect etcd");
-        store.client().await.expect("etcd client").kv_client()
-    });
+    let mut floor = Floor::new(
+        rt.block_on(ipam.store().client())
+            .expect("etcd client")
+            .kv_client(),
+        variants[1].plugin.clone(),
+    );
     let start = Instant::now();
     for i in 0..WARMUP + n {
         let ns = &namespaces[i % namespaces.len()];
@@ -336,8 +332,7 @@ fn bench(args: &Args) -> Result<(), String> {
             let cid = format!("bench{k}c{i}");
             run(v, plugins.path(), ns, &cid, record);
         }
-        let brindle = variants[1].plugin.clone();
-        floor.sample(&rt, &mut kv, &brindle, &variants[1].conf, ns, i, record);
+        floor.sample(&rt, &variants[1].conf, ns, i, record);
     }
     let wall = start.elapsed();
     // The measured calls' lines, matched by handle: the burst's come later and do not
@@ -431,8 +426,10 @@ fn print_sequential(variants: &[Variant], n: usize, wall: Duration) {
 
 /// What no plugin storing its addresses in etcd can go under on this machine: two
 /// process starts and one durable write per ADD+DEL.
-#[derive(Default)]
 struct Floor {
+    kv: etcd_client::KvClient,
+    /// brindle's plugin, for its VERSION.
+    plugin: PathBuf,
     /// A process that reads a netconf from stdin and exits, spawned as a plugin is.
     process: Vec<Duration>,
     /// One etcd put of an endpoint-sized value, acknowledged (so fsync'd).
@@ -442,12 +439,19 @@ struct Floor {
 }
 
 impl Floor {
-    #[allow(clippy::too_many_arguments)]
+    fn new(kv: etcd_client::KvClient, plugin: PathBuf) -> Self {
+        Floor {
+            kv,
+            plugin,
+            process: Vec::new(),
+            put: Vec::new(),
+            version: Vec::new(),
+        }
+    }
+
     fn sample(
         &mut self,
         rt: &tokio::runtime::Runtime,
-        kv: &mut etcd_client::KvClient,
-        plugin: &Path,
         conf: &Value,
         ns: &Netns,
         i: usize,
@@ -463,11 +467,11 @@ impl Floor {
         // An allocation, its handle and the endpoint record come to about this much.
         let value = "x".repeat(1024);
         let t = Instant::now();
-        rt.block_on(kv.put(format!("/bench-floor/{i}"), value, None))
+        rt.block_on(self.kv.put(format!("/bench-floor/{i}"), value, None))
             .expect("etcd put");
         let put = t.elapsed();
         let version =
-            Call::new("VERSION", &format!("floor{i}"), &ns.path(), "eth0").run(plugin, conf);
+            Call::new("VERSION", &format!("floor{i}"), &ns.path(), "eth0").run(&self.plugin, conf);
         assert!(version.success, "brindle VERSION: {}", version.stderr);
         if record {
             self.process.extend(process);
