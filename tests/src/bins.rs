@@ -22,7 +22,7 @@ pub fn bin(name: &str) -> PathBuf {
     let path = bin_dir().join(name);
     assert!(
         path.exists(),
-        "{} is missing: run `cargo build --workspace --bins` first (make test does)",
+        "{} is missing: run `make build` first (make test does)",
         path.display()
     );
     path

@@ -1267,3 +1267,110 @@ impl Drop for KilledOnDrop {
         let _ = self.0.wait();
     }
 }
+
+/// The plugin as `make` builds it and runtimes start it: linked statically (no dynamic
+/// loader, its start is most of a CNI call), and still reaching etcd by host name. It
+/// runs in a mount namespace of its own where `/etc/hosts` names the test's etcd and
+/// `/etc/nsswitch.conf` lists only `systemd` and `dns` for hosts. The static plugin
+/// loads no NSS module (a static program must not) and looks in `/etc/hosts`, then DNS,
+/// whatever nsswitch.conf says: the name resolves although `files` is not listed, and a
+/// name in neither fails cleanly.
+#[test]
+fn the_static_plugin_reaches_etcd_by_a_name_in_etc_hosts() {
+    if !root_or_skip("the_static_plugin_reaches_etcd_by_a_name_in_etc_hosts") {
+        return;
+    }
+    let w = World::new("10.241.8.0/24", "28");
+    let plugin = brindle_tests::bins::bin("brindle-cni");
+    assert!(
+        !needs_program_interpreter(&plugin),
+        "{} is linked dynamically; `make build` links it statically",
+        plugin.display()
+    );
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let files = dir.path();
+    std::fs::write(
+        files.join("hosts"),
+        "127.0.0.1 localhost\n127.0.0.1 brindle-test-etcd\n",
+    )
+    .expect("hosts");
+    std::fs::write(files.join("nsswitch.conf"), "hosts: systemd dns\n").expect("nsswitch.conf");
+    // `unshare --mount` makes the binds private to the plugin: the host's files stay.
+    let wrapper = files.join("brindle");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nexec unshare --mount --propagation private sh -c 'mount --bind {d}/hosts /etc/hosts && mount --bind {d}/nsswitch.conf /etc/nsswitch.conf && exec \"$0\"' {plugin}\n",
+            d = files.display(),
+            plugin = w.brindle().display(),
+        ),
+    )
+    .expect("wrapper");
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod");
+
+    let port = w
+        .etcd
+        .endpoint
+        .rsplit(':')
+        .next()
+        .expect("etcd endpoint has a port")
+        .to_string();
+    let ns = Netns::new("byname");
+    let mut conf = w.direct().main_conf("1.0.0", "bynamenet");
+    conf["etcd_endpoints"] = json!(format!("http://brindle-test-etcd:{port}"));
+    let add = Call::new("ADD", "byname1", &ns.path(), "eth0").run(&wrapper, &conf);
+    let result = add.ok();
+    let ip = result_ip(&result);
+    assert!(w.in_pool(ip), "{ip} outside {}", w.cidr);
+    assert_wired(&ns, "byname1", "eth0", ip);
+    let mut del = conf.clone();
+    del["prevResult"] = result;
+    Call::new("DEL", "byname1", &ns.path(), "eth0")
+        .run(&wrapper, &del)
+        .ok();
+    assert!(w.handles().is_empty(), "{:?}", w.handles());
+
+    // A name neither file knows: a CNI error naming the endpoint, not a crash.
+    let mut unknown = conf.clone();
+    unknown["etcd_endpoints"] = json!(format!("http://brindle-no-such-etcd.invalid:{port}"));
+    let failed = Call::new("ADD", "byname2", &ns.path(), "eth0").run(&wrapper, &unknown);
+    assert_eq!(
+        failed.exit_code,
+        Some(1),
+        "the plugin did not exit with a CNI error: {failed:?}"
+    );
+    let e = failed.json();
+    assert!(
+        e["msg"]
+            .as_str()
+            .is_some_and(|m| m.contains("brindle-no-such-etcd.invalid")),
+        "the error does not name the endpoint: {e}"
+    );
+    assert!(w.handles().is_empty(), "{:?}", w.handles());
+}
+
+/// Whether an ELF executable names a program interpreter (`PT_INTERP`): the dynamic
+/// loader a dynamically linked program starts through.
+fn needs_program_interpreter(path: &std::path::Path) -> bool {
+    const PT_INTERP: u32 = 3;
+    let elf = std::fs::read(path).expect("read the plugin");
+    assert_eq!(
+        &elf[..4],
+        b"\x7fELF",
+        "{} is not an ELF file",
+        path.display()
+    );
+    assert_eq!(elf[4], 2, "{} is not a 64-bit ELF file", path.display());
+    let u16_at = |o: usize| u16::from_le_bytes([elf[o], elf[o + 1]]) as usize;
+    let phoff = u64::from_le_bytes(elf[0x20..0x28].try_into().expect("8 bytes")) as usize;
+    let (entry_size, count) = (u16_at(0x36), u16_at(0x38));
+    (0..count).any(|i| {
+        let at = phoff + i * entry_size;
+        u32::from_le_bytes(elf[at..at + 4].try_into().expect("4 bytes")) == PT_INTERP
+    })
+}
