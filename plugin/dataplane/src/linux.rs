@@ -116,9 +116,14 @@ impl LinuxDataplane {
             return Err(self.explain_exists(e, spec, &where_).await);
         }
         let made = async {
-            let host = self.host_link(&spec.host_ifname).await?;
-            let mac = setup_container_side(&ns, spec).await?;
-            sysctl::write(&self.host_ns, sysctl::host_veth(&host.name)).await?;
+            // The two sides are independent (each its own socket and namespace): set
+            // them up at the same time.
+            let host_side = async {
+                let host = self.host_link(&spec.host_ifname).await?;
+                sysctl::write(&self.host_ns, sysctl::host_veth(&host.name)).await?;
+                Ok(host)
+            };
+            let (host, mac) = futures::try_join!(host_side, setup_container_side(&ns, spec))?;
             // The host /32 goes last: it is what makes the endpoint reachable (and what
             // BIRD may export), so it should only exist once the container is ready.
             if routed {
@@ -446,21 +451,28 @@ fn link_local_next_hops(routes: &[Route]) -> Vec<Ipv4Addr> {
     hops
 }
 
+/// The loopback device's index in every network namespace: the kernel registers it
+/// first (`LOOPBACK_IFINDEX` in the kernel's netdevice.h).
+const LOOPBACK_INDEX: u32 = 1;
+
 /// Inside the container: address, link and lo up, the gateway and default routes.
+///
+/// The requests of each step go out back to back and their answers are awaited
+/// together: `try_join!` polls its futures in order, each sends its message when first
+/// polled, and the kernel handles one socket's messages in the order sent. So the
+/// routes still come after the link is up (else ENETDOWN), and the default route after
+/// the gateway's (else its next hop is unreachable); a failure still names its request.
 async fn setup_container_side(ns: &Netns, spec: &EndpointSpec) -> Result<MacAddr, DataplaneError> {
     let nl = Netlink::connect_in(ns).await?;
     let name = spec.container_ifname.as_str();
     let link = container_link(&nl, ns, name).await?;
-    nl.add_address(link.index, name, spec.ip, 32).await?;
-    // Routes need the device up (else ENETDOWN).
-    nl.set_link_up(link.index, name).await?;
-    if let Some(lo) = nl.get_link("lo").await? {
-        if !lo.up {
-            nl.set_link_up(lo.index, "lo").await?;
-        }
-    }
+    futures::try_join!(
+        nl.add_address(link.index, name, spec.ip, 32),
+        nl.set_link_up(link.index, name),
+        // Up already (the runtime's own set-up) is no error.
+        nl.set_link_up(LOOPBACK_INDEX, "lo"),
+    )?;
     let gw = Route::device(host_net(GATEWAY_IP), link.index, CONTAINER_ROUTE_PROTOCOL);
-    nl.add_route(&gw, name, false).await?;
     // 169.254.1.1 is reachable through the scope-link route above, so no `onlink` needed.
     let default = Route::via(
         Ipv4Network::new(Ipv4Addr::UNSPECIFIED, 0).expect("/0 is valid"),
@@ -468,7 +480,10 @@ async fn setup_container_side(ns: &Netns, spec: &EndpointSpec) -> Result<MacAddr
         link.index,
         CONTAINER_ROUTE_PROTOCOL,
     );
-    nl.add_route(&default, name, false).await?;
+    futures::try_join!(
+        nl.add_route(&gw, name, false),
+        nl.add_route(&default, name, false),
+    )?;
     link.mac.ok_or_else(|| DataplaneError::NotFound {
         what: format!("mac address of interface {name} in {}", ns.path().display()),
     })
