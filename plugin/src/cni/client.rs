@@ -173,9 +173,11 @@ fn exchange(
     }
 }
 
-/// Everything brindled sent, up to [`MAX_REPLY`]. A close with part of our request still
-/// unread ends the stream with `ECONNRESET` after the answer instead of EOF: the answer
-/// is whole either way.
+/// Everything brindled sent, up to [`MAX_REPLY`]: to the end of a body whose length the
+/// headers give (brindled's server closes the connection only after that, and the
+/// plugin need not wait for it), else to the close. A close with part of our request
+/// still unread ends the stream with `ECONNRESET` after the answer instead of EOF: the
+/// answer is whole either way.
 fn read_answer(stream: &mut UnixStream) -> std::io::Result<Vec<u8>> {
     let mut answer = Vec::new();
     let mut buf = [0u8; 4096];
@@ -190,6 +192,9 @@ fn read_answer(stream: &mut UnixStream) -> std::io::Result<Vec<u8>> {
                         format!("an answer longer than {MAX_REPLY} bytes"),
                     ));
                 }
+                if has_whole_body(&answer) {
+                    return Ok(answer);
+                }
             }
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
             Err(e) if e.kind() == ErrorKind::ConnectionReset && !answer.is_empty() => {
@@ -198,6 +203,23 @@ fn read_answer(stream: &mut UnixStream) -> std::io::Result<Vec<u8>> {
             Err(e) => return Err(e),
         }
     }
+}
+
+/// Whether `answer` holds its headers and all of the body their `Content-Length` gives.
+fn has_whole_body(answer: &[u8]) -> bool {
+    let Some(split) = answer.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return false;
+    };
+    let Ok(head) = std::str::from_utf8(&answer[..split]) else {
+        return false;
+    };
+    let length = head.split("\r\n").skip(1).find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        name.trim()
+            .eq_ignore_ascii_case("content-length")
+            .then(|| value.trim().parse::<usize>().ok())?
+    });
+    length.is_some_and(|n| answer.len() - (split + 4) >= n)
 }
 
 /// The status and body of an HTTP/1.1 answer read to its end (`Content-Length`,
@@ -289,6 +311,44 @@ mod tests {
         );
         let closed = b"HTTP/1.0 403 Forbidden\r\n\r\nno";
         assert_eq!(parse_response(closed).unwrap(), (403, b"no".to_vec()));
+    }
+
+    #[test]
+    fn an_answer_is_taken_at_the_end_of_its_body_without_waiting_for_the_close() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let (answered, got_answer) = std::sync::mpsc::channel::<()>();
+        let server = std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            let mut request = [0u8; 4096];
+            let _ = conn.read(&mut request).unwrap();
+            conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\n{\"x\": 1}")
+                .unwrap();
+            // The connection stays open until the client has its answer (or 20 s).
+            got_answer.recv_timeout(Duration::from_secs(20)).is_ok()
+        });
+        let reply: serde_json::Value = call(&path, "/v1/test", &serde_json::json!({})).unwrap();
+        // The server is gone if it stopped waiting: the assertion below says why.
+        let _ = answered.send(());
+        assert_eq!(reply, serde_json::json!({"x": 1}));
+        assert!(
+            server.join().unwrap(),
+            "the client waited for the connection to close"
+        );
+    }
+
+    #[test]
+    fn has_whole_body_needs_the_headers_and_every_byte_of_the_body() {
+        let whole = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}";
+        assert!(has_whole_body(whole));
+        assert!(!has_whole_body(&whole[..whole.len() - 1]));
+        assert!(!has_whole_body(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n"));
+        // No length: the close ends the answer.
+        assert!(!has_whole_body(b"HTTP/1.0 403 Forbidden\r\n\r\nno"));
+        assert!(!has_whole_body(
+            b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n{}"
+        ));
     }
 
     #[test]
