@@ -343,7 +343,14 @@ fn netns_outside_the_allowed_directories_is_refused() {
     let result = w.add(&d, "c-in", &ns.path()).ok();
     assert!(result["ips"][0]["address"].is_string(), "{result}");
     w.del(&d, "c-in", &ns.path()).ok();
-    d.stop();
+    // Restarted with another flag as an operator would (SIGTERM): the stop finishes the
+    // veth deletion the DEL deferred, so the namespace's eth0 is free for the next ADD.
+    // (A kill -9 here could leave it to the next start's reconcile.)
+    let status = d.terminate(Duration::from_secs(30));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "brindled did not stop cleanly ({status:?})"
+    );
 
     // With its directory configured, the /tmp path works too.
     let dir_flag = outside.path().display().to_string();
