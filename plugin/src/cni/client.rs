@@ -205,57 +205,52 @@ fn read_answer(stream: &mut UnixStream) -> std::io::Result<Vec<u8>> {
     }
 }
 
+/// Where an answer's headers end (the blank line), if it has come that far.
+fn end_of_head(answer: &[u8]) -> Option<usize> {
+    answer.windows(4).position(|w| w == b"\r\n\r\n")
+}
+
+/// The value of header `name` (case-insensitive) among the lines after the status line.
+fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.split("\r\n").skip(1).find_map(|line| {
+        let (n, value) = line.split_once(':')?;
+        n.trim().eq_ignore_ascii_case(name).then(|| value.trim())
+    })
+}
+
 /// Whether `answer` holds its headers and all of the body their `Content-Length` gives.
 fn has_whole_body(answer: &[u8]) -> bool {
-    let Some(split) = answer.windows(4).position(|w| w == b"\r\n\r\n") else {
+    let Some(split) = end_of_head(answer) else {
         return false;
     };
-    let Ok(head) = std::str::from_utf8(&answer[..split]) else {
-        return false;
-    };
-    let length = head.split("\r\n").skip(1).find_map(|line| {
-        let (name, value) = line.split_once(':')?;
-        name.trim()
-            .eq_ignore_ascii_case("content-length")
-            .then(|| value.trim().parse::<usize>().ok())?
-    });
+    let length = std::str::from_utf8(&answer[..split])
+        .ok()
+        .and_then(|head| header(head, "content-length")?.parse::<usize>().ok());
     length.is_some_and(|n| answer.len() - (split + 4) >= n)
 }
 
 /// The status and body of an HTTP/1.1 answer read to its end (`Content-Length`,
 /// chunked, or delimited by the connection's close).
 fn parse_response(answer: &[u8]) -> Result<(u16, Vec<u8>), ExchangeError> {
-    let split = answer
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or(ExchangeError::Malformed("no end of headers"))?;
+    let split = end_of_head(answer).ok_or(ExchangeError::Malformed("no end of headers"))?;
     let head = std::str::from_utf8(&answer[..split])
         .map_err(|_| ExchangeError::Malformed("headers not UTF-8"))?;
     let body = &answer[split + 4..];
-    let mut lines = head.split("\r\n");
-    let status = lines
+    let status = head
+        .split("\r\n")
         .next()
         .and_then(|l| l.strip_prefix("HTTP/1."))
         .and_then(|l| l.get(2..5))
         .and_then(|code| code.parse::<u16>().ok())
         .ok_or(ExchangeError::Malformed("no status line"))?;
-    let mut length = None;
-    let mut chunked = false;
-    for line in lines {
-        let Some((name, value)) = line.split_once(':') else {
-            continue;
-        };
-        let value = value.trim();
-        if name.eq_ignore_ascii_case("content-length") {
-            length = Some(
-                value
-                    .parse::<usize>()
-                    .map_err(|_| ExchangeError::Malformed("bad Content-Length"))?,
-            );
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            chunked = value.eq_ignore_ascii_case("chunked");
-        }
-    }
+    let length = header(head, "content-length")
+        .map(|v| {
+            v.parse::<usize>()
+                .map_err(|_| ExchangeError::Malformed("bad Content-Length"))
+        })
+        .transpose()?;
+    let chunked =
+        header(head, "transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
     let body = if chunked {
         dechunk(body)?
     } else {
