@@ -511,14 +511,17 @@ impl<S: Store> Ipam<S> {
             .map(|r| r.value.addresses.keys().copied().collect())
     }
 
-    /// The addresses a handle holds (read from the store, not the cache).
+    /// The addresses a handle holds (read from the store, not the cache). The record
+    /// read is remembered, so a release of the handle right after (a DEL) needs no
+    /// second read of it; that release still compares the record's revision.
     pub async fn addresses_of(&self, handle: &str) -> Result<Vec<Ipv4Addr>, IpamError> {
         validate_handle(handle)?;
-        Ok(self
-            .read_handle(handle)
-            .await?
-            .map(|r| r.value.addresses.keys().copied().collect())
-            .unwrap_or_default())
+        let Some(record) = self.read_handle(handle).await? else {
+            return Ok(Vec::new());
+        };
+        let ips = record.value.addresses.keys().copied().collect();
+        self.cache().remember_handle(handle, record);
+        Ok(ips)
     }
 
     /// Merge owner attributes into every allocation of a handle (e.g. the container id,

@@ -8,7 +8,7 @@
 //! history gives [`StoreError::Compacted`], as a compacted etcd does.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::{
@@ -33,6 +33,8 @@ pub struct MemoryStore {
     /// Every transaction waits for a read lock of it: [`MemoryStore::hold_writes`]
     /// takes the write lock, to look at a request while its write is in flight.
     writes_open: Arc<tokio::sync::RwLock<()>>,
+    /// How many single-key reads were served, for tests that count round trips.
+    gets: Arc<AtomicU64>,
 }
 
 /// Transactions wait while this lives (see [`MemoryStore::hold_writes`]).
@@ -83,6 +85,7 @@ impl Default for MemoryStore {
             revision: Arc::new(revision),
             page_size: DEFAULT_PAGE_SIZE,
             writes_open: Arc::default(),
+            gets: Arc::default(),
         }
     }
 }
@@ -253,6 +256,12 @@ impl MemoryStore {
             .map(|g| WritesHeld { _guard: g })
     }
 
+    /// How many single-key reads (`get`) this store and its clones have served: each
+    /// is one round trip to etcd.
+    pub fn gets(&self) -> u64 {
+        self.gets.load(Ordering::Relaxed)
+    }
+
     /// The current revision.
     pub fn revision(&self) -> i64 {
         self.lock().revision
@@ -307,6 +316,7 @@ impl MemoryStore {
 
 impl Store for MemoryStore {
     async fn get(&self, key: &str) -> Result<Option<Kv>, StoreError> {
+        self.gets.fetch_add(1, Ordering::Relaxed);
         Ok(self.lock().kv(key))
     }
 

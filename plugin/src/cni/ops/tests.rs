@@ -500,3 +500,39 @@ async fn a_lost_compare_rebuilds_the_veth_for_the_address_kept() {
     assert!(!dp.host_routes().iter().any(|(ip, _)| *ip == taken.ip));
     assert_consistent(&ipam).await;
 }
+
+/// The direct path's DEL runs in a process that has cached nothing: it reads the
+/// handle once (for the routes it deletes and for the release) and the block once,
+/// then commits.
+#[tokio::test(flavor = "current_thread")]
+async fn a_fresh_process_del_reads_the_handle_once() {
+    let ipam = setup("10.9.6.0/24").await;
+    let dp = Arc::new(FakeDataplane::new());
+    let added = add(&ctx_on(&ipam, &dp), &add_req("c1", Mode::Main, None))
+        .await
+        .unwrap();
+    let fresh = Ipam::new(ipam.store().clone(), "/brindle");
+    let reaper = Reaper::tasks(dp.clone());
+    let ctx = Ctx {
+        ipam: &fresh,
+        dataplane: Some(dp.as_ref()),
+        node: "n1",
+        reaper: Some(&reaper),
+    };
+    let before = ipam.store().gets();
+    let req = DelRequest {
+        target: target(),
+        mode: Mode::Main,
+        attachment: att("c1"),
+    };
+    del(&ctx, &req).await.unwrap();
+    assert_eq!(
+        ipam.store().gets() - before,
+        2,
+        "one read of the handle and one of its block"
+    );
+    assert!(!dp.host_routes().iter().any(|(ip, _)| *ip == added.ip));
+    assert!(ipam.addresses_of("c1+eth0").await.unwrap().is_empty());
+    assert!(record_of(&ipam, "c1+eth0").await.is_none());
+    assert_consistent(&ipam).await;
+}
