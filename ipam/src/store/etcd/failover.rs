@@ -78,7 +78,7 @@ fn backoff(attempt: u32) -> Duration {
     Duration::from_millis(rand::rng().random_range(cap_ms / 2..=cap_ms))
 }
 
-/// A healthy member's client, within `deadline`.
+/// A healthy member's client (one that has answered), within `deadline`.
 pub(super) async fn member(
     members: &Members,
     endpoints: &str,
@@ -86,20 +86,23 @@ pub(super) async fn member(
 ) -> Result<MemberClient, StoreError> {
     let mut seen = Seen::default();
     loop {
-        match pick(members, endpoints, deadline, &mut seen).await? {
-            Some(m) => return Ok(m),
+        match pick(members, endpoints, deadline, &mut seen, true).await? {
+            Some((m, _)) => return Ok(m),
             None => continue,
         }
     }
 }
 
-/// Choose and connect one member; `None` when that member failed (try again).
+/// Choose and connect one member, with how long a first request to it may take
+/// while it has not answered yet; `None` when that member failed (try again). With
+/// `probe`, a member that has not answered yet is proven first by a cheap call.
 async fn pick(
     members: &Members,
     endpoints: &str,
     deadline: Instant,
     seen: &mut Seen,
-) -> Result<Option<MemberClient>, StoreError> {
+    probe: bool,
+) -> Result<Option<(MemberClient, Duration)>, StoreError> {
     let now = Instant::now();
     let left = deadline.saturating_duration_since(now);
     if left.is_zero() {
@@ -122,13 +125,13 @@ async fn pick(
         true => left,
         false => CONNECT_TIMEOUT.min(left),
     };
-    let connect = members.client(index, limit);
+    let connect = members.client(index, limit, probe);
     let result = match tokio::time::timeout(left, connect).await {
         Ok(r) => r,
         Err(_) => Err(ConnectError::Timeout(left)),
     };
     match result {
-        Ok(m) => Ok(Some(m)),
+        Ok(m) => Ok(Some((m, limit))),
         Err(ConnectError::Timeout(t)) => {
             seen.note(members.url(index), no_answer(t));
             Ok(None)
@@ -170,14 +173,30 @@ where
     let mut seen = Seen::default();
     let mut transient = 0u32;
     loop {
-        let Some(m) = pick(members, endpoints, deadline, &mut seen)
-            .await
-            .map_err(Failed::Store)?
+        // A request that may be replayed proves a new connection itself, within the
+        // connect limit: one round trip less for a short-lived process (the CNI
+        // plugin's direct path), and a silent member costs as little as a probe
+        // would. A transaction is never the first request to a member that has not
+        // answered: a timeout would leave its outcome unknown.
+        // Boxed: every store call nests this future, and its size would otherwise
+        // push callers' async state past the compiler's layout depth.
+        let Some((m, first_limit)) = Box::pin(pick(
+            members,
+            endpoints,
+            deadline,
+            &mut seen,
+            replay == Replay::Unsafe,
+        ))
+        .await
+        .map_err(Failed::Store)?
         else {
             continue;
         };
         let left = deadline.saturating_duration_since(Instant::now());
-        let limit = ATTEMPT_TIMEOUT.min(left);
+        let limit = match m.proven() {
+            true => ATTEMPT_TIMEOUT.min(left),
+            false => first_limit.min(ATTEMPT_TIMEOUT).min(left),
+        };
         let (fault, maybe_applied, detail) =
             match tokio::time::timeout(limit, call(m.client().clone())).await {
                 Ok(Ok(v)) => {

@@ -27,6 +27,8 @@ struct Slot {
     /// client does not drop its replacement.
     generation: u64,
     avoid_until: Option<Instant>,
+    /// The client has answered (a probe, a request, or the login that connected it).
+    proven: bool,
 }
 
 struct Member {
@@ -44,9 +46,16 @@ pub struct MemberClient {
     generation: u64,
     endpoint: String,
     client: Client,
+    proven: bool,
 }
 
 impl MemberClient {
+    /// Whether the member has answered on this client (a stopped process still
+    /// completes TCP handshakes, so a connection alone proves nothing).
+    pub fn proven(&self) -> bool {
+        self.proven
+    }
+
     /// The member's endpoint URL.
     pub fn endpoint(&self) -> &str {
         &self.endpoint
@@ -126,9 +135,41 @@ impl Members {
         earliest
     }
 
-    /// A connected client of member `index`, connecting (and proving the member
-    /// answers) when it has none. Errors come from connecting or the probe.
+    /// A connected client of member `index`, connecting when it has none. With
+    /// `probe`, a client that has not answered yet is proven first with one cheap call
+    /// (within `connect_timeout`); without, the caller's own request proves it, within
+    /// a limit as short. Errors come from connecting or the probe.
     pub async fn client(
+        &self,
+        index: usize,
+        connect_timeout: Duration,
+        probe: bool,
+    ) -> Result<MemberClient, ConnectError> {
+        let client = self.connected(index, connect_timeout).await?;
+        if !probe || client.proven {
+            return Ok(client);
+        }
+        match tokio::time::timeout(connect_timeout, client.client.clone().status()).await {
+            Ok(Ok(_)) => {
+                self.succeeded(&client);
+                Ok(MemberClient {
+                    proven: true,
+                    ..client
+                })
+            }
+            Ok(Err(e)) => {
+                self.failed(&client, Fault::Down);
+                Err(ConnectError::Etcd(e))
+            }
+            Err(_) => {
+                self.failed(&client, Fault::Down);
+                Err(ConnectError::Timeout(connect_timeout))
+            }
+        }
+    }
+
+    /// Member `index`'s client, connecting when it has none.
+    async fn connected(
         &self,
         index: usize,
         connect_timeout: Duration,
@@ -155,11 +196,14 @@ impl Members {
         };
         let mut slot = self.slot(index);
         slot.client = Some(client.clone());
+        // Logging in was a round trip the member answered.
+        slot.proven = self.logs_in;
         Ok(MemberClient {
             index,
             generation: slot.generation,
             endpoint: member.url.clone(),
             client,
+            proven: slot.proven,
         })
     }
 
@@ -170,17 +214,14 @@ impl Members {
             generation: slot.generation,
             endpoint: self.list[index].url.clone(),
             client: client.clone(),
+            proven: slot.proven,
         })
     }
 
+    /// A client of `url`. Its channel connects lazily: without a login, nothing has
+    /// crossed the network yet.
     async fn connect(&self, url: &str) -> Result<Client, etcd_client::Error> {
-        let mut client = Client::connect([url], Some(self.options.clone())).await?;
-        if !self.logs_in {
-            // The channel connects lazily; one cheap call proves the member answers
-            // (a stopped process still completes TCP handshakes) and has a leader.
-            client.status().await?;
-        }
-        Ok(client)
+        Client::connect([url], Some(self.options.clone())).await
     }
 
     fn avoid(&self, index: usize, period: Duration) {
@@ -204,6 +245,12 @@ impl Members {
     /// The member answered: keep using it.
     pub fn succeeded(&self, m: &MemberClient) {
         self.current.store(m.index, Ordering::Relaxed);
+        if !m.proven {
+            let mut slot = self.slot(m.index);
+            if slot.generation == m.generation {
+                slot.proven = true;
+            }
+        }
     }
 
     /// The member failed a request in this way.
@@ -218,6 +265,7 @@ impl Members {
                 // balanced channel of a dead one may never recover by itself.
                 slot.client = None;
                 slot.generation += 1;
+                slot.proven = false;
             }
             Fault::Transient | Fault::Fatal => {}
         }
