@@ -178,8 +178,8 @@ where
         // plugin's direct path), and a silent member costs as little as a probe
         // would. A transaction is never the first request to a member that has not
         // answered: a timeout would leave its outcome unknown.
-        // Boxed: every store call nests this future, and its size would otherwise
-        // push callers' async state past the compiler's layout depth.
+        // Boxed: every store call's future nests this one, and unboxed it took the
+        // deepest callers (bench-scale's) past the compiler's query depth limit.
         let Some((m, first_limit)) = Box::pin(pick(
             members,
             endpoints,
