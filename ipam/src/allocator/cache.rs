@@ -29,6 +29,9 @@ pub(super) struct Cache {
     /// Addresses handed out but not allocated yet ([`Ipam::reserve_in_own_blocks`]):
     /// dynamic plans pass them by.
     pub(super) reserved: BTreeSet<Ipv4Addr>,
+    /// Blocks the caller expects this process to need ([`Ipam::expect_blocks`]), read
+    /// beside its first read.
+    pub(super) expected: Vec<Ipv4Network>,
 }
 
 impl Cache {
@@ -172,14 +175,14 @@ impl<S: Store> Ipam<S> {
         Err(IpamError::NotInAnyPool { ip, pools })
     }
 
-    /// List a node's affinities once and read the blocks behind them.
+    /// List a node's affinities once and read the blocks behind them (those expected
+    /// already read beside the listing).
     pub(super) async fn load_node(&self, node: &str) -> Result<(), IpamError> {
         if self.cache().affine.contains_key(node) {
             return Ok(());
         }
         let keys = self
-            .store
-            .list_keys(&self.keys.node_affinities(node))
+            .beside_expected(self.store.list_keys(&self.keys.node_affinities(node)))
             .await?;
         let cidrs: Vec<_> = keys
             .iter()
@@ -225,6 +228,52 @@ impl<S: Store> Ipam<S> {
         claimed.extend(cache.blocks.keys().copied());
         cache.claimed = Some(claimed);
         Ok(())
+    }
+
+    /// The blocks a short-lived process expects to need (the CNI plugin's direct path
+    /// remembers its node's blocks between runs): the next read that needs a round
+    /// trip anyway (a node's affinities, a handle) reads them beside it, so a cold
+    /// process does not wait for a second round trip to learn them. A wrong guess costs
+    /// one read and changes nothing: the blocks read are as fresh as any read.
+    pub fn expect_blocks(&self, cidrs: impl IntoIterator<Item = Ipv4Network>) {
+        self.cache().expected = cidrs.into_iter().collect();
+    }
+
+    /// The blocks of `node` as this process last listed and wrote them, without a round
+    /// trip; `None` when it has not listed the node's affinities.
+    pub fn cached_node_blocks(&self, node: &str) -> Option<Vec<Ipv4Network>> {
+        self.cache()
+            .affine
+            .get(node)
+            .map(|set| set.iter().copied().collect())
+    }
+
+    /// `first`, with the expected blocks not cached yet read beside it. A failed read
+    /// of an expected block is left to whoever needs that block.
+    pub(super) async fn beside_expected<T, E>(
+        &self,
+        first: impl std::future::Future<Output = Result<T, E>>,
+    ) -> Result<T, E> {
+        let expected: Vec<Ipv4Network> = {
+            let mut cache = self.cache();
+            let expected = std::mem::take(&mut cache.expected);
+            expected
+                .into_iter()
+                .filter(|cidr| !cache.blocks.contains_key(cidr))
+                .collect()
+        };
+        if expected.is_empty() {
+            return first.await;
+        }
+        let (result, blocks) = futures::join!(
+            first,
+            futures::future::join_all(expected.iter().map(|cidr| self.read_block(*cidr)))
+        );
+        let mut cache = self.cache();
+        for block in blocks.into_iter().flatten().flatten() {
+            cache.learn_block(block);
+        }
+        result
     }
 
     pub(super) async fn read_block(

@@ -265,7 +265,7 @@ impl<S: Store> Ipam<S> {
             let cached = self.cache().handles.get(handle).cloned();
             let record = match cached {
                 Some(r) => Some(r),
-                None => self.read_handle(handle).await?,
+                None => self.beside_expected(self.read_handle(handle)).await?,
             };
             let Some(record) = record else {
                 if !also.is_empty() {
@@ -513,10 +513,11 @@ impl<S: Store> Ipam<S> {
 
     /// The addresses a handle holds (read from the store, not the cache). The record
     /// read is remembered, so a release of the handle right after (a DEL) needs no
-    /// second read of it; that release still compares the record's revision.
+    /// second read of it; that release still compares the record's revision. Expected
+    /// blocks ([`Ipam::expect_blocks`]) are read beside it.
     pub async fn addresses_of(&self, handle: &str) -> Result<Vec<Ipv4Addr>, IpamError> {
         validate_handle(handle)?;
-        let Some(record) = self.read_handle(handle).await? else {
+        let Some(record) = self.beside_expected(self.read_handle(handle)).await? else {
             return Ok(Vec::new());
         };
         let ips = record.value.addresses.keys().copied().collect();

@@ -357,7 +357,7 @@ pub fn perform(settings: &Settings, request: Request) -> Result<(Reply, &'static
         }
     }
     // Processes of this node that write its IPAM take turns (see `node_lock`).
-    let _turn = match (&request, &settings.ipam_lock) {
+    let turn = match (&request, &settings.ipam_lock) {
         (Request::Add(_) | Request::Del(_) | Request::Gc(_), Some(path)) => {
             Some(node_lock::take(path, node_lock::WAIT))
         }
@@ -372,7 +372,7 @@ pub fn perform(settings: &Settings, request: Request) -> Result<(Reply, &'static
                 format!("cannot start the async runtime: {e}"),
             )
         })?;
-    let reply = runtime.block_on(direct(settings, &request))?;
+    let reply = runtime.block_on(direct(settings, &request, turn.as_ref()))?;
     Ok((reply, "direct"))
 }
 
@@ -388,8 +388,14 @@ fn fast(settings: &Settings, request: &Request) -> Result<Reply, CallError> {
 }
 
 /// Run the operation in this process: one etcd connection, and a netlink socket only
-/// when the operation touches the dataplane.
-pub async fn direct(settings: &Settings, request: &Request) -> Result<Reply, CniError> {
+/// when the operation touches the dataplane. With a turn on the node's lock, the node's
+/// blocks kept in its file are read beside the first round trip, and kept again for the
+/// next process.
+pub async fn direct(
+    settings: &Settings,
+    request: &Request,
+    turn: Option<&node_lock::Turn>,
+) -> Result<Reply, CniError> {
     let store = match EtcdStore::connect(&settings.etcd).await {
         Ok(s) => s,
         Err(e) if matches!(request, Request::Status(_)) => {
@@ -401,6 +407,8 @@ pub async fn direct(settings: &Settings, request: &Request) -> Result<Reply, Cni
         Err(e) => return Err(e.into()),
     };
     let ipam = Ipam::new(store, &settings.prefix);
+    let remembered = turn.map(|t| t.remembered_blocks()).unwrap_or_default();
+    ipam.expect_blocks(remembered.iter().copied());
     let dataplane = if request.needs_dataplane() {
         Some(LinuxDataplane::connect()?)
     } else {
@@ -414,7 +422,13 @@ pub async fn direct(settings: &Settings, request: &Request) -> Result<Reply, Cni
         node: &settings.node,
         reaper: Some(&reaper),
     };
-    execute(&ctx, request).await
+    let reply = execute(&ctx, request).await;
+    if let (Some(turn), Some(blocks)) = (turn, ipam.cached_node_blocks(&settings.node)) {
+        if blocks != remembered {
+            turn.remember_blocks(&blocks);
+        }
+    }
+    reply
 }
 
 /// Run the operation on `ctx`'s IPAM and dataplane.

@@ -8,14 +8,19 @@
 //! or a turn that does not come within [`WAIT`] (a holder stuck on an unreachable
 //! etcd), and the process goes on without it. The kernel drops the lock when its holder
 //! exits, however it exits.
+//!
+//! The holder also keeps the node's blocks in the file, one CIDR per line, for the next
+//! process to read beside its first round trip to etcd (a guess: see
+//! `Ipam::expect_blocks`).
 
 use std::fs::{DirBuilder, File, OpenOptions};
-use std::io;
+use std::io::{self, Read, Seek, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use ipnetwork::Ipv4Network;
 use tracing::debug;
 
 /// Longest a process waits for its turn before it goes on without one.
@@ -47,6 +52,36 @@ pub struct Turn {
 impl Turn {
     pub fn held(&self) -> bool {
         self.file.is_some()
+    }
+
+    /// The blocks the last holder kept in the file (none without a turn); lines that
+    /// are not a CIDR are passed over.
+    pub fn remembered_blocks(&self) -> Vec<Ipv4Network> {
+        let Some(mut file) = self.file.as_ref() else {
+            return Vec::new();
+        };
+        let mut text = String::new();
+        // A file this small (a few CIDRs) is read whole; a larger one is not ours.
+        if file.rewind().is_err() || file.take(4096).read_to_string(&mut text).is_err() {
+            return Vec::new();
+        }
+        text.lines().filter_map(|l| l.trim().parse().ok()).collect()
+    }
+
+    /// Keep `blocks` in the file for the next holder (only with a turn). Best effort,
+    /// as the lock is.
+    pub fn remember_blocks(&self, blocks: &[Ipv4Network]) {
+        let Some(mut file) = self.file.as_ref() else {
+            return;
+        };
+        let text: String = blocks.iter().map(|b| format!("{b}\n")).collect();
+        let written = file
+            .set_len(0)
+            .and_then(|()| file.rewind())
+            .and_then(|()| file.write_all(text.as_bytes()));
+        if let Err(e) = written {
+            debug!(error = %e, "cannot keep the node's blocks in its lock file");
+        }
     }
 }
 
@@ -137,6 +172,43 @@ mod tests {
         assert!(started.elapsed() >= Duration::from_millis(200));
         drop(first);
         assert!(take(&path, WAIT).held());
+    }
+
+    #[test]
+    fn the_holder_keeps_the_nodes_blocks_for_the_next_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ipam-n.lock");
+        let blocks: Vec<Ipv4Network> = vec![
+            "10.1.0.64/26".parse().unwrap(),
+            "10.2.0.0/26".parse().unwrap(),
+        ];
+        let first = take(&path, WAIT);
+        assert!(
+            first.remembered_blocks().is_empty(),
+            "a new file holds none"
+        );
+        first.remember_blocks(&blocks);
+        drop(first);
+        let next = take(&path, WAIT);
+        assert_eq!(next.remembered_blocks(), blocks);
+        // Fewer blocks replace more: nothing of the longer list is left behind.
+        next.remember_blocks(&blocks[1..]);
+        assert_eq!(next.remembered_blocks(), blocks[1..]);
+        drop(next);
+        // Whatever else the file holds is passed over.
+        std::fs::write(&path, "garbage\n10.3.0.0/26\n\n999.1.1.1/26\n").unwrap();
+        let turn = take(&path, WAIT);
+        assert_eq!(
+            turn.remembered_blocks(),
+            vec!["10.3.0.0/26".parse::<Ipv4Network>().unwrap()]
+        );
+        // Without a turn nothing is read or written.
+        let other = take(&path, Duration::from_millis(10));
+        assert!(!other.held());
+        assert!(other.remembered_blocks().is_empty());
+        other.remember_blocks(&blocks);
+        drop(other);
+        assert_eq!(turn.remembered_blocks().len(), 1);
     }
 
     #[test]
