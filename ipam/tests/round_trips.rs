@@ -2,7 +2,6 @@
 //! direct path starts cold on every call), counted by a store that answers after a
 //! delay: requests in flight together count as one round trip.
 
-use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -83,16 +82,11 @@ fn req(handle: &str) -> AllocRequest {
 async fn node_with_a_block() -> (MemoryStore, Ipv4Network) {
     let store = MemoryStore::new();
     let ipam = Ipam::new(store.clone(), PREFIX);
-    ipam.add_pool(NewPool {
-        name: "p".into(),
-        cidr: "10.77.0.0/24".parse().unwrap(),
+    let pool = NewPool {
         block_size: 26,
-        disabled: false,
-        reserved: BTreeSet::new(),
-        nat_outgoing: false,
-    })
-    .await
-    .unwrap();
+        ..NewPool::new("p", "10.77.0.0/24".parse().unwrap())
+    };
+    ipam.add_pool(pool).await.unwrap();
     let warm = ipam.allocate(&req("warm")).await.unwrap();
     (store, warm.block)
 }

@@ -161,7 +161,7 @@ impl Reaper {
             .name("reaper-start".into())
             .spawn(move || start_copy(env, &job))
         {
-            Ok(thread) => lock_starting(starting).push(thread),
+            Ok(thread) => lock(starting).push(thread),
             Err(e) => {
                 debug!(host = %link.name, %e, "no thread to start the copy from; starting it here");
                 start_copy(env, &link);
@@ -243,7 +243,7 @@ impl Drop for Reaper {
     /// A detached copy must have started before the caller exits.
     fn drop(&mut self) {
         if let Backend::Detached { starting, .. } = &self.backend {
-            for thread in std::mem::take(&mut *lock_starting(starting)) {
+            for thread in std::mem::take(&mut *lock(starting)) {
                 let _ = thread.join();
             }
         }
@@ -275,15 +275,9 @@ fn start_copy(env: &str, link: &HostLink) {
     }
 }
 
-fn lock_starting(
-    starting: &Mutex<Vec<std::thread::JoinHandle<()>>>,
-) -> MutexGuard<'_, Vec<std::thread::JoinHandle<()>>> {
-    starting.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn lock(pending: &Pending) -> MutexGuard<'_, Vec<Entry>> {
-    // Every critical section is one push or retain: a poisoned lock is consistent.
-    pending.lock().unwrap_or_else(|e| e.into_inner())
+fn lock<T>(list: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section is one push, take or retain: a poisoned lock is consistent.
+    list.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn finish(pending: &Pending, link: &HostLink, done: &watch::Sender<bool>) {
