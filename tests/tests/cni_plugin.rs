@@ -1282,9 +1282,16 @@ fn the_static_plugin_reaches_etcd_by_a_name_in_etc_hosts() {
     }
     let w = World::new("10.241.8.0/24", "28");
     let plugin = brindle_tests::bins::bin("brindle-cni");
+    let elf = read_elf(&plugin);
     assert!(
-        !needs_program_interpreter(&plugin),
+        !needs_program_interpreter(&elf),
         "{} is linked dynamically; `make build` links it statically",
+        plugin.display()
+    );
+    assert!(
+        !is_position_independent(&elf),
+        "{} is a position-independent executable, which relocates itself at every start; \
+         `make build` links it at a fixed address",
         plugin.display()
     );
 
@@ -1354,10 +1361,8 @@ fn the_static_plugin_reaches_etcd_by_a_name_in_etc_hosts() {
     assert!(w.handles().is_empty(), "{:?}", w.handles());
 }
 
-/// Whether an ELF executable names a program interpreter (`PT_INTERP`): the dynamic
-/// loader a dynamically linked program starts through.
-fn needs_program_interpreter(path: &std::path::Path) -> bool {
-    const PT_INTERP: u32 = 3;
+/// A 64-bit ELF file's bytes.
+fn read_elf(path: &std::path::Path) -> Vec<u8> {
     let elf = std::fs::read(path).expect("read the plugin");
     assert_eq!(
         &elf[..4],
@@ -1366,6 +1371,13 @@ fn needs_program_interpreter(path: &std::path::Path) -> bool {
         path.display()
     );
     assert_eq!(elf[4], 2, "{} is not a 64-bit ELF file", path.display());
+    elf
+}
+
+/// Whether an ELF executable names a program interpreter (`PT_INTERP`): the dynamic
+/// loader a dynamically linked program starts through.
+fn needs_program_interpreter(elf: &[u8]) -> bool {
+    const PT_INTERP: u32 = 3;
     let u16_at = |o: usize| u16::from_le_bytes([elf[o], elf[o + 1]]) as usize;
     let phoff = u64::from_le_bytes(elf[0x20..0x28].try_into().expect("8 bytes")) as usize;
     let (entry_size, count) = (u16_at(0x36), u16_at(0x38));
@@ -1373,4 +1385,11 @@ fn needs_program_interpreter(path: &std::path::Path) -> bool {
         let at = phoff + i * entry_size;
         u32::from_le_bytes(elf[at..at + 4].try_into().expect("4 bytes")) == PT_INTERP
     })
+}
+
+/// Whether an ELF executable may be loaded anywhere (`e_type` `ET_DYN`, a PIE), rather
+/// than at the addresses it was linked for (`ET_EXEC`).
+fn is_position_independent(elf: &[u8]) -> bool {
+    const ET_DYN: u16 = 3;
+    u16::from_le_bytes([elf[0x10], elf[0x11]]) == ET_DYN
 }

@@ -1,9 +1,10 @@
 //! `brindle-cni`: the CNI plugin, installed as `/opt/cni/bin/brindle` (main plugin) and
 //! `/opt/cni/bin/brindle-ipam` (IPAM plugin for ptp, bridge, ...). See docs/cni.md.
 //!
-//! A runtime starts it twice per container (ADD, DEL), so `make` links it statically:
-//! with no dynamic loader and no shared libraries to map, a start takes 0.5–0.7 ms
-//! less on the benchmark machine (docs/benchmarks.md, CNI).
+//! A runtime starts it twice per container (ADD, DEL), so `make` links it statically
+//! and at a fixed address: with no dynamic loader, no shared libraries to map and no
+//! relocations to apply, a start takes 0.7–1 ms less on the benchmark machines
+//! (docs/benchmarks.md, CNI).
 
 mod nss;
 
