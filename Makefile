@@ -14,7 +14,7 @@ deps:
 # brindle-cni is linked statically (its start is most of a CNI call; plugin/cni-bin/),
 # which Cargo can only ask for on the binary's own last compile: `cargo rustc`. Linked
 # at a fixed address, not as a PIE: a static PIE relocates itself at every start (10,000
-# relocations, 40 more page faults, 0.15-0.35 ms a call; docs/benchmarks.md). The
+# relocations, 40 more page faults, 0.1-0.35 ms a call; docs/benchmarks.md). The
 # reference CNI plugins are not PIEs either; the plugin's stack, heap and mappings stay
 # randomized, its code and data do not.
 STATIC_CNI := -p brindle-cni --bin brindle-cni -- -C target-feature=+crt-static -C relocation-model=static
